@@ -1,0 +1,327 @@
+use super::*;
+use crate::event::Visibility;
+use crate::profiles::{AccountProfile, Profiles};
+use crate::rules::{EngineSpec, RuleSpec, Severity};
+use std::collections::BTreeMap;
+
+const T0: i64 = 1_714_780_800_000; // 2024-05-04T00:00:00Z
+
+fn rule(name: &str, kind: KeyKind, measure: Measure, window: &str, threshold: u64) -> RuleSpec {
+    RuleSpec {
+        name: name.into(),
+        actions: vec!["cv_view".into(), "cv_download".into()],
+        group_by: kind,
+        measure,
+        window: window.into(),
+        threshold,
+        per_vacancy: None,
+        response: Response::Alert,
+        severity: Severity::High,
+        segments: BTreeMap::new(),
+        dry_run: false,
+        description: None,
+    }
+}
+
+fn engine_with(engine: EngineSpec, rules: Vec<RuleSpec>, profiles: Profiles, allow: &[&str]) -> Engine {
+    let allow: Vec<String> = allow.iter().map(|s| s.to_string()).collect();
+    Engine::new(Arc::new(RuleSet::compile(&engine, &rules, profiles, &allow).unwrap()))
+}
+
+fn engine(rules: Vec<RuleSpec>) -> Engine {
+    engine_with(EngineSpec::default(), rules, Profiles::default(), &[])
+}
+
+/// Sends one event at `T0 + secs` seconds and returns the alerts it caused.
+fn send(e: &mut Engine, secs: i64, account: &str, action: &str, cvs: &[&str]) -> Vec<Alert> {
+    send_json(
+        e,
+        &serde_json::json!({"ts": T0 + secs * 1000, "account_id": account, "action": action, "cv_ids": cvs}),
+    )
+}
+
+fn send_json(e: &mut Engine, v: &serde_json::Value) -> Vec<Alert> {
+    let mut out = Vec::new();
+    let outcome = e.process_bytes(v.to_string().as_bytes(), None, &mut out);
+    assert_eq!(outcome, Outcome::Accepted, "{v}");
+    out
+}
+
+fn value_of(e: &Engine, kind: KeyKind, key: &str, rule: &str) -> u64 {
+    e.key_values(kind, key).iter().find(|w| w.rule == rule).map_or(0, |w| w.value)
+}
+
+#[test]
+fn events_measure_counts_events_in_a_sliding_window() {
+    let mut e = engine(vec![rule("r", KeyKind::AccountId, Measure::Events, "10s", 3)]);
+    assert!(send(&mut e, 0, "a", "cv_view", &["1", "2"]).is_empty());
+    assert!(send(&mut e, 5, "a", "cv_view", &[]).is_empty());
+    let fired = send(&mut e, 9, "a", "cv_view", &["1"]);
+    assert_eq!(fired.len(), 1);
+    assert_eq!(fired[0].value, 3);
+    // At second 10 the event at second 0 leaves the 10s window.
+    send(&mut e, 10, "b", "cv_view", &[]);
+    assert_eq!(value_of(&e, KeyKind::AccountId, "a", "r"), 2, "read as of the newest event");
+    send(&mut e, 15, "a", "cv_view", &[]);
+    assert_eq!(value_of(&e, KeyKind::AccountId, "a", "r"), 2, "seconds 9 and 15");
+}
+
+#[test]
+fn cvs_measure_counts_repeats() {
+    let mut e = engine(vec![rule("r", KeyKind::AccountId, Measure::Cvs, "1h", 5)]);
+    assert!(send(&mut e, 0, "a", "cv_view", &["1", "2"]).is_empty());
+    assert!(send(&mut e, 1, "a", "cv_view", &["1", "2"]).is_empty());
+    let fired = send(&mut e, 2, "a", "cv_download", &["1"]);
+    assert_eq!(fired.len(), 1);
+    assert_eq!(fired[0].value, 5);
+    assert_eq!(fired[0].measure, Measure::Cvs);
+}
+
+#[test]
+fn distinct_cvs_is_exact_and_split_by_visibility() {
+    let mut e = engine(vec![rule("r", KeyKind::AccountId, Measure::DistinctCvs, "1h", 4)]);
+    send_json(
+        &mut e,
+        &serde_json::json!({"ts": T0, "account_id": "a", "action": "cv_view", "cv_ids": ["1", "2"], "cv_visibility": "anonymous"}),
+    );
+    assert!(send(&mut e, 1, "a", "cv_view", &["1", "2", "2"]).is_empty());
+    let fired = send_json(
+        &mut e,
+        &serde_json::json!({"ts": T0 + 2000, "account_id": "a", "action": "cv_download", "cv_ids": ["2", "3", "4"], "cv_visibility": "named", "ip": "10.0.0.9", "user_id": "u1"}),
+    );
+    assert_eq!(fired.len(), 1);
+    let a = &fired[0];
+    assert_eq!(a.value, 4);
+    assert_eq!(a.evidence.distinct_cvs, Some(4));
+    assert_eq!(
+        a.evidence.cvs_by_visibility,
+        Some(VisibilityCounts {
+            named: 3,
+            anonymous: 1,
+            unknown: 0
+        })
+    );
+    assert_eq!(a.evidence.ips, vec!["10.0.0.9"]);
+    assert_eq!(a.evidence.distinct_users, 1);
+    assert_eq!(a.first_seen, "2024-05-04T00:00:00.000Z");
+    assert_eq!(a.event_time, "2024-05-04T00:00:02.000Z");
+    let exposed = e.exposure(KeyKind::AccountId, "a", "r");
+    let rows: Vec<(&str, i64, &str, Visibility)> = exposed
+        .iter()
+        .map(|x| (x.cv_id.as_str(), x.first_access_ms - T0, x.action.as_str(), x.visibility))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            ("1", 0, "cv_view", Visibility::Anonymous),
+            ("2", 0, "cv_view", Visibility::Named),
+            ("3", 2000, "cv_download", Visibility::Named),
+            ("4", 2000, "cv_download", Visibility::Named),
+        ]
+    );
+}
+
+#[test]
+fn fires_once_then_rearms_only_after_falling_below() {
+    let mut e = engine(vec![rule("r", KeyKind::AccountId, Measure::Events, "10s", 2)]);
+    send(&mut e, 0, "a", "cv_view", &[]);
+    assert_eq!(send(&mut e, 1, "a", "cv_view", &[]).len(), 1);
+    // Still at or above: no new alert.
+    assert!(send(&mut e, 2, "a", "cv_view", &[]).is_empty());
+    assert!(send(&mut e, 10, "a", "cv_view", &[]).is_empty(), "value 3 (seconds 1, 2, 10)");
+    // At 12 only seconds 10 and 12 remain... 2 >= 2: still the same incident.
+    assert!(send(&mut e, 12, "a", "cv_view", &[]).is_empty());
+    // At 30 everything before 21 is gone: value 1, re-armed; the next one fires again.
+    assert!(send(&mut e, 30, "a", "cv_view", &[]).is_empty());
+    assert_eq!(send(&mut e, 31, "a", "cv_view", &[]).len(), 1);
+}
+
+#[test]
+fn late_events_are_counted_and_not_added() {
+    let mut e = engine(vec![rule("r", KeyKind::AccountId, Measure::Events, "1h", 100)]);
+    send(&mut e, 1000, "a", "cv_view", &[]);
+    // Within the 5 minute lateness: accepted, out of order.
+    send(&mut e, 1000 - 299, "a", "cv_view", &[]);
+    assert_eq!(value_of(&e, KeyKind::AccountId, "a", "r"), 2);
+    let mut out = Vec::new();
+    let late = serde_json::json!({"ts": T0 + (1000 - 301) * 1000, "account_id": "a", "action": "cv_view"});
+    assert_eq!(e.process_bytes(late.to_string().as_bytes(), None, &mut out), Outcome::Late);
+    assert_eq!(value_of(&e, KeyKind::AccountId, "a", "r"), 2);
+    assert_eq!(e.stats().late, 1);
+    assert_eq!(e.stats().accepted, 2);
+}
+
+#[test]
+fn future_events_are_rejected_against_the_source_clock() {
+    let mut e = engine(vec![rule("r", KeyKind::AccountId, Measure::Events, "1h", 100)]);
+    let mut out = Vec::new();
+    let line = serde_json::json!({"ts": T0 + 301_000, "account_id": "a", "action": "cv_view"}).to_string();
+    assert_eq!(
+        e.process_bytes(line.as_bytes(), Some(T0), &mut out),
+        Outcome::Rejected(RejectReason::FutureTs)
+    );
+    assert_eq!(e.process_bytes(line.as_bytes(), Some(T0 + 2000), &mut out), Outcome::Accepted);
+    assert_eq!(e.stats().rejected[RejectReason::FutureTs.index()], 1);
+    assert_eq!(e.watermark(), Some(T0 + 1000));
+}
+
+#[test]
+fn rejections_are_counted_by_reason_and_processing_goes_on() {
+    let mut e = engine(vec![rule("r", KeyKind::AccountId, Measure::Events, "1h", 2)]);
+    let mut out = Vec::new();
+    assert_eq!(e.process_bytes(b"{", None, &mut out), Outcome::Rejected(RejectReason::InvalidJson));
+    assert_eq!(e.process_bytes(b"[]", None, &mut out), Outcome::Rejected(RejectReason::NotAnObject));
+    send(&mut e, 0, "a", "cv_view", &[]);
+    assert_eq!(send(&mut e, 0, "a", "cv_view", &[]).len(), 1);
+    let s = e.stats();
+    assert_eq!((s.events, s.accepted, s.rejected_total()), (4, 2, 2));
+    let by: Vec<_> = s.rejected_by_reason().collect();
+    assert_eq!(by, vec![(RejectReason::InvalidJson, 1), (RejectReason::NotAnObject, 1)]);
+}
+
+#[test]
+fn segment_and_vacancy_thresholds_apply_per_account() {
+    let mut r = rule("mass", KeyKind::AccountId, Measure::DistinctCvs, "24h", 4);
+    r.per_vacancy = Some(3);
+    r.segments.insert("staffing_agency".into(), 10);
+    let profiles = Profiles::from_records(vec![
+        (
+            "agency".to_string(),
+            AccountProfile {
+                segment: Some("staffing_agency".into()),
+                ..Default::default()
+            },
+        ),
+        (
+            "bigco".to_string(),
+            AccountProfile {
+                open_vacancies: 2,
+                ..Default::default()
+            },
+        ),
+    ]);
+    let mut e = engine_with(EngineSpec::default(), vec![r], profiles, &[]);
+    let cvs: Vec<String> = (0..12).map(|i| format!("cv-{i}")).collect();
+    let cv_refs: Vec<&str> = cvs.iter().map(String::as_str).collect();
+    let bakery = send(&mut e, 0, "bakery", "cv_view", &cv_refs[..4]);
+    assert_eq!(bakery.iter().map(|a| a.threshold).collect::<Vec<_>>(), vec![4]);
+    assert!(send(&mut e, 1, "bigco", "cv_view", &cv_refs[..5]).is_empty(), "threshold 6");
+    assert_eq!(send(&mut e, 2, "bigco", "cv_view", &cv_refs[5..6])[0].threshold, 6);
+    assert!(send(&mut e, 3, "agency", "cv_view", &cv_refs[..9]).is_empty(), "threshold 10");
+    assert_eq!(send(&mut e, 4, "agency", "cv_view", &cv_refs[9..10])[0].threshold, 10);
+}
+
+#[test]
+fn suspend_allowlist_and_dry_run_decide_the_action() {
+    let mut r = rule("mass", KeyKind::AccountId, Measure::Events, "1h", 1);
+    r.response = Response::Suspend;
+    let mut quiet = rule("quiet", KeyKind::AccountId, Measure::Events, "1h", 1);
+    quiet.response = Response::Suspend;
+    quiet.dry_run = true;
+    let mut e = engine_with(EngineSpec::default(), vec![r.clone(), quiet], Profiles::default(), &["partner"]);
+    let a = send(&mut e, 0, "harvester", "cv_view", &[]);
+    assert_eq!(
+        a.iter().map(|x| (x.rule.as_str(), x.action, x.reason)).collect::<Vec<_>>(),
+        vec![
+            ("mass", AlertAction::Suspend, AlertReason::RuleResponse),
+            ("quiet", AlertAction::Alert, AlertReason::DryRun)
+        ]
+    );
+    assert_eq!(a[0].suspend_accounts, vec!["harvester"]);
+    let p = send(&mut e, 0, "partner", "cv_view", &[]);
+    assert_eq!((p[0].action, p[0].reason), (AlertAction::Alert, AlertReason::Allowlisted));
+
+    let global = EngineSpec {
+        dry_run: true,
+        ..EngineSpec::default()
+    };
+    let mut e = engine_with(global, vec![r], Profiles::default(), &[]);
+    let d = send(&mut e, 0, "harvester", "cv_view", &[]);
+    assert_eq!((d[0].action, d[0].reason), (AlertAction::Alert, AlertReason::DryRun));
+    assert_eq!(e.stats().suspensions, 0);
+}
+
+#[test]
+fn org_keys_come_from_the_event_or_the_profile_and_list_accounts() {
+    let mut r = rule("org", KeyKind::OrgId, Measure::DistinctCvs, "24h", 4);
+    r.response = Response::Suspend;
+    let profiles = Profiles::from_records(vec![(
+        "acc-2".to_string(),
+        AccountProfile {
+            org_id: Some("org-1".into()),
+            ..Default::default()
+        },
+    )]);
+    let mut e = engine_with(EngineSpec::default(), vec![r], profiles, &["acc-3"]);
+    send_json(
+        &mut e,
+        &serde_json::json!({"ts": T0, "account_id": "acc-1", "org_id": "org-1", "action": "cv_view", "cv_ids": ["1", "2"]}),
+    );
+    assert!(send(&mut e, 1, "acc-2", "cv_view", &["2", "3"]).is_empty());
+    assert!(send(&mut e, 1, "acc-9", "cv_view", &["4", "5", "6", "7"]).is_empty(), "no org");
+    let fired = send_json(
+        &mut e,
+        &serde_json::json!({"ts": T0 + 2000, "account_id": "acc-3", "org_id": "org-1", "action": "cv_view", "cv_ids": ["4"]}),
+    );
+    assert_eq!(fired.len(), 1);
+    assert_eq!((fired[0].key_kind, fired[0].key.as_str()), (KeyKind::OrgId, "org-1"));
+    assert_eq!(fired[0].accounts, vec!["acc-1", "acc-2", "acc-3"]);
+    assert_eq!(fired[0].suspend_accounts, vec!["acc-1", "acc-2"], "acc-3 is allowlisted");
+}
+
+#[test]
+fn memory_is_reclaimed_as_events_age_out() {
+    let mut e = engine(vec![
+        rule("short", KeyKind::AccountId, Measure::DistinctCvs, "1m", 1_000_000),
+        rule("long", KeyKind::AccountId, Measure::DistinctCvs, "1h", 1_000_000),
+        rule("ip", KeyKind::Ip, Measure::Events, "1h", 1_000_000),
+    ]);
+    for i in 0..100 {
+        let cv = format!("cv-{i}");
+        send_json(
+            &mut e,
+            &serde_json::json!({"ts": T0 + i * 1000, "account_id": format!("acc-{}", i % 10), "action": "cv_view", "cv_id": cv, "ip": format!("ip-{}", i % 7)}),
+        );
+    }
+    let size = e.state_size();
+    assert_eq!(size.keys, 17);
+    assert_eq!(size.interned_cvs, 100);
+    assert_eq!(size.cv_pairs, 60 + 100, "short window holds the last 60 seconds");
+    // One event an hour later: everything older is gone, the new event's state stays.
+    send(&mut e, 99 + 3600, "acc-x", "cv_view", &["cv-new"]);
+    let size = e.state_size();
+    assert_eq!(size.keys, 1);
+    assert_eq!(size.interned_cvs, 1);
+    assert_eq!(size.cv_pairs, 2);
+}
+
+#[test]
+fn unmatched_actions_are_accepted_but_count_nothing() {
+    let mut e = engine(vec![rule("r", KeyKind::AccountId, Measure::Events, "1h", 1)]);
+    assert!(send(&mut e, 0, "a", "cv_search", &["1"]).is_empty());
+    assert_eq!(e.stats().unmatched_action, 1);
+    assert_eq!(e.state_size().keys, 0);
+}
+
+#[test]
+fn the_same_events_give_the_same_alerts() {
+    let run = || {
+        let mut e = engine(vec![
+            rule("d", KeyKind::AccountId, Measure::DistinctCvs, "10m", 5),
+            rule("ip", KeyKind::Ip, Measure::Cvs, "10m", 7),
+        ]);
+        let mut all = Vec::new();
+        for i in 0..200i64 {
+            let v = serde_json::json!({"ts": T0 + (i * 7919 % 1000) * 1000, "account_id": format!("a{}", i % 5),
+                "action": "cv_view", "cv_ids": [format!("cv{}", i % 13), format!("cv{}", i % 17)],
+                "ip": format!("ip{}", i % 3), "user_agent": "ua", "event_id": format!("e{i}")});
+            let mut out = Vec::new();
+            e.process_bytes(v.to_string().as_bytes(), None, &mut out);
+            all.extend(out.iter().map(|a| serde_json::to_string(a).unwrap()));
+        }
+        all
+    };
+    let first = run();
+    assert!(first.len() > 5, "the scenario must fire: {}", first.len());
+    assert_eq!(first, run());
+}

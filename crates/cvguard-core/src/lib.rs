@@ -1,0 +1,21 @@
+//! cvguard-core: the pure heart of cvguard.
+//!
+//! Event contract and parsing ([`event`]), rules and profiles ([`rules`], [`profiles`]),
+//! sliding windows ([`window`]) and the deterministic [`engine::Engine`]. Nothing here
+//! does IO or reads a clock: time comes from events, and adapters bring the rest.
+
+pub mod alert;
+pub mod engine;
+pub mod event;
+pub mod interner;
+pub mod profiles;
+pub mod recent;
+pub mod rules;
+pub mod timefmt;
+pub mod window;
+
+pub use alert::{Alert, AlertAction, AlertReason, Evidence, VisibilityCounts, WindowValue};
+pub use engine::{Engine, EngineStats, Exposure, Outcome, StateSize};
+pub use event::{parse_event, Event, ParseLimits, RejectReason, Visibility};
+pub use profiles::{AccountProfile, OrgProfile, Profiles};
+pub use rules::{ConfigIssue, EngineSpec, KeyKind, Measure, Response, Rule, RuleSet, RuleSpec, Severity};

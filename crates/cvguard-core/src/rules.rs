@@ -1,0 +1,479 @@
+//! Rule specifications as written in config, and their compiled, validated form.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use rustc_hash::{FxHashMap, FxHashSet};
+use serde::{Deserialize, Serialize};
+
+use crate::event::{ParseLimits, DEFAULT_MAX_CV_IDS};
+use crate::profiles::Profiles;
+use crate::timefmt::Millis;
+
+/// What a rule counts per key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyKind {
+    AccountId,
+    OrgId,
+    UserId,
+    Ip,
+}
+
+impl KeyKind {
+    pub const ALL: [KeyKind; 4] = [KeyKind::AccountId, KeyKind::OrgId, KeyKind::UserId, KeyKind::Ip];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyKind::AccountId => "account_id",
+            KeyKind::OrgId => "org_id",
+            KeyKind::UserId => "user_id",
+            KeyKind::Ip => "ip",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Measure {
+    /// Number of events.
+    Events,
+    /// CV ids touched, repeats counted.
+    Cvs,
+    /// Distinct CV ids touched (exact).
+    DistinctCvs,
+}
+
+impl Measure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Measure::Events => "events",
+            Measure::Cvs => "cvs",
+            Measure::DistinctCvs => "distinct_cvs",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    #[default]
+    Alert,
+    Suspend,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Info,
+    Low,
+    Medium,
+    #[default]
+    High,
+    Critical,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+/// One `[[rules]]` entry as written in config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSpec {
+    /// Unique name; appears in alerts, metrics and incidents.
+    pub name: String,
+    /// Event actions this rule counts (`cv_view`, `cv_download`, ...). Not empty.
+    pub actions: Vec<String>,
+    /// What the rule counts per: `account_id`, `org_id`, `user_id` or `ip`.
+    pub group_by: KeyKind,
+    /// `events`, `cvs` (ids touched, repeats counted) or `distinct_cvs`.
+    pub measure: Measure,
+    /// Sliding window length in humantime syntax (`10m`, `24h`), whole seconds, at most 31 days.
+    pub window: String,
+    /// The rule fires when the value reaches this (>=). At least 1.
+    pub threshold: u64,
+    /// Optional: effective threshold = max(threshold, per_vacancy x open vacancies).
+    #[serde(default)]
+    pub per_vacancy: Option<u64>,
+    /// `alert` or `suspend`.
+    #[serde(default)]
+    pub response: Response,
+    /// `info`, `low`, `medium`, `high` or `critical`.
+    #[serde(default)]
+    pub severity: Severity,
+    /// A segment's threshold replaces `threshold` for accounts of that segment.
+    #[serde(default)]
+    pub segments: BTreeMap<String, u64>,
+    /// Record "would suspend" instead of suspending, for this rule only.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Free text for people reading alerts.
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// The `[engine]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineSpec {
+    /// How far behind the newest event time an event may be and still count.
+    #[serde(default = "default_allowed_lateness")]
+    pub allowed_lateness: String,
+    /// How far ahead of the source's clock an event may be before it is rejected.
+    #[serde(default = "default_future_skew")]
+    pub future_skew: String,
+    /// Most CV ids in one event; a larger event is rejected, not truncated.
+    #[serde(default = "default_max_cv_ids")]
+    pub max_cv_ids: usize,
+    /// Largest event in bytes.
+    #[serde(default = "default_max_event_bytes")]
+    pub max_event_bytes: usize,
+    /// Global dry run: every `suspend` decision becomes an alert with reason `dry_run`.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+fn default_allowed_lateness() -> String {
+    "5m".into()
+}
+fn default_future_skew() -> String {
+    "5m".into()
+}
+fn default_max_cv_ids() -> usize {
+    DEFAULT_MAX_CV_IDS
+}
+fn default_max_event_bytes() -> usize {
+    ParseLimits::default().max_event_bytes
+}
+
+impl Default for EngineSpec {
+    fn default() -> Self {
+        EngineSpec {
+            allowed_lateness: default_allowed_lateness(),
+            future_skew: default_future_skew(),
+            max_cv_ids: default_max_cv_ids(),
+            max_event_bytes: default_max_event_bytes(),
+            dry_run: false,
+        }
+    }
+}
+
+/// A problem found while validating rules; the config loader adds the file name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// The rule's name (or `rules[i]` when it has none); `None` outside `[[rules]]`.
+    pub rule: Option<String>,
+    /// The key, as a path: `window`, `engine.allowed_lateness`.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.rule {
+            Some(rule) => write!(f, "rule `{rule}`, key `{}`: {}", self.key, self.message),
+            None => write!(f, "key `{}`: {}", self.key, self.message),
+        }
+    }
+}
+
+/// A validated rule, ready for the engine.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    pub name: String,
+    pub actions: Vec<String>,
+    pub group_by: KeyKind,
+    pub measure: Measure,
+    /// The window as configured, for output (`"24h"`).
+    pub window_text: String,
+    pub window_secs: i64,
+    pub threshold: u64,
+    pub per_vacancy: Option<u64>,
+    pub response: Response,
+    pub severity: Severity,
+    pub segments: BTreeMap<String, u64>,
+    pub dry_run: bool,
+    pub description: Option<String>,
+    /// Bit i set when action id i counts for this rule.
+    pub(crate) action_mask: u64,
+}
+
+/// Engine-wide settings, compiled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineSettings {
+    pub allowed_lateness_ms: Millis,
+    pub future_skew_ms: Millis,
+    pub limits: ParseLimits,
+    pub dry_run: bool,
+}
+
+/// Longest accepted window. The engine keeps exact state for it, so it bounds memory.
+pub const MAX_WINDOW_SECS: i64 = 31 * 24 * 3600;
+/// Each rule's action set is a bit in a u64.
+const MAX_DISTINCT_ACTIONS: usize = 64;
+
+/// Everything the engine needs to decide: rules, settings, profiles and allowlist.
+#[derive(Debug, Clone)]
+pub struct RuleSet {
+    pub rules: Vec<Rule>,
+    pub settings: EngineSettings,
+    pub profiles: Profiles,
+    allowlist: FxHashSet<String>,
+    action_ids: FxHashMap<String, u8>,
+    /// For each key kind, the indexes of its rules, in config order.
+    by_kind: [Vec<usize>; 4],
+    /// For each key kind, the union of its rules' action masks.
+    kind_mask: [u64; 4],
+    /// For each key kind, its longest window in seconds (0 when it has no rules).
+    max_window_secs: [i64; 4],
+}
+
+impl RuleSet {
+    /// Validates and compiles. Returns every problem at once.
+    pub fn compile(
+        engine: &EngineSpec,
+        specs: &[RuleSpec],
+        profiles: Profiles,
+        allowlist: &[String],
+    ) -> Result<RuleSet, Vec<ConfigIssue>> {
+        let mut issues = Vec::new();
+        let settings = compile_engine(engine, &mut issues);
+        let mut seen_names = FxHashSet::default();
+        let mut action_ids: FxHashMap<String, u8> = FxHashMap::default();
+        let mut rules = Vec::with_capacity(specs.len());
+        for (i, spec) in specs.iter().enumerate() {
+            let label = if spec.name.trim().is_empty() { format!("rules[{i}]") } else { spec.name.clone() };
+            let mut issue = |key: &str, message: String| {
+                issues.push(ConfigIssue {
+                    rule: Some(label.clone()),
+                    key: key.to_string(),
+                    message,
+                })
+            };
+            if spec.name.trim().is_empty() {
+                issue("name", "must not be empty".into());
+            } else if !seen_names.insert(spec.name.clone()) {
+                issue("name", format!("duplicate rule name `{}`", spec.name));
+            }
+            if spec.actions.is_empty() {
+                issue("actions", "must name at least one action".into());
+            }
+            let mut action_mask = 0u64;
+            for action in &spec.actions {
+                if action.is_empty() {
+                    issue("actions", "an action must not be empty".into());
+                    continue;
+                }
+                let next = action_ids.len();
+                let id = match action_ids.get(action) {
+                    Some(id) => *id,
+                    None if next < MAX_DISTINCT_ACTIONS => {
+                        action_ids.insert(action.clone(), next as u8);
+                        next as u8
+                    }
+                    None => {
+                        issue("actions", format!("more than {MAX_DISTINCT_ACTIONS} distinct actions across all rules"));
+                        continue;
+                    }
+                };
+                action_mask |= 1 << id;
+            }
+            let window_secs = match parse_window(&spec.window) {
+                Ok(secs) => secs,
+                Err(message) => {
+                    issue("window", message);
+                    0
+                }
+            };
+            if spec.threshold == 0 {
+                issue("threshold", "must be at least 1".into());
+            }
+            if spec.per_vacancy == Some(0) {
+                issue("per_vacancy", "must be at least 1 when set".into());
+            }
+            for (segment, threshold) in &spec.segments {
+                if *threshold == 0 {
+                    issue(&format!("segments.{segment}"), "must be at least 1".into());
+                }
+            }
+            if spec.group_by == KeyKind::Ip && !spec.segments.is_empty() {
+                issue(
+                    "segments",
+                    "an ip is shared by many accounts, so it has no segment; use threshold alone".into(),
+                );
+            }
+            rules.push(Rule {
+                name: spec.name.clone(),
+                actions: spec.actions.clone(),
+                group_by: spec.group_by,
+                measure: spec.measure,
+                window_text: spec.window.trim().to_string(),
+                window_secs,
+                threshold: spec.threshold,
+                per_vacancy: spec.per_vacancy,
+                response: spec.response,
+                severity: spec.severity,
+                segments: spec.segments.clone(),
+                dry_run: spec.dry_run,
+                description: spec.description.clone(),
+                action_mask,
+            });
+        }
+        if !issues.is_empty() {
+            return Err(issues);
+        }
+        let mut by_kind: [Vec<usize>; 4] = Default::default();
+        let mut kind_mask = [0u64; 4];
+        let mut max_window_secs = [0i64; 4];
+        for (i, rule) in rules.iter().enumerate() {
+            let k = rule.group_by.index();
+            by_kind[k].push(i);
+            kind_mask[k] |= rule.action_mask;
+            max_window_secs[k] = max_window_secs[k].max(rule.window_secs);
+        }
+        Ok(RuleSet {
+            rules,
+            settings,
+            profiles,
+            allowlist: allowlist.iter().cloned().collect(),
+            action_ids,
+            by_kind,
+            kind_mask,
+            max_window_secs,
+        })
+    }
+
+    pub fn is_allowlisted(&self, account_id: &str) -> bool {
+        self.allowlist.contains(account_id)
+    }
+
+    pub(crate) fn action_id(&self, action: &str) -> Option<u8> {
+        self.action_ids.get(action).copied()
+    }
+
+    pub(crate) fn action_name(&self, id: u8) -> &str {
+        self.action_ids
+            .iter()
+            .find(|(_, v)| **v == id)
+            .map_or("", |(k, _)| k.as_str())
+    }
+
+    pub(crate) fn rules_of(&self, kind: KeyKind) -> &[usize] {
+        &self.by_kind[kind.index()]
+    }
+
+    pub(crate) fn kind_mask(&self, kind: KeyKind) -> u64 {
+        self.kind_mask[kind.index()]
+    }
+
+    pub fn max_window_secs(&self, kind: KeyKind) -> i64 {
+        self.max_window_secs[kind.index()]
+    }
+
+    /// The threshold that applies to `rule` for `key`: the segment's threshold when the
+    /// key's segment has one, else `threshold`; then raised to `per_vacancy` x open vacancies.
+    ///
+    /// Accounts use their own profile; organisations use the sum of their accounts'
+    /// vacancies and the most permissive of their accounts' segments; a user uses the
+    /// profile of the account it acts for (`account_hint`); an ip uses `threshold` alone.
+    pub fn effective_threshold(&self, rule: &Rule, key: &str, account_hint: Option<&str>) -> u64 {
+        let (segment_threshold, vacancies) = match rule.group_by {
+            KeyKind::AccountId => self.account_terms(rule, key),
+            KeyKind::UserId => account_hint.map_or((rule.threshold, 0), |a| self.account_terms(rule, a)),
+            KeyKind::OrgId => match self.profiles.org(key) {
+                Some(org) => {
+                    let seg = org
+                        .segments
+                        .iter()
+                        .filter_map(|s| rule.segments.get(s).copied())
+                        .max()
+                        .unwrap_or(rule.threshold);
+                    (seg, org.open_vacancies)
+                }
+                None => (rule.threshold, 0),
+            },
+            KeyKind::Ip => (rule.threshold, 0),
+        };
+        let by_vacancies = rule.per_vacancy.map_or(0, |per| per.saturating_mul(vacancies));
+        segment_threshold.max(by_vacancies)
+    }
+
+    fn account_terms(&self, rule: &Rule, account: &str) -> (u64, u64) {
+        match self.profiles.account(account) {
+            Some(p) => {
+                let seg = p
+                    .segment
+                    .as_deref()
+                    .and_then(|s| rule.segments.get(s).copied())
+                    .unwrap_or(rule.threshold);
+                (seg, p.open_vacancies)
+            }
+            None => (rule.threshold, 0),
+        }
+    }
+}
+
+fn compile_engine(spec: &EngineSpec, issues: &mut Vec<ConfigIssue>) -> EngineSettings {
+    let mut duration = |key: &str, text: &str| match humantime::parse_duration(text.trim()) {
+        Ok(d) => d.as_millis() as Millis,
+        Err(e) => {
+            issues.push(ConfigIssue {
+                rule: None,
+                key: format!("engine.{key}"),
+                message: format!("`{text}` is not a duration ({e}); write it like `5m` or `30s`"),
+            });
+            0
+        }
+    };
+    let allowed_lateness_ms = duration("allowed_lateness", &spec.allowed_lateness);
+    let future_skew_ms = duration("future_skew", &spec.future_skew);
+    if spec.max_cv_ids == 0 {
+        issues.push(ConfigIssue {
+            rule: None,
+            key: "engine.max_cv_ids".into(),
+            message: "must be at least 1".into(),
+        });
+    }
+    EngineSettings {
+        allowed_lateness_ms,
+        future_skew_ms,
+        limits: ParseLimits {
+            max_cv_ids: spec.max_cv_ids,
+            max_event_bytes: spec.max_event_bytes,
+        },
+        dry_run: spec.dry_run,
+    }
+}
+
+/// Parses a rule window: humantime syntax, whole seconds, 1 second to 31 days.
+pub fn parse_window(text: &str) -> Result<i64, String> {
+    let d = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("`{text}` is not a duration ({e}); write it like `10m`, `24h` or `2days`"))?;
+    if d.subsec_nanos() != 0 {
+        return Err(format!("`{text}` is not a whole number of seconds"));
+    }
+    let secs = d.as_secs() as i64;
+    if secs < 1 {
+        return Err("must be at least 1s".into());
+    }
+    if secs > MAX_WINDOW_SECS {
+        return Err(format!("`{text}` is longer than the maximum of 31 days"));
+    }
+    Ok(secs)
+}
+
+#[cfg(test)]
+mod tests;

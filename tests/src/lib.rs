@@ -1,0 +1,1 @@
+//! Helpers live in `support/`; the tests are the `[[test]]` targets.
