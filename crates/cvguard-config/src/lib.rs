@@ -1,1 +1,274 @@
+//! cvguard's configuration: one TOML file, layered as embedded defaults, then the file,
+//! then `CVGUARD__SECTION__KEY` environment variables; validated all at once so an
+//! analyst sees every problem with its file, rule and key.
 
+mod profiles;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use config::{Environment, File, FileFormat};
+use cvguard_core::{ConfigIssue, EngineSpec, Profiles, RuleSet, RuleSpec};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::Value;
+
+pub use profiles::load_profiles;
+
+/// The shipped default config (`config/cvguard.toml`), compiled in so `demo` and a bare
+/// `serve` run without any file.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../../config/cvguard.toml");
+
+/// Environment variables that override config values: `CVGUARD__ENGINE__DRY_RUN=true`.
+pub const ENV_PREFIX: &str = "CVGUARD";
+const ENV_SEPARATOR: &str = "__";
+
+/// Where the config comes from.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    File(PathBuf),
+    /// Text with a name for messages and a folder that relative paths start from.
+    Text { name: String, text: String, base_dir: PathBuf },
+}
+
+impl ConfigSource {
+    pub fn embedded_default() -> ConfigSource {
+        ConfigSource::Text {
+            name: "<embedded config/cvguard.toml>".into(),
+            text: EMBEDDED_DEFAULT.into(),
+            base_dir: PathBuf::from("config"),
+        }
+    }
+
+    fn name(&self) -> String {
+        match self {
+            ConfigSource::File(p) => p.display().to_string(),
+            ConfigSource::Text { name, .. } => name.clone(),
+        }
+    }
+
+    fn base_dir(&self) -> PathBuf {
+        match self {
+            ConfigSource::File(p) => p.parent().map(Path::to_path_buf).unwrap_or_default(),
+            ConfigSource::Text { base_dir, .. } => base_dir.clone(),
+        }
+    }
+}
+
+/// A config that failed to load: the file and every problem in it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigError {
+    pub file: String,
+    pub issues: Vec<ConfigIssue>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.issues.len();
+        write!(f, "{}: {n} problem{}", self.file, if n == 1 { "" } else { "s" })?;
+        for issue in &self.issues {
+            write!(f, "\n  {}: {issue}", self.file)?;
+        }
+        Ok(())
+    }
+}
+
+/// `[profiles]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfilesSection {
+    /// CSV with columns account_id,segment,org_id,open_vacancies; relative to the config file.
+    pub path: Option<String>,
+}
+
+/// `[allowlist]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllowlistSection {
+    /// Accounts that rules still alert on but that are never suspended automatically.
+    #[serde(default)]
+    pub accounts: Vec<String>,
+}
+
+/// Everything read from one config file.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file (or embedded source) it came from, for messages.
+    pub source_name: String,
+    pub engine: EngineSpec,
+    pub profiles: ProfilesSection,
+    /// The profile file actually read, resolved against the config's folder.
+    pub profiles_path: Option<PathBuf>,
+    pub allowlist: AllowlistSection,
+    pub rules: Vec<RuleSpec>,
+    /// The compiled rules, ready for an engine.
+    pub ruleset: RuleSet,
+}
+
+/// Options that replace what the file says.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// Use this profile file instead of `[profiles] path`.
+    pub profiles_path: Option<PathBuf>,
+}
+
+/// Loads, layers and validates a config. Every problem is returned at once.
+pub fn load(source: &ConfigSource, overrides: &Overrides) -> Result<Config, ConfigError> {
+    let file = source.name();
+    let fail = |issues: Vec<ConfigIssue>| ConfigError {
+        file: file.clone(),
+        issues,
+    };
+    let tree = read_tree(source).map_err(|message| {
+        fail(vec![ConfigIssue {
+            rule: None,
+            key: "-".into(),
+            message,
+        }])
+    })?;
+    let Value::Object(top) = tree else {
+        return Err(fail(vec![issue(None, "-", "the config must be a TOML table".into())]));
+    };
+
+    let mut issues = Vec::new();
+    let mut engine = EngineSpec::default();
+    let mut profiles = ProfilesSection::default();
+    let mut allowlist = AllowlistSection::default();
+    let mut rule_values = Vec::new();
+    for (key, value) in top {
+        match key.as_str() {
+            "engine" => section(&key, value, &mut issues).map(|v| engine = v),
+            "profiles" => section(&key, value, &mut issues).map(|v| profiles = v),
+            "allowlist" => section(&key, value, &mut issues).map(|v| allowlist = v),
+            "rules" => match value {
+                Value::Array(items) => {
+                    rule_values = items;
+                    Some(())
+                }
+                _ => {
+                    issues.push(issue(None, "rules", "must be an array of tables: write `[[rules]]`".into()));
+                    None
+                }
+            },
+            other => {
+                issues.push(issue(
+                    None,
+                    other,
+                    "unknown section or key; expected one of engine, profiles, allowlist, rules".into(),
+                ));
+                None
+            }
+        };
+    }
+
+    let mut rules = Vec::with_capacity(rule_values.len());
+    for (i, value) in rule_values.into_iter().enumerate() {
+        let label = value
+            .get("name")
+            .and_then(Value::as_str)
+            .filter(|n| !n.trim().is_empty())
+            .map_or_else(|| format!("rules[{i}]"), str::to_string);
+        match deserialize::<RuleSpec>(value) {
+            Ok(spec) => rules.push(spec),
+            Err((key, message)) => issues.push(issue(Some(label), &key, message)),
+        }
+    }
+
+    let profiles_path = overrides
+        .profiles_path
+        .clone()
+        .or_else(|| profiles.path.as_ref().map(|p| source.base_dir().join(p)));
+    let loaded_profiles = match &profiles_path {
+        Some(path) => match load_profiles(path) {
+            Ok(p) => p,
+            Err(message) => {
+                issues.push(issue(None, "profiles.path", message));
+                Profiles::default()
+            }
+        },
+        None => Profiles::default(),
+    };
+
+    let compiled = RuleSet::compile(&engine, &rules, loaded_profiles, &allowlist.accounts);
+    match compiled {
+        Ok(ruleset) if issues.is_empty() => Ok(Config {
+            source_name: file.clone(),
+            engine,
+            profiles,
+            profiles_path,
+            allowlist,
+            rules,
+            ruleset,
+        }),
+        Ok(_) => Err(fail(issues)),
+        Err(more) => {
+            issues.extend(more);
+            Err(fail(issues))
+        }
+    }
+}
+
+fn read_tree(source: &ConfigSource) -> Result<Value, String> {
+    let builder = config::Config::builder();
+    let builder = match source {
+        ConfigSource::File(path) => {
+            if !path.is_file() {
+                return Err(format!("cannot read the config file: {} does not exist or is not a file", path.display()));
+            }
+            builder.add_source(File::from(path.as_path()).format(FileFormat::Toml).required(true))
+        }
+        ConfigSource::Text { text, .. } => builder.add_source(File::from_str(text, FileFormat::Toml)),
+    };
+    let built = builder
+        .add_source(
+            Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator(ENV_SEPARATOR)
+                .separator(ENV_SEPARATOR)
+                .try_parsing(true),
+        )
+        .build()
+        .map_err(|e| e.to_string())?;
+    built.try_deserialize::<Value>().map_err(|e| e.to_string())
+}
+
+fn issue(rule: Option<String>, key: &str, message: String) -> ConfigIssue {
+    ConfigIssue {
+        rule,
+        key: key.to_string(),
+        message,
+    }
+}
+
+fn section<T: DeserializeOwned>(name: &str, value: Value, issues: &mut Vec<ConfigIssue>) -> Option<T> {
+    match deserialize::<T>(value) {
+        Ok(v) => Some(v),
+        Err((key, message)) => {
+            issues.push(issue(None, &format!("{name}.{key}"), message));
+            None
+        }
+    }
+}
+
+/// Deserializes with the path of the failing key; for missing and unknown fields, whose
+/// path is the table itself, the key is taken from serde's message.
+fn deserialize<T: DeserializeOwned>(value: Value) -> Result<T, (String, String)> {
+    serde_path_to_error::deserialize::<_, T>(value).map_err(|e| {
+        let message = e.inner().to_string();
+        let path = e.path().to_string();
+        let key = if path == "." || path.is_empty() || path == "?" {
+            backticked(&message).unwrap_or_else(|| "-".into())
+        } else {
+            path
+        };
+        (key, message)
+    })
+}
+
+fn backticked(message: &str) -> Option<String> {
+    let start = message.find('`')? + 1;
+    let len = message[start..].find('`')?;
+    Some(message[start..start + len].to_string())
+}
+
+#[cfg(test)]
+mod tests;
