@@ -1,1 +1,127 @@
+//! cvguard-sim: realistic job-board traffic as NDJSON, an account profile file and the
+//! ground truth, with attack scenarios switched on by flag. Deterministic for a seed.
+//!
+//! Traffic is generated an hour at a time and written in event-time order, so memory
+//! stays flat however many days are simulated.
 
+mod population;
+mod rng;
+mod traffic;
+
+use std::io::{self, Write};
+
+pub use population::{Account, Actor, Label, Population};
+pub use rng::Rng;
+pub use traffic::write_events;
+
+/// 2024-05-03T00:00:00Z, the Friday before the werk.nl harvest.
+pub const WERK_NL_FRIDAY_MS: i64 = 1_714_694_400_000;
+
+/// Which attack scenarios to add to the legitimate traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scenarios {
+    /// werk.nl: one account downloads 148,000 CVs in batches of 200 over a weekend.
+    pub harvest: bool,
+    /// One account harvests ~140 CVs an hour for 48 hours, under the daily threshold.
+    pub slow: bool,
+    /// Four accounts of one organisation, each under its own threshold.
+    pub org: bool,
+    /// An allowlisted partner reading 20,000 CVs a day.
+    pub partner: bool,
+}
+
+impl Scenarios {
+    pub const ALL: Scenarios = Scenarios {
+        harvest: true,
+        slow: true,
+        org: true,
+        partner: true,
+    };
+    pub const NONE: Scenarios = Scenarios {
+        harvest: false,
+        slow: false,
+        org: false,
+        partner: false,
+    };
+
+    /// Parses `harvest,slow,org,partner`, `all` or `none`.
+    pub fn parse(text: &str) -> Result<Scenarios, String> {
+        let mut s = Scenarios::NONE;
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match part {
+                "all" => s = Scenarios::ALL,
+                "none" => {}
+                "harvest" => s.harvest = true,
+                "slow" => s.slow = true,
+                "org" => s.org = true,
+                "partner" => s.partner = true,
+                other => {
+                    return Err(format!(
+                        "unknown scenario `{other}`; expected harvest, slow, org, partner, all or none"
+                    ))
+                }
+            }
+        }
+        Ok(s)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub seed: u64,
+    /// Start of simulated time (epoch ms, UTC).
+    pub start_ms: i64,
+    pub days: u32,
+    /// Ordinary employers (heavy-tailed vacancies and activity).
+    pub employers: usize,
+    /// Staffing agencies: legitimate heavy users.
+    pub agencies: usize,
+    /// CVs on the platform.
+    pub cv_pool: u32,
+    pub scenarios: Scenarios,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            seed: 42,
+            start_ms: WERK_NL_FRIDAY_MS,
+            days: 3,
+            employers: 3000,
+            agencies: 8,
+            cv_pool: 400_000,
+            scenarios: Scenarios::ALL,
+        }
+    }
+}
+
+/// Writes `accounts.csv` (account_id,segment,org_id,open_vacancies).
+pub fn write_accounts(population: &Population, out: &mut impl Write) -> io::Result<()> {
+    writeln!(out, "account_id,segment,org_id,open_vacancies")?;
+    for a in &population.accounts {
+        writeln!(
+            out,
+            "{},{},{},{}",
+            a.id,
+            a.segment.as_deref().unwrap_or(""),
+            a.org_id.as_deref().unwrap_or(""),
+            a.open_vacancies
+        )?;
+    }
+    Ok(())
+}
+
+/// Writes the ground truth: `key_kind,key,scenario,expected` with expected one of
+/// `suspend` (must be suspended), `alert` (must alert, never be suspended) or `none`
+/// (a legitimate heavy user: must raise nothing). Keys not listed are ordinary traffic
+/// and should raise nothing either.
+pub fn write_labels(population: &Population, out: &mut impl Write) -> io::Result<()> {
+    writeln!(out, "key_kind,key,scenario,expected")?;
+    for l in &population.labels {
+        writeln!(out, "{},{},{},{}", l.key_kind, l.key, l.scenario, l.expected)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
