@@ -13,11 +13,14 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::Value;
 
-pub use profiles::load_profiles;
+pub use profiles::{load_profiles, read_profiles};
 
 /// The shipped default config (`config/cvguard.toml`), compiled in so `demo` and a bare
 /// `serve` run without any file.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../../config/cvguard.toml");
+/// The example profiles shipped beside it, used by the embedded default unless a profile
+/// file is given, so the binary runs from any folder.
+pub const EMBEDDED_PROFILES: &str = include_str!("../../../config/accounts.csv");
 
 /// Environment variables that override config values: `CVGUARD__ENGINE__DRY_RUN=true`.
 pub const ENV_PREFIX: &str = "CVGUARD";
@@ -27,22 +30,25 @@ const ENV_SEPARATOR: &str = "__";
 #[derive(Debug, Clone)]
 pub enum ConfigSource {
     File(PathBuf),
+    /// The shipped default compiled into the binary, with its example profiles.
+    Embedded,
     /// Text with a name for messages and a folder that relative paths start from.
-    Text { name: String, text: String, base_dir: PathBuf },
+    Text {
+        name: String,
+        text: String,
+        base_dir: PathBuf,
+    },
 }
 
 impl ConfigSource {
     pub fn embedded_default() -> ConfigSource {
-        ConfigSource::Text {
-            name: "<embedded config/cvguard.toml>".into(),
-            text: EMBEDDED_DEFAULT.into(),
-            base_dir: PathBuf::from("config"),
-        }
+        ConfigSource::Embedded
     }
 
     fn name(&self) -> String {
         match self {
             ConfigSource::File(p) => p.display().to_string(),
+            ConfigSource::Embedded => "<embedded config/cvguard.toml>".into(),
             ConfigSource::Text { name, .. } => name.clone(),
         }
     }
@@ -50,6 +56,7 @@ impl ConfigSource {
     fn base_dir(&self) -> PathBuf {
         match self {
             ConfigSource::File(p) => p.parent().map(Path::to_path_buf).unwrap_or_default(),
+            ConfigSource::Embedded => PathBuf::from("config"),
             ConfigSource::Text { base_dir, .. } => base_dir.clone(),
         }
     }
@@ -146,7 +153,11 @@ pub fn load(source: &ConfigSource, overrides: &Overrides) -> Result<Config, Conf
                     Some(())
                 }
                 _ => {
-                    issues.push(issue(None, "rules", "must be an array of tables: write `[[rules]]`".into()));
+                    issues.push(issue(
+                        None,
+                        "rules",
+                        "must be an array of tables: write `[[rules]]`".into(),
+                    ));
                     None
                 }
             },
@@ -174,18 +185,28 @@ pub fn load(source: &ConfigSource, overrides: &Overrides) -> Result<Config, Conf
         }
     }
 
-    let profiles_path = overrides
-        .profiles_path
-        .clone()
-        .or_else(|| profiles.path.as_ref().map(|p| source.base_dir().join(p)));
-    let loaded_profiles = match &profiles_path {
-        Some(path) => match load_profiles(path) {
-            Ok(p) => p,
-            Err(message) => {
-                issues.push(issue(None, "profiles.path", message));
-                Profiles::default()
-            }
-        },
+    let embedded = matches!(source, ConfigSource::Embedded) && overrides.profiles_path.is_none();
+    let profiles_path = overrides.profiles_path.clone().or_else(|| {
+        profiles
+            .path
+            .as_ref()
+            .filter(|_| !embedded)
+            .map(|p| source.base_dir().join(p))
+    });
+    let read = match &profiles_path {
+        Some(path) => Some(load_profiles(path)),
+        None if embedded => Some(read_profiles(
+            "<embedded config/accounts.csv>",
+            EMBEDDED_PROFILES.as_bytes(),
+        )),
+        None => None,
+    };
+    let loaded_profiles = match read {
+        Some(Ok(p)) => p,
+        Some(Err(message)) => {
+            issues.push(issue(None, "profiles.path", message));
+            Profiles::default()
+        }
         None => Profiles::default(),
     };
 
@@ -213,10 +234,14 @@ fn read_tree(source: &ConfigSource) -> Result<Value, String> {
     let builder = match source {
         ConfigSource::File(path) => {
             if !path.is_file() {
-                return Err(format!("cannot read the config file: {} does not exist or is not a file", path.display()));
+                return Err(format!(
+                    "cannot read the config file: {} does not exist or is not a file",
+                    path.display()
+                ));
             }
             builder.add_source(File::from(path.as_path()).format(FileFormat::Toml).required(true))
         }
+        ConfigSource::Embedded => builder.add_source(File::from_str(EMBEDDED_DEFAULT, FileFormat::Toml)),
         ConfigSource::Text { text, .. } => builder.add_source(File::from_str(text, FileFormat::Toml)),
     };
     let built = builder

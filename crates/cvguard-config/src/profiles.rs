@@ -7,12 +7,16 @@ use cvguard_core::{AccountProfile, Profiles};
 /// Reads profiles from a CSV file with a header row. Only `account_id` is required;
 /// empty cells mean "not known". Errors name the file and the line.
 pub fn load_profiles(path: &Path) -> Result<Profiles, String> {
-    let shown = path.display();
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read profile file {}: {e}", path.display()))?;
+    read_profiles(&path.display().to_string(), file)
+}
+
+/// Reads profiles from CSV text; `shown` names it in messages.
+pub fn read_profiles(shown: &str, input: impl std::io::Read) -> Result<Profiles, String> {
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
         .comment(Some(b'#'))
-        .from_path(path)
-        .map_err(|e| format!("cannot read profile file {shown}: {e}"))?;
+        .from_reader(input);
     let headers = reader
         .headers()
         .map_err(|e| format!("{shown}: cannot read the header row: {e}"))?
@@ -31,7 +35,11 @@ pub fn load_profiles(path: &Path) -> Result<Profiles, String> {
     for row in reader.records() {
         let row = row.map_err(|e| format!("{shown}: {e}"))?;
         let line = row.position().map_or(0, |p| p.line());
-        let cell = |col: Option<usize>| col.and_then(|c| row.get(c)).filter(|v| !v.is_empty()).map(str::to_string);
+        let cell = |col: Option<usize>| {
+            col.and_then(|c| row.get(c))
+                .filter(|v| !v.is_empty())
+                .map(str::to_string)
+        };
         let account = cell(Some(account_col)).ok_or_else(|| format!("{shown} line {line}: empty account_id"))?;
         let open_vacancies = match cell(vacancies_col) {
             None => 0,

@@ -36,6 +36,13 @@ fn the_shipped_config_loads_from_file_and_embedded() {
     };
     let from_text = load(&embedded, &Overrides::default()).unwrap();
     assert_eq!(from_file.rules, from_text.rules);
+    let built_in = load(&ConfigSource::Embedded, &Overrides::default()).unwrap();
+    assert_eq!(built_in.rules, from_file.rules);
+    assert!(
+        built_in.ruleset.profiles.account("agency-randstad-nl").is_some(),
+        "embedded profiles"
+    );
+    assert!(built_in.profiles_path.is_none());
 }
 
 #[test]
@@ -96,7 +103,10 @@ threshold = "ten"
     assert!(text.contains("missing.csv"), "{text}");
     assert!(text.contains("unknown field `thresold`"), "{text}");
     assert!(text.contains("unknown variant `company`"), "{text}");
-    assert!(text.lines().skip(1).all(|l| l.trim_start().starts_with(&err.file)), "{text}");
+    assert!(
+        text.lines().skip(1).all(|l| l.trim_start().starts_with(&err.file)),
+        "{text}"
+    );
 }
 
 #[test]
@@ -116,7 +126,14 @@ threshold = 10
     );
     let err = load_text(dir.path(), &text).unwrap_err();
     let found: Vec<(Option<&str>, &str)> = err.issues.iter().map(|i| (i.rule.as_deref(), i.key.as_str())).collect();
-    assert_eq!(found, vec![(Some("mass"), "name"), (Some("mass"), "actions"), (Some("mass"), "window")]);
+    assert_eq!(
+        found,
+        vec![
+            (Some("mass"), "name"),
+            (Some("mass"), "actions"),
+            (Some("mass"), "window")
+        ]
+    );
 }
 
 #[test]
@@ -130,7 +147,10 @@ fn profiles_are_read_relative_to_the_config_and_checked() {
     let cfg = load_text(dir.path(), &format!("[profiles]\npath = \"accounts.csv\"\n{RULE}")).unwrap();
     let big = cfg.ruleset.profiles.account("big").unwrap();
     assert_eq!((big.open_vacancies, big.org_id.as_deref()), (120, Some("org-1")));
-    assert_eq!(cfg.ruleset.profiles.account("agency").unwrap().segment.as_deref(), Some("staffing_agency"));
+    assert_eq!(
+        cfg.ruleset.profiles.account("agency").unwrap().segment.as_deref(),
+        Some("staffing_agency")
+    );
 
     write(dir.path(), "accounts.csv", "account_id,open_vacancies\nbig,lots\n");
     let err = load_text(dir.path(), &format!("[profiles]\npath = \"accounts.csv\"\n{RULE}")).unwrap_err();

@@ -48,7 +48,10 @@ impl EngineStats {
     }
 
     pub fn rejected_by_reason(&self) -> impl Iterator<Item = (RejectReason, u64)> + '_ {
-        RejectReason::ALL.iter().map(|r| (*r, self.rejected[r.index()])).filter(|(_, n)| *n > 0)
+        RejectReason::ALL
+            .iter()
+            .map(|r| (*r, self.rejected[r.index()]))
+            .filter(|(_, n)| *n > 0)
     }
 }
 
@@ -382,7 +385,9 @@ impl Engine {
                     break;
                 }
                 table.expiry.pop();
-                let Some(state) = table.slots[slot as usize].as_mut() else { continue };
+                let Some(state) = table.slots[slot as usize].as_mut() else {
+                    continue;
+                };
                 let due = state.last_sec + max_window;
                 if due > now {
                     table.expiry.push(Reverse((due, slot)));
@@ -434,7 +439,9 @@ impl Engine {
         let Some(w) = rules.rules_of(kind).iter().position(|i| rules.rules[*i].name == rule) else {
             return Vec::new();
         };
-        let Window::Distinct(win) = &state.windows[w] else { return Vec::new() };
+        let Window::Distinct(win) = &state.windows[w] else {
+            return Vec::new();
+        };
         let mut list: Vec<Exposure> = win
             .accesses()
             .map(|(cv, a)| Exposure {
@@ -444,7 +451,11 @@ impl Engine {
                 visibility: a.visibility,
             })
             .collect();
-        list.sort_by(|a, b| a.first_access_ms.cmp(&b.first_access_ms).then_with(|| a.cv_id.cmp(&b.cv_id)));
+        list.sort_by(|a, b| {
+            a.first_access_ms
+                .cmp(&b.first_access_ms)
+                .then_with(|| a.cv_id.cmp(&b.cv_id))
+        });
         list
     }
 }

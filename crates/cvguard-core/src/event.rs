@@ -301,9 +301,9 @@ impl<'a> RawEvent<'a> {
         let ts = match self.ts {
             None => return Err(RejectReason::MissingTs),
             Some(RawTs::Int(ms)) if epoch_ms_in_range(ms) => ms,
-            Some(RawTs::Text(text)) => {
-                parse_rfc3339_ms(&text).filter(|ms| epoch_ms_in_range(*ms)).ok_or(RejectReason::InvalidTs)?
-            }
+            Some(RawTs::Text(text)) => parse_rfc3339_ms(&text)
+                .filter(|ms| epoch_ms_in_range(*ms))
+                .ok_or(RejectReason::InvalidTs)?,
             Some(_) => return Err(RejectReason::InvalidTs),
         };
         let account_id = self.account_id.ok_or(RejectReason::MissingAccountId)?;
@@ -355,15 +355,21 @@ impl<'de> Visitor<'de> for EventSeed<'_> {
             match key.as_ref() {
                 "ts" => ev.ts = Some(map.next_value()?),
                 "account_id" => {
-                    let v = map.next_value::<Str<'de>>().map_err(|e| fail(RejectReason::InvalidAccountId, e))?;
+                    let v = map
+                        .next_value::<Str<'de>>()
+                        .map_err(|e| fail(RejectReason::InvalidAccountId, e))?;
                     ev.account_id = Some(v.0);
                 }
                 "action" => {
-                    let v = map.next_value::<Str<'de>>().map_err(|e| fail(RejectReason::InvalidAction, e))?;
+                    let v = map
+                        .next_value::<Str<'de>>()
+                        .map_err(|e| fail(RejectReason::InvalidAction, e))?;
                     ev.action = Some(v.0);
                 }
                 "cv_id" => {
-                    let v = map.next_value::<Option<Str<'de>>>().map_err(|e| fail(RejectReason::InvalidCvIds, e))?;
+                    let v = map
+                        .next_value::<Option<Str<'de>>>()
+                        .map_err(|e| fail(RejectReason::InvalidCvIds, e))?;
                     if let Some(Str(id)) = v {
                         if ev.cv_ids.len() >= self.limits.max_cv_ids {
                             return Err(fail(RejectReason::TooManyCvIds, de::Error::custom("too many cv ids")));
@@ -379,18 +385,27 @@ impl<'de> Visitor<'de> for EventSeed<'_> {
                         too_many: &mut too_many,
                     };
                     if let Err(e) = map.next_value_seed(seed) {
-                        let r = if too_many { RejectReason::TooManyCvIds } else { RejectReason::InvalidCvIds };
+                        let r = if too_many {
+                            RejectReason::TooManyCvIds
+                        } else {
+                            RejectReason::InvalidCvIds
+                        };
                         return Err(fail(r, e));
                     }
                 }
                 "cv_visibility" => {
-                    let v = map.next_value::<Option<Str<'de>>>().map_err(|e| fail(RejectReason::InvalidVisibility, e))?;
+                    let v = map
+                        .next_value::<Option<Str<'de>>>()
+                        .map_err(|e| fail(RejectReason::InvalidVisibility, e))?;
                     ev.visibility = match v.as_ref().map(|s| s.0.as_ref()) {
                         None => Visibility::Unknown,
                         Some("named") => Visibility::Named,
                         Some("anonymous") => Visibility::Anonymous,
                         Some(_) => {
-                            return Err(fail(RejectReason::InvalidVisibility, de::Error::custom("bad visibility")))
+                            return Err(fail(
+                                RejectReason::InvalidVisibility,
+                                de::Error::custom("bad visibility"),
+                            ))
                         }
                     };
                 }

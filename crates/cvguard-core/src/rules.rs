@@ -66,6 +66,15 @@ pub enum Response {
     Suspend,
 }
 
+impl Response {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Response::Alert => "alert",
+            Response::Suspend => "suspend",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
@@ -255,7 +264,11 @@ impl RuleSet {
         let mut action_ids: FxHashMap<String, u8> = FxHashMap::default();
         let mut rules = Vec::with_capacity(specs.len());
         for (i, spec) in specs.iter().enumerate() {
-            let label = if spec.name.trim().is_empty() { format!("rules[{i}]") } else { spec.name.clone() };
+            let label = if spec.name.trim().is_empty() {
+                format!("rules[{i}]")
+            } else {
+                spec.name.clone()
+            };
             let mut issue = |key: &str, message: String| {
                 issues.push(ConfigIssue {
                     rule: Some(label.clone()),
@@ -285,7 +298,10 @@ impl RuleSet {
                         next as u8
                     }
                     None => {
-                        issue("actions", format!("more than {MAX_DISTINCT_ACTIONS} distinct actions across all rules"));
+                        issue(
+                            "actions",
+                            format!("more than {MAX_DISTINCT_ACTIONS} distinct actions across all rules"),
+                        );
                         continue;
                     }
                 };

@@ -55,7 +55,12 @@ impl CountWindow {
 
     /// The value as if expired to `cutoff`, without changing anything (for reads).
     pub fn value_at(&self, cutoff: i64) -> u64 {
-        self.buckets.iter().rev().take_while(|(s, _)| *s > cutoff).map(|(_, n)| n).sum()
+        self.buckets
+            .iter()
+            .rev()
+            .take_while(|(s, _)| *s > cutoff)
+            .map(|(_, n)| n)
+            .sum()
     }
 
     pub fn oldest(&self) -> Option<i64> {

@@ -12,7 +12,7 @@ use std::io::{self, Write};
 
 pub use population::{Account, Actor, Label, Population};
 pub use rng::Rng;
-pub use traffic::write_events;
+pub use traffic::{write_events, TrafficSummary};
 
 /// 2024-05-03T00:00:00Z, the Friday before the werk.nl harvest.
 pub const WERK_NL_FRIDAY_MS: i64 = 1_714_694_400_000;

@@ -12,9 +12,20 @@ pub enum Actor {
     /// Reads CVs for its vacancies in office hours.
     Employer { views_per_day: f64 },
     /// werk.nl: `batches` downloads of 200 CVs, one every `interval_s`, from `start_ms`.
-    Harvester { start_ms: i64, batches: u32, interval_s: i64, cv_offset: u32 },
+    Harvester {
+        start_ms: i64,
+        batches: u32,
+        interval_s: i64,
+        cv_offset: u32,
+    },
     /// `batch` views every `interval_s` for `hours`, from `start_ms`.
-    SlowAndLow { start_ms: i64, hours: i64, batch: u32, interval_s: i64, cv_offset: u32 },
+    SlowAndLow {
+        start_ms: i64,
+        hours: i64,
+        batch: u32,
+        interval_s: i64,
+        cv_offset: u32,
+    },
     /// One of the organisation ring: `total` distinct views in batches of 10 over 12 hours.
     Ring { start_ms: i64, total: u32, cv_offset: u32 },
     /// A bulk partner: views around the clock in batches of 50.
@@ -204,6 +215,8 @@ impl Population {
         }
         if s.partner {
             label("account_id", "partner-1", "partner", "alert");
+            // Its organisation adds up to the same reading: expected, and never suspended.
+            label("org_id", "org-partner", "partner", "alert");
             accounts.push(Account {
                 id: "partner-1".into(),
                 users: vec!["u-partner-feed".into()],

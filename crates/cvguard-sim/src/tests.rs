@@ -65,7 +65,10 @@ fn the_harvester_downloads_148_000_distinct_cvs_in_batches_of_200() {
     assert_eq!(cvs.len(), 148_000);
     let hours = (last_ts - first_ts.unwrap()) as f64 / 3_600_000.0;
     assert!((38.0..42.0).contains(&hours), "{hours}");
-    assert!(population.labels.iter().any(|l| l.key == "harvester-1" && l.expected == "suspend"));
+    assert!(population
+        .labels
+        .iter()
+        .any(|l| l.key == "harvester-1" && l.expected == "suspend"));
 }
 
 #[test]

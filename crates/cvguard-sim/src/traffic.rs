@@ -61,7 +61,16 @@ struct Hour<'a> {
 
 impl Hour<'_> {
     #[allow(clippy::too_many_arguments)]
-    fn push(&mut self, ts: i64, a: &Account, user: usize, action: &str, cvs: &[u32], named: Option<bool>, id_hint: &str) {
+    fn push(
+        &mut self,
+        ts: i64,
+        a: &Account,
+        user: usize,
+        action: &str,
+        cvs: &[u32],
+        named: Option<bool>,
+        id_hint: &str,
+    ) {
         self.seq += 1;
         let mut text = String::with_capacity(200 + cvs.len() * 14);
         let _ = write!(
@@ -76,7 +85,11 @@ impl Hour<'_> {
         if let Some(org) = &a.org_id {
             let _ = write!(text, r#""org_id":"{org}","#);
         }
-        let _ = write!(text, r#""ip":"{}","user_agent":"{}","action":"{action}""#, a.ip, a.user_agent);
+        let _ = write!(
+            text,
+            r#""ip":"{}","user_agent":"{}","action":"{action}""#,
+            a.ip, a.user_agent
+        );
         match cvs {
             [] => {}
             [one] => {
@@ -94,10 +107,18 @@ impl Hour<'_> {
             }
         }
         if let Some(named) = named {
-            let _ = write!(text, r#","cv_visibility":"{}""#, if named { "named" } else { "anonymous" });
+            let _ = write!(
+                text,
+                r#","cv_visibility":"{}""#,
+                if named { "named" } else { "anonymous" }
+            );
         }
         text.push('}');
-        self.lines.push(Line { ts, seq: self.seq, text });
+        self.lines.push(Line {
+            ts,
+            seq: self.seq,
+            text,
+        });
     }
 
     /// A batch, split by visibility: each event says whether its CVs showed name and address.
@@ -139,7 +160,11 @@ pub fn write_events(cfg: &SimConfig, population: &Population, out: &mut impl Wri
             summary.events += 1;
             summary.bytes += line.text.len() as u64 + 1;
         }
-        summary.cv_ids += hour.lines.iter().map(|l| l.text.matches("\"cv-").count() as u64).sum::<u64>();
+        summary.cv_ids += hour
+            .lines
+            .iter()
+            .map(|l| l.text.matches("\"cv-").count() as u64)
+            .sum::<u64>();
     }
     Ok(summary)
 }
@@ -229,8 +254,16 @@ fn generate(hour: &mut Hour<'_>, a: &Account, start: i64, rng: &mut Rng) {
 /// Batch numbers `b < count` whose time `start_ms + b * interval` falls in [from, to).
 fn scheduled(start_ms: i64, interval_s: i64, count: u32, from: i64, to: i64) -> impl Iterator<Item = u32> {
     let step = interval_s * 1000;
-    let first = if from <= start_ms { 0 } else { (from - start_ms + step - 1) / step };
-    let last = if to <= start_ms { 0 } else { (to - start_ms + step - 1) / step };
+    let first = if from <= start_ms {
+        0
+    } else {
+        (from - start_ms + step - 1) / step
+    };
+    let last = if to <= start_ms {
+        0
+    } else {
+        (to - start_ms + step - 1) / step
+    };
     (first.max(0) as u32..(last.max(0) as u32).min(count)).filter(move |b| {
         let t = start_ms + i64::from(*b) * step;
         t >= from && t < to

@@ -1,1 +1,88 @@
-fn main() {}
+//! The `cvguard` command. It only wires: config, inputs and outputs, the engine.
+
+mod commands;
+mod input;
+mod replay;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit status for a bad config or bad arguments (sysexits EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+/// Exit status for an input that cannot be opened (sysexits EX_NOINPUT).
+const EXIT_NO_INPUT: u8 = 66;
+
+#[derive(Parser)]
+#[command(name = "cvguard", version, about = "Stops mass harvesting of CVs on job boards")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Replay NDJSON events (plain or .gz) through the engine; alerts as JSON lines.
+    Replay(commands::replay::Args),
+    /// Write simulated job-board traffic, an account profile file and ground-truth labels.
+    Simulate(commands::simulate::Args),
+    /// Simulate the werk.nl weekend, replay it with the shipped config and tell the story.
+    Demo(commands::demo::Args),
+    /// Validate a config file and print the effective rules; exit 64 with every problem.
+    CheckConfig {
+        /// The config file.
+        file: PathBuf,
+    },
+}
+
+/// Errors the commands return, each with its exit status.
+#[derive(Debug)]
+pub enum Failure {
+    Config(cvguard_config::ConfigError),
+    NoInput(String),
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Other(e)
+    }
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Self {
+        Failure::Other(e.into())
+    }
+}
+
+impl From<cvguard_config::ConfigError> for Failure {
+    fn from(e: cvguard_config::ConfigError) -> Self {
+        Failure::Config(e)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Replay(args) => commands::replay::run(args),
+        Command::Simulate(args) => commands::simulate::run(args),
+        Command::Demo(args) => commands::demo::run(args),
+        Command::CheckConfig { file } => commands::check_config::run(&file),
+    };
+    match result {
+        Ok(code) => code,
+        Err(Failure::Config(e)) => {
+            eprintln!("cvguard: invalid config: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(Failure::NoInput(msg)) => {
+            eprintln!("cvguard: {msg}");
+            ExitCode::from(EXIT_NO_INPUT)
+        }
+        Err(Failure::Other(e)) => {
+            eprintln!("cvguard: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -48,7 +48,10 @@ fn send_json(e: &mut Engine, v: &serde_json::Value) -> Vec<Alert> {
 }
 
 fn value_of(e: &Engine, kind: KeyKind, key: &str, rule: &str) -> u64 {
-    e.key_values(kind, key).iter().find(|w| w.rule == rule).map_or(0, |w| w.value)
+    e.key_values(kind, key)
+        .iter()
+        .find(|w| w.rule == rule)
+        .map_or(0, |w| w.value)
 }
 
 #[test]
@@ -61,7 +64,11 @@ fn events_measure_counts_events_in_a_sliding_window() {
     assert_eq!(fired[0].value, 3);
     // At second 10 the event at second 0 leaves the 10s window.
     send(&mut e, 10, "b", "cv_view", &[]);
-    assert_eq!(value_of(&e, KeyKind::AccountId, "a", "r"), 2, "read as of the newest event");
+    assert_eq!(
+        value_of(&e, KeyKind::AccountId, "a", "r"),
+        2,
+        "read as of the newest event"
+    );
     send(&mut e, 15, "a", "cv_view", &[]);
     assert_eq!(value_of(&e, KeyKind::AccountId, "a", "r"), 2, "seconds 9 and 15");
 }
@@ -108,7 +115,14 @@ fn distinct_cvs_is_exact_and_split_by_visibility() {
     let exposed = e.exposure(KeyKind::AccountId, "a", "r");
     let rows: Vec<(&str, i64, &str, Visibility)> = exposed
         .iter()
-        .map(|x| (x.cv_id.as_str(), x.first_access_ms - T0, x.action.as_str(), x.visibility))
+        .map(|x| {
+            (
+                x.cv_id.as_str(),
+                x.first_access_ms - T0,
+                x.action.as_str(),
+                x.visibility,
+            )
+        })
         .collect();
     assert_eq!(
         rows,
@@ -128,7 +142,10 @@ fn fires_once_then_rearms_only_after_falling_below() {
     assert_eq!(send(&mut e, 1, "a", "cv_view", &[]).len(), 1);
     // Still at or above: no new alert.
     assert!(send(&mut e, 2, "a", "cv_view", &[]).is_empty());
-    assert!(send(&mut e, 10, "a", "cv_view", &[]).is_empty(), "value 3 (seconds 1, 2, 10)");
+    assert!(
+        send(&mut e, 10, "a", "cv_view", &[]).is_empty(),
+        "value 3 (seconds 1, 2, 10)"
+    );
     // At 12 only seconds 10 and 12 remain... 2 >= 2: still the same incident.
     assert!(send(&mut e, 12, "a", "cv_view", &[]).is_empty());
     // At 30 everything before 21 is gone: value 1, re-armed; the next one fires again.
@@ -145,7 +162,10 @@ fn late_events_are_counted_and_not_added() {
     assert_eq!(value_of(&e, KeyKind::AccountId, "a", "r"), 2);
     let mut out = Vec::new();
     let late = serde_json::json!({"ts": T0 + (1000 - 301) * 1000, "account_id": "a", "action": "cv_view"});
-    assert_eq!(e.process_bytes(late.to_string().as_bytes(), None, &mut out), Outcome::Late);
+    assert_eq!(
+        e.process_bytes(late.to_string().as_bytes(), None, &mut out),
+        Outcome::Late
+    );
     assert_eq!(value_of(&e, KeyKind::AccountId, "a", "r"), 2);
     assert_eq!(e.stats().late, 1);
     assert_eq!(e.stats().accepted, 2);
@@ -160,7 +180,10 @@ fn future_events_are_rejected_against_the_source_clock() {
         e.process_bytes(line.as_bytes(), Some(T0), &mut out),
         Outcome::Rejected(RejectReason::FutureTs)
     );
-    assert_eq!(e.process_bytes(line.as_bytes(), Some(T0 + 2000), &mut out), Outcome::Accepted);
+    assert_eq!(
+        e.process_bytes(line.as_bytes(), Some(T0 + 2000), &mut out),
+        Outcome::Accepted
+    );
     assert_eq!(e.stats().rejected[RejectReason::FutureTs.index()], 1);
     assert_eq!(e.watermark(), Some(T0 + 1000));
 }
@@ -169,8 +192,14 @@ fn future_events_are_rejected_against_the_source_clock() {
 fn rejections_are_counted_by_reason_and_processing_goes_on() {
     let mut e = engine(vec![rule("r", KeyKind::AccountId, Measure::Events, "1h", 2)]);
     let mut out = Vec::new();
-    assert_eq!(e.process_bytes(b"{", None, &mut out), Outcome::Rejected(RejectReason::InvalidJson));
-    assert_eq!(e.process_bytes(b"[]", None, &mut out), Outcome::Rejected(RejectReason::NotAnObject));
+    assert_eq!(
+        e.process_bytes(b"{", None, &mut out),
+        Outcome::Rejected(RejectReason::InvalidJson)
+    );
+    assert_eq!(
+        e.process_bytes(b"[]", None, &mut out),
+        Outcome::Rejected(RejectReason::NotAnObject)
+    );
     send(&mut e, 0, "a", "cv_view", &[]);
     assert_eq!(send(&mut e, 0, "a", "cv_view", &[]).len(), 1);
     let s = e.stats();
@@ -205,9 +234,15 @@ fn segment_and_vacancy_thresholds_apply_per_account() {
     let cv_refs: Vec<&str> = cvs.iter().map(String::as_str).collect();
     let bakery = send(&mut e, 0, "bakery", "cv_view", &cv_refs[..4]);
     assert_eq!(bakery.iter().map(|a| a.threshold).collect::<Vec<_>>(), vec![4]);
-    assert!(send(&mut e, 1, "bigco", "cv_view", &cv_refs[..5]).is_empty(), "threshold 6");
+    assert!(
+        send(&mut e, 1, "bigco", "cv_view", &cv_refs[..5]).is_empty(),
+        "threshold 6"
+    );
     assert_eq!(send(&mut e, 2, "bigco", "cv_view", &cv_refs[5..6])[0].threshold, 6);
-    assert!(send(&mut e, 3, "agency", "cv_view", &cv_refs[..9]).is_empty(), "threshold 10");
+    assert!(
+        send(&mut e, 3, "agency", "cv_view", &cv_refs[..9]).is_empty(),
+        "threshold 10"
+    );
     assert_eq!(send(&mut e, 4, "agency", "cv_view", &cv_refs[9..10])[0].threshold, 10);
 }
 
@@ -218,10 +253,17 @@ fn suspend_allowlist_and_dry_run_decide_the_action() {
     let mut quiet = rule("quiet", KeyKind::AccountId, Measure::Events, "1h", 1);
     quiet.response = Response::Suspend;
     quiet.dry_run = true;
-    let mut e = engine_with(EngineSpec::default(), vec![r.clone(), quiet], Profiles::default(), &["partner"]);
+    let mut e = engine_with(
+        EngineSpec::default(),
+        vec![r.clone(), quiet],
+        Profiles::default(),
+        &["partner"],
+    );
     let a = send(&mut e, 0, "harvester", "cv_view", &[]);
     assert_eq!(
-        a.iter().map(|x| (x.rule.as_str(), x.action, x.reason)).collect::<Vec<_>>(),
+        a.iter()
+            .map(|x| (x.rule.as_str(), x.action, x.reason))
+            .collect::<Vec<_>>(),
         vec![
             ("mass", AlertAction::Suspend, AlertReason::RuleResponse),
             ("quiet", AlertAction::Alert, AlertReason::DryRun)
@@ -229,7 +271,10 @@ fn suspend_allowlist_and_dry_run_decide_the_action() {
     );
     assert_eq!(a[0].suspend_accounts, vec!["harvester"]);
     let p = send(&mut e, 0, "partner", "cv_view", &[]);
-    assert_eq!((p[0].action, p[0].reason), (AlertAction::Alert, AlertReason::Allowlisted));
+    assert_eq!(
+        (p[0].action, p[0].reason),
+        (AlertAction::Alert, AlertReason::Allowlisted)
+    );
 
     let global = EngineSpec {
         dry_run: true,
@@ -258,7 +303,10 @@ fn org_keys_come_from_the_event_or_the_profile_and_list_accounts() {
         &serde_json::json!({"ts": T0, "account_id": "acc-1", "org_id": "org-1", "action": "cv_view", "cv_ids": ["1", "2"]}),
     );
     assert!(send(&mut e, 1, "acc-2", "cv_view", &["2", "3"]).is_empty());
-    assert!(send(&mut e, 1, "acc-9", "cv_view", &["4", "5", "6", "7"]).is_empty(), "no org");
+    assert!(
+        send(&mut e, 1, "acc-9", "cv_view", &["4", "5", "6", "7"]).is_empty(),
+        "no org"
+    );
     let fired = send_json(
         &mut e,
         &serde_json::json!({"ts": T0 + 2000, "account_id": "acc-3", "org_id": "org-1", "action": "cv_view", "cv_ids": ["4"]}),
@@ -266,7 +314,11 @@ fn org_keys_come_from_the_event_or_the_profile_and_list_accounts() {
     assert_eq!(fired.len(), 1);
     assert_eq!((fired[0].key_kind, fired[0].key.as_str()), (KeyKind::OrgId, "org-1"));
     assert_eq!(fired[0].accounts, vec!["acc-1", "acc-2", "acc-3"]);
-    assert_eq!(fired[0].suspend_accounts, vec!["acc-1", "acc-2"], "acc-3 is allowlisted");
+    assert_eq!(
+        fired[0].suspend_accounts,
+        vec!["acc-1", "acc-2"],
+        "acc-3 is allowlisted"
+    );
 }
 
 #[test]

@@ -38,8 +38,9 @@ fn accepts_epoch_millis_and_escaped_strings() {
 
 #[test]
 fn null_and_empty_optionals_are_absent() {
-    let ev = parse(r#"{"ts":1,"account_id":"a","action":"x","ip":null,"user_id":"","cv_id":null,"cv_visibility":null}"#)
-        .unwrap();
+    let ev =
+        parse(r#"{"ts":1,"account_id":"a","action":"x","ip":null,"user_id":"","cv_id":null,"cv_visibility":null}"#)
+            .unwrap();
     assert_eq!(ev.ip, None);
     assert_eq!(ev.user_id, None);
     assert!(ev.cv_ids.is_empty());
@@ -50,7 +51,10 @@ fn invalid_json() {
     assert_eq!(rejected(r#"{"ts":1,"account_id":"a""#), RejectReason::InvalidJson);
     assert_eq!(rejected("not json"), RejectReason::InvalidJson);
     assert_eq!(rejected(r#"{"ts":1} trailing"#), RejectReason::InvalidJson);
-    assert_eq!(parse_event(b"{\"ts\":\"\xff\"}", &ParseLimits::default()).unwrap_err(), RejectReason::InvalidJson);
+    assert_eq!(
+        parse_event(b"{\"ts\":\"\xff\"}", &ParseLimits::default()).unwrap_err(),
+        RejectReason::InvalidJson
+    );
 }
 
 #[test]
@@ -69,7 +73,16 @@ fn missing_required_fields() {
 
 #[test]
 fn invalid_ts() {
-    for ts in [r#""2024-13-01T00:00:00Z""#, "1.5", "-1", "true", "null", "[1]", r#"{"a":1}"#, "99999999999999999"] {
+    for ts in [
+        r#""2024-13-01T00:00:00Z""#,
+        "1.5",
+        "-1",
+        "true",
+        "null",
+        "[1]",
+        r#"{"a":1}"#,
+        "99999999999999999",
+    ] {
         let line = format!(r#"{{"ts":{ts},"account_id":"a","action":"x"}}"#);
         assert_eq!(rejected(&line), RejectReason::InvalidTs, "{line}");
     }
@@ -77,25 +90,49 @@ fn invalid_ts() {
 
 #[test]
 fn invalid_account_id() {
-    assert_eq!(rejected(r#"{"ts":1,"account_id":"","action":"x"}"#), RejectReason::InvalidAccountId);
-    assert_eq!(rejected(r#"{"ts":1,"account_id":7,"action":"x"}"#), RejectReason::InvalidAccountId);
+    assert_eq!(
+        rejected(r#"{"ts":1,"account_id":"","action":"x"}"#),
+        RejectReason::InvalidAccountId
+    );
+    assert_eq!(
+        rejected(r#"{"ts":1,"account_id":7,"action":"x"}"#),
+        RejectReason::InvalidAccountId
+    );
     let long = "a".repeat(MAX_ACCOUNT_ID_BYTES + 1);
-    assert_eq!(rejected(&format!(r#"{{"ts":1,"account_id":"{long}","action":"x"}}"#)), RejectReason::InvalidAccountId);
+    assert_eq!(
+        rejected(&format!(r#"{{"ts":1,"account_id":"{long}","action":"x"}}"#)),
+        RejectReason::InvalidAccountId
+    );
     let max = "a".repeat(MAX_ACCOUNT_ID_BYTES);
     assert!(parse(&format!(r#"{{"ts":1,"account_id":"{max}","action":"x"}}"#)).is_ok());
 }
 
 #[test]
 fn invalid_action() {
-    assert_eq!(rejected(r#"{"ts":1,"account_id":"a","action":""}"#), RejectReason::InvalidAction);
-    assert_eq!(rejected(r#"{"ts":1,"account_id":"a","action":["x"]}"#), RejectReason::InvalidAction);
+    assert_eq!(
+        rejected(r#"{"ts":1,"account_id":"a","action":""}"#),
+        RejectReason::InvalidAction
+    );
+    assert_eq!(
+        rejected(r#"{"ts":1,"account_id":"a","action":["x"]}"#),
+        RejectReason::InvalidAction
+    );
 }
 
 #[test]
 fn invalid_cv_ids() {
-    assert_eq!(rejected(r#"{"ts":1,"account_id":"a","action":"x","cv_ids":"cv-1"}"#), RejectReason::InvalidCvIds);
-    assert_eq!(rejected(r#"{"ts":1,"account_id":"a","action":"x","cv_ids":["cv-1",2]}"#), RejectReason::InvalidCvIds);
-    assert_eq!(rejected(r#"{"ts":1,"account_id":"a","action":"x","cv_id":5}"#), RejectReason::InvalidCvIds);
+    assert_eq!(
+        rejected(r#"{"ts":1,"account_id":"a","action":"x","cv_ids":"cv-1"}"#),
+        RejectReason::InvalidCvIds
+    );
+    assert_eq!(
+        rejected(r#"{"ts":1,"account_id":"a","action":"x","cv_ids":["cv-1",2]}"#),
+        RejectReason::InvalidCvIds
+    );
+    assert_eq!(
+        rejected(r#"{"ts":1,"account_id":"a","action":"x","cv_id":5}"#),
+        RejectReason::InvalidCvIds
+    );
 }
 
 #[test]
@@ -107,9 +144,15 @@ fn too_many_cv_ids_is_rejected_not_truncated() {
     let ok = r#"{"ts":1,"account_id":"a","action":"x","cv_ids":["1","2","3"]}"#;
     assert_eq!(parse_event(ok.as_bytes(), &limits).unwrap().cv_ids.len(), 3);
     let over = r#"{"ts":1,"account_id":"a","action":"x","cv_ids":["1","2","3","4"]}"#;
-    assert_eq!(parse_event(over.as_bytes(), &limits).unwrap_err(), RejectReason::TooManyCvIds);
+    assert_eq!(
+        parse_event(over.as_bytes(), &limits).unwrap_err(),
+        RejectReason::TooManyCvIds
+    );
     let over_with_single = r#"{"ts":1,"account_id":"a","action":"x","cv_ids":["1","2","3"],"cv_id":"4"}"#;
-    assert_eq!(parse_event(over_with_single.as_bytes(), &limits).unwrap_err(), RejectReason::TooManyCvIds);
+    assert_eq!(
+        parse_event(over_with_single.as_bytes(), &limits).unwrap_err(),
+        RejectReason::TooManyCvIds
+    );
 }
 
 #[test]
@@ -139,7 +182,10 @@ fn too_large() {
         ..ParseLimits::default()
     };
     let line = r#"{"ts":1,"account_id":"a","action":"x","pad":"xxxxxxxxxxxxxxxxxxxx"}"#;
-    assert_eq!(parse_event(line.as_bytes(), &limits).unwrap_err(), RejectReason::TooLarge);
+    assert_eq!(
+        parse_event(line.as_bytes(), &limits).unwrap_err(),
+        RejectReason::TooLarge
+    );
 }
 
 #[test]

@@ -39,10 +39,26 @@ fn threshold_selection_default_segment_and_per_vacancy() {
     s.segments.insert("staffing_agency".into(), 40_000);
     let set = RuleSet::compile(&EngineSpec::default(), &[s], profiles(), &[]).unwrap();
     let rule = &set.rules[0];
-    assert_eq!(set.effective_threshold(rule, "unknown", None), 4000, "no profile: threshold");
-    assert_eq!(set.effective_threshold(rule, "bakery", None), 4000, "1 vacancy x 100 < 4000");
-    assert_eq!(set.effective_threshold(rule, "agency", None), 40_000, "segment replaces threshold");
-    assert_eq!(set.effective_threshold(rule, "bigco", None), 12_000, "120 vacancies x 100");
+    assert_eq!(
+        set.effective_threshold(rule, "unknown", None),
+        4000,
+        "no profile: threshold"
+    );
+    assert_eq!(
+        set.effective_threshold(rule, "bakery", None),
+        4000,
+        "1 vacancy x 100 < 4000"
+    );
+    assert_eq!(
+        set.effective_threshold(rule, "agency", None),
+        40_000,
+        "segment replaces threshold"
+    );
+    assert_eq!(
+        set.effective_threshold(rule, "bigco", None),
+        12_000,
+        "120 vacancies x 100"
+    );
 }
 
 #[test]
@@ -101,7 +117,10 @@ fn every_problem_is_reported_with_rule_and_key() {
         ]
     );
     assert!(issues[2].message.contains("duplicate"));
-    assert_eq!(issues[2].to_string(), "rule `dup`, key `name`: duplicate rule name `dup`");
+    assert_eq!(
+        issues[2].to_string(),
+        "rule `dup`, key `name`: duplicate rule name `dup`"
+    );
 }
 
 #[test]

@@ -1,0 +1,41 @@
+//! `cvguard check-config FILE`: what an analyst runs before a change goes live.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use cvguard_config::{ConfigSource, Overrides};
+
+use crate::Failure;
+
+pub fn run(file: &Path) -> Result<ExitCode, Failure> {
+    let config = cvguard_config::load(&ConfigSource::File(file.to_path_buf()), &Overrides::default())?;
+    let set = &config.ruleset;
+    println!("{}: ok", config.source_name);
+    match &config.profiles_path {
+        Some(p) => println!("profiles: {} accounts from {}", set.profiles.len(), p.display()),
+        None => println!("profiles: none"),
+    }
+    if set.settings.dry_run {
+        println!("dry run: on (no automatic suspension)");
+    }
+    println!("rule                   group_by    measure       window  threshold  response per vacancy / segments");
+    for r in &set.rules {
+        let mut extra = Vec::new();
+        if let Some(p) = r.per_vacancy {
+            extra.push(format!("{p} per vacancy"));
+        }
+        extra.extend(r.segments.iter().map(|(s, t)| format!("{s}={t}")));
+        let response = if r.dry_run { "dry-run" } else { r.response.as_str() };
+        println!(
+            "{:<22} {:<11} {:<13} {:>6} {:>10}  {:<8} {}",
+            r.name,
+            r.group_by.as_str(),
+            r.measure.as_str(),
+            r.window_text,
+            r.threshold,
+            response,
+            extra.join(", ")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,4 @@
+pub mod check_config;
+pub mod demo;
+pub mod replay;
+pub mod simulate;

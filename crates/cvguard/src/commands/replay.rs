@@ -1,0 +1,106 @@
+//! `cvguard replay`: a backtest. Never calls the suspend webhook.
+
+use std::fs::File;
+use std::io::{self, BufWriter, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use cvguard_config::{ConfigSource, Overrides};
+use cvguard_core::Engine;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::input::{self, LineReader};
+use crate::replay::{feed, write_summary, AlertTally};
+use crate::Failure;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Config file (TOML). Without it, the shipped default compiled into the binary.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// NDJSON events, plain or gzip; `-` for stdin.
+    #[arg(long)]
+    input: PathBuf,
+    /// Write alerts here (JSON lines) instead of stdout.
+    #[arg(long)]
+    alerts: Option<PathBuf>,
+    /// Profile CSV to use instead of the config's `[profiles] path`.
+    #[arg(long)]
+    profiles: Option<PathBuf>,
+    /// The present, for rejecting events from the future (RFC 3339). Default: now.
+    #[arg(long)]
+    now: Option<String>,
+}
+
+pub fn run(args: Args) -> Result<ExitCode, Failure> {
+    let source = args
+        .config
+        .map_or_else(ConfigSource::embedded_default, ConfigSource::File);
+    let config = cvguard_config::load(
+        &source,
+        &Overrides {
+            profiles_path: args.profiles,
+        },
+    )?;
+    let clock_ms = match &args.now {
+        Some(text) => Some(
+            cvguard_core::timefmt::parse_rfc3339_ms(text)
+                .ok_or_else(|| Failure::Other(anyhow::anyhow!("--now `{text}` is not an RFC 3339 time")))?,
+        ),
+        None => Some(wall_clock_ms()),
+    };
+    let (reader, size) = input::open(&args.input)
+        .map_err(|e| Failure::NoInput(format!("cannot open input {}: {e}", args.input.display())))?;
+    let max_line = config.ruleset.settings.limits.max_event_bytes;
+    let mut lines = LineReader::new(reader, max_line);
+
+    let mut out: Box<dyn Write> = match &args.alerts {
+        Some(path) => Box::new(BufWriter::new(
+            File::create(path).with_context(|| format!("cannot create alerts file {}", path.display()))?,
+        )),
+        None => Box::new(BufWriter::new(io::stdout().lock())),
+    };
+    let progress = progress_bar(size);
+    let mut engine = Engine::new(Arc::new(config.ruleset));
+    let mut tally = AlertTally::default();
+    let started = Instant::now();
+    let bytes = feed(&mut engine, &mut lines, clock_ms, &progress, |alert| {
+        tally.note(alert);
+        serde_json::to_writer(&mut out, alert)?;
+        out.write_all(b"\n")
+    })
+    .context("reading the input")?;
+    out.flush().context("writing alerts")?;
+    progress.finish_and_clear();
+    write_summary(
+        &mut io::stderr().lock(),
+        engine.stats(),
+        &tally,
+        bytes,
+        started.elapsed(),
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn wall_clock_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A progress bar on stderr when it is a terminal; hidden otherwise.
+pub fn progress_bar(size: Option<u64>) -> ProgressBar {
+    if !io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    match size {
+        Some(len) => ProgressBar::new(len).with_style(
+            ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ),
+        None => ProgressBar::new_spinner(),
+    }
+}

@@ -1,0 +1,138 @@
+//! Streams NDJSON through the engine: the loop `replay` and `demo` share.
+
+use std::collections::BTreeMap;
+use std::io::{self, BufRead, Write};
+
+use cvguard_core::{Alert, AlertAction, Engine, EngineStats, KeyKind, RejectReason};
+use indicatif::ProgressBar;
+
+use crate::input::{Line, LineReader};
+
+/// Feeds every line to the engine and hands each alert to `on_alert` as it is decided.
+/// Returns the bytes read (after decompression).
+pub fn feed<R: BufRead>(
+    engine: &mut Engine,
+    lines: &mut LineReader<R>,
+    clock_ms: Option<i64>,
+    progress: &ProgressBar,
+    mut on_alert: impl FnMut(&Alert) -> io::Result<()>,
+) -> io::Result<u64> {
+    let mut alerts = Vec::new();
+    let mut since_tick = 0u32;
+    while let Some(line) = lines.next_line()? {
+        match line {
+            Line::Text(bytes) => {
+                engine.process_bytes(bytes, clock_ms, &mut alerts);
+            }
+            Line::TooLong => {
+                engine.reject(RejectReason::TooLarge);
+            }
+        }
+        for alert in alerts.drain(..) {
+            on_alert(&alert)?;
+        }
+        since_tick += 1;
+        if since_tick == 65_536 {
+            since_tick = 0;
+            progress.set_position(lines.consumed);
+        }
+    }
+    progress.set_position(lines.consumed);
+    Ok(lines.consumed)
+}
+
+/// What the human summary needs to know about one suspension.
+#[derive(Debug, Clone)]
+pub struct SuspensionBrief {
+    pub accounts: Vec<String>,
+    pub rule: String,
+    pub event_time: String,
+    pub distinct_cvs: Option<u64>,
+    pub named: u64,
+    pub anonymous: u64,
+}
+
+/// Counts alerts by rule and action, and remembers each suspension, as they stream by.
+#[derive(Debug, Default)]
+pub struct AlertTally {
+    pub by_rule_action: BTreeMap<(String, AlertAction), u64>,
+    pub suspensions: Vec<SuspensionBrief>,
+}
+
+impl AlertTally {
+    pub fn note(&mut self, alert: &Alert) {
+        *self
+            .by_rule_action
+            .entry((alert.rule.clone(), alert.action))
+            .or_default() += 1;
+        if alert.action == AlertAction::Suspend {
+            let vis = alert.evidence.cvs_by_visibility.unwrap_or_default();
+            self.suspensions.push(SuspensionBrief {
+                accounts: alert.suspend_accounts.clone(),
+                rule: alert.rule.clone(),
+                event_time: alert.event_time.clone(),
+                distinct_cvs: alert.evidence.distinct_cvs,
+                named: vis.named,
+                anonymous: vis.anonymous,
+            });
+        }
+    }
+}
+
+/// Writes the human summary of a replay.
+pub fn write_summary(
+    w: &mut impl Write,
+    stats: &EngineStats,
+    tally: &AlertTally,
+    bytes: u64,
+    elapsed: std::time::Duration,
+) -> io::Result<()> {
+    let secs = elapsed.as_secs_f64().max(1e-9);
+    writeln!(
+        w,
+        "events read {}  accepted {}  rejected {}  late {}  ({:.1} MB in {:.2} s, {:.0} events/s)",
+        stats.events,
+        stats.accepted,
+        stats.rejected_total(),
+        stats.late,
+        bytes as f64 / 1e6,
+        secs,
+        stats.events as f64 / secs
+    )?;
+    for (reason, n) in stats.rejected_by_reason() {
+        writeln!(w, "  rejected {:<24} {n}", reason.as_str())?;
+    }
+    if stats.unmatched_action > 0 {
+        writeln!(w, "  accepted, no rule counts their action: {}", stats.unmatched_action)?;
+    }
+    let total: u64 = tally.by_rule_action.values().sum();
+    writeln!(w, "alerts {total}")?;
+    for ((rule, action), n) in &tally.by_rule_action {
+        writeln!(w, "  {rule:<24} {:<8} {n}", action.as_str())?;
+    }
+    for s in &tally.suspensions {
+        let cvs = s
+            .distinct_cvs
+            .map_or_else(|| "an unknown number of".to_string(), |n| n.to_string());
+        writeln!(
+            w,
+            "suspend {} by {} at {}: {cvs} distinct CVs touched ({} named, {} anonymous)",
+            s.accounts.join(","),
+            s.rule,
+            s.event_time,
+            s.named,
+            s.anonymous
+        )?;
+    }
+    Ok(())
+}
+
+/// Key kind as people read it.
+pub fn key_label(kind: KeyKind) -> &'static str {
+    match kind {
+        KeyKind::AccountId => "account",
+        KeyKind::OrgId => "organisation",
+        KeyKind::UserId => "user",
+        KeyKind::Ip => "ip",
+    }
+}

@@ -1,1 +1,0 @@
-//! Helpers live in `support/`; the tests are the `[[test]]` targets.
