@@ -234,16 +234,7 @@ impl Engine {
             if rules.kind_mask(kind) & bit == 0 {
                 continue;
             }
-            let key: Option<&str> = match kind {
-                KeyKind::AccountId => Some(&ev.account_id),
-                KeyKind::OrgId => ev
-                    .org_id
-                    .as_deref()
-                    .or_else(|| rules.profiles.account(&ev.account_id).and_then(|p| p.org_id.as_deref())),
-                KeyKind::UserId => ev.user_id.as_deref(),
-                KeyKind::Ip => ev.ip.as_deref(),
-            };
-            let Some(key) = key else { continue };
+            let Some(key) = rules.key_for(kind, ev) else { continue };
             let slot = self.slot_for(rules, kind, key, &ev.account_id, sec);
             self.update_key(rules, kind, slot, ev, action, sec, now, &cvs, out);
         }
@@ -589,6 +580,9 @@ fn decide(rules: &RuleSet, rule: &Rule, accounts: &[String]) -> (AlertAction, Al
     }
     (AlertAction::Suspend, AlertReason::RuleResponse, targets)
 }
+
+mod snapshot;
+pub use snapshot::{EngineSnapshot, SnapshotError};
 
 #[cfg(test)]
 mod tests;

@@ -41,6 +41,20 @@ impl RecentSet {
         v
     }
 
+    /// (value, latest second), sorted by value: what a snapshot keeps.
+    pub fn entries(&self) -> Vec<(String, i64)> {
+        let mut v: Vec<(String, i64)> = self.items.iter().map(|(k, s)| (k.to_string(), *s)).collect();
+        v.sort_unstable();
+        v
+    }
+
+    pub fn from_entries(entries: Vec<(String, i64)>, truncated: bool) -> RecentSet {
+        RecentSet {
+            items: entries.into_iter().map(|(k, s)| (k.into_boxed_str(), s)).collect(),
+            truncated,
+        }
+    }
+
     pub fn truncated(&self) -> bool {
         self.truncated
     }

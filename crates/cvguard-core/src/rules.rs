@@ -248,6 +248,9 @@ pub struct RuleSet {
     kind_mask: [u64; 4],
     /// For each key kind, its longest window in seconds (0 when it has no rules).
     max_window_secs: [i64; 4],
+    /// Identifies the rules and settings that shape engine state; a snapshot taken
+    /// under other rules is not restored.
+    fingerprint: u64,
 }
 
 impl RuleSet {
@@ -351,25 +354,75 @@ impl RuleSet {
         if !issues.is_empty() {
             return Err(issues);
         }
-        let mut by_kind: [Vec<usize>; 4] = Default::default();
-        let mut kind_mask = [0u64; 4];
-        let mut max_window_secs = [0i64; 4];
-        for (i, rule) in rules.iter().enumerate() {
-            let k = rule.group_by.index();
-            by_kind[k].push(i);
-            kind_mask[k] |= rule.action_mask;
-            max_window_secs[k] = max_window_secs[k].max(rule.window_secs);
-        }
-        Ok(RuleSet {
+        let fingerprint = {
+            let specs = serde_json::to_vec(specs).unwrap_or_default();
+            let engine = serde_json::to_vec(engine).unwrap_or_default();
+            crate::alert::stable_hash(&[&specs, &engine])
+        };
+        let mut set = RuleSet {
             rules,
             settings,
             profiles,
             allowlist: allowlist.iter().cloned().collect(),
             action_ids,
-            by_kind,
-            kind_mask,
-            max_window_secs,
-        })
+            by_kind: Default::default(),
+            kind_mask: [0; 4],
+            max_window_secs: [0; 4],
+            fingerprint,
+        };
+        set.index_rules();
+        Ok(set)
+    }
+
+    fn index_rules(&mut self) {
+        self.by_kind = Default::default();
+        self.kind_mask = [0; 4];
+        self.max_window_secs = [0; 4];
+        for (i, rule) in self.rules.iter().enumerate() {
+            let k = rule.group_by.index();
+            self.by_kind[k].push(i);
+            self.kind_mask[k] |= rule.action_mask;
+            self.max_window_secs[k] = self.max_window_secs[k].max(rule.window_secs);
+        }
+    }
+
+    /// The same rules, settings and profiles, keeping only the rules of `kind`. A service
+    /// runs one engine per key kind so that each (rule, key) lives on exactly one shard.
+    pub fn restricted_to(&self, kind: KeyKind) -> RuleSet {
+        let mut set = self.clone();
+        set.rules.retain(|r| r.group_by == kind);
+        set.fingerprint = crate::alert::stable_hash(&[&self.fingerprint.to_be_bytes(), &[kind.id_byte()]]);
+        set.index_rules();
+        set
+    }
+
+    /// Identifies these rules and settings (not the profiles): equal fingerprints mean a
+    /// snapshot of engine state can be restored under them.
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
+    }
+
+    /// Key kinds that have at least one rule.
+    pub fn kinds(&self) -> impl Iterator<Item = KeyKind> + '_ {
+        KeyKind::ALL.into_iter().filter(|k| !self.by_kind[k.index()].is_empty())
+    }
+
+    /// The key `event` has for rules of `kind`, if any of them counts its action: the
+    /// account, the org (from the event, else the account's profile), the user or the ip.
+    pub fn key_for<'e>(&'e self, kind: KeyKind, event: &'e crate::event::Event<'_>) -> Option<&'e str> {
+        let id = self.action_id(&event.action)?;
+        if self.kind_mask(kind) & (1u64 << id) == 0 {
+            return None;
+        }
+        match kind {
+            KeyKind::AccountId => Some(&event.account_id),
+            KeyKind::OrgId => event
+                .org_id
+                .as_deref()
+                .or_else(|| self.profiles.account(&event.account_id).and_then(|p| p.org_id.as_deref())),
+            KeyKind::UserId => event.user_id.as_deref(),
+            KeyKind::Ip => event.ip.as_deref(),
+        }
     }
 
     pub fn is_allowlisted(&self, account_id: &str) -> bool {

@@ -70,6 +70,20 @@ impl CountWindow {
     pub fn is_empty(&self) -> bool {
         self.buckets.is_empty()
     }
+
+    /// (second, amount) buckets, oldest first: what a snapshot keeps.
+    pub fn buckets(&self) -> impl Iterator<Item = (i64, u64)> + '_ {
+        self.buckets.iter().copied()
+    }
+
+    /// Rebuilds a window from snapshot buckets (any order).
+    pub fn from_buckets(buckets: impl IntoIterator<Item = (i64, u64)>) -> CountWindow {
+        let mut w = CountWindow::default();
+        for (sec, n) in buckets {
+            w.add(sec, n);
+        }
+        w
+    }
 }
 
 /// What a distinct window remembers of one CV while it is inside the window.
@@ -185,6 +199,13 @@ impl DistinctWindow {
 
     pub fn is_empty(&self) -> bool {
         self.seen.is_empty()
+    }
+
+    /// Puts back a CV as a snapshot recorded it. The caller owns one reference to it.
+    pub fn restore(&mut self, cv: CvRef, access: CvAccess) {
+        self.by_visibility[access.visibility as usize] += 1;
+        self.seen.insert(cv, access);
+        push_sorted(&mut self.queue, access.last_sec, cv);
     }
 }
 

@@ -377,3 +377,85 @@ fn the_same_events_give_the_same_alerts() {
     assert!(first.len() > 5, "the scenario must fire: {}", first.len());
     assert_eq!(first, run());
 }
+
+#[test]
+fn a_restored_snapshot_continues_exactly_where_the_engine_was() {
+    let mut org = rule("org", KeyKind::OrgId, Measure::DistinctCvs, "1h", 30);
+    org.response = Response::Suspend;
+    let rules = vec![
+        rule("d", KeyKind::AccountId, Measure::DistinctCvs, "10m", 25),
+        rule("c", KeyKind::AccountId, Measure::Cvs, "5m", 40),
+        org,
+        rule("ip", KeyKind::Ip, Measure::Events, "10m", 12),
+    ];
+    let events: Vec<String> = (0..400i64)
+        .map(|i| {
+            serde_json::json!({"ts": T0 + i * 3000, "account_id": format!("a{}", i % 4), "org_id": format!("o{}", i % 2),
+                "action": "cv_view", "cv_ids": [format!("cv{}", i % 37), format!("cv{}", (i * 7) % 53)],
+                "ip": format!("ip{}", i % 3), "user_id": "u", "cv_visibility": if i % 3 == 0 {"named"} else {"anonymous"}})
+            .to_string()
+        })
+        .collect();
+    let run = |engine: &mut Engine, lines: &[String]| -> Vec<String> {
+        let mut all = Vec::new();
+        for l in lines {
+            let mut out = Vec::new();
+            engine.process_bytes(l.as_bytes(), None, &mut out);
+            all.extend(out.iter().map(|a| serde_json::to_string(a).unwrap()));
+        }
+        all
+    };
+    let mut whole = engine(rules.clone());
+    let expected = run(&mut whole, &events);
+    assert!(expected.len() > 4, "{}", expected.len());
+
+    let mut first = engine(rules.clone());
+    let mut got = run(&mut first, &events[..200]);
+    let snap = first.snapshot();
+    let text = serde_json::to_string(&snap).unwrap();
+    let back: EngineSnapshot = serde_json::from_str(&text).unwrap();
+    let mut second = Engine::restore(first.rules().clone(), &back).unwrap();
+    assert_eq!(second.state_size(), first.state_size());
+    assert_eq!(second.snapshot(), snap, "restore then snapshot is the identity");
+    got.extend(run(&mut second, &events[200..]));
+    assert_eq!(got, expected);
+    assert_eq!(second.stats(), whole.stats());
+    assert_eq!(second.state_size(), whole.state_size());
+
+    let other = engine(vec![rule("d", KeyKind::AccountId, Measure::DistinctCvs, "10m", 26)]);
+    assert!(matches!(
+        Engine::restore(other.rules().clone(), &back),
+        Err(SnapshotError::OtherRules { .. })
+    ));
+}
+
+#[test]
+fn restricted_rule_sets_split_an_engine_by_key_kind_with_the_same_alerts() {
+    let rules = vec![
+        rule("d", KeyKind::AccountId, Measure::DistinctCvs, "10m", 20),
+        rule("ip", KeyKind::Ip, Measure::Cvs, "10m", 30),
+    ];
+    let full = engine(rules);
+    let set = full.rules().clone();
+    assert_eq!(set.kinds().collect::<Vec<_>>(), vec![KeyKind::AccountId, KeyKind::Ip]);
+    let mut parts: Vec<Engine> = set.kinds().map(|k| Engine::new(Arc::new(set.restricted_to(k)))).collect();
+    assert_ne!(parts[0].rules().fingerprint(), parts[1].rules().fingerprint());
+    let mut full = full;
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for i in 0..300i64 {
+        let line = serde_json::json!({"ts": T0 + i * 1000, "account_id": format!("a{}", i % 3), "action": "cv_view",
+            "cv_ids": [format!("cv{i}")], "ip": format!("ip{}", i % 2)})
+        .to_string();
+        full.process_bytes(line.as_bytes(), None, &mut a);
+        for p in &mut parts {
+            p.process_bytes(line.as_bytes(), None, &mut b);
+        }
+    }
+    let key = |x: &Alert| serde_json::to_string(x).unwrap();
+    let mut a: Vec<String> = a.iter().map(key).collect();
+    let mut b: Vec<String> = b.iter().map(key).collect();
+    a.sort();
+    b.sort();
+    assert!(!a.is_empty());
+    assert_eq!(a, b);
+}
