@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: demo test fmt fmt-check clippy build build-release unit e2e bench clean
+.PHONY: demo test fmt fmt-check clippy build build-release unit e2e services kafka-up kafka-down run bench clean
 
 ## The main job: simulate the werk.nl weekend and replay it with the shipped rules.
 demo: build-release
@@ -29,8 +29,21 @@ clippy:
 unit:
 	$(CARGO) test --workspace --exclude cvguard-tests
 
-e2e: build
+## Services the end-to-end tests talk to, installed and started by our own scripts.
+services: kafka-up
+
+kafka-up:
+	scripts/kafka-up.sh
+
+kafka-down:
+	scripts/kafka-down.sh
+
+e2e: build services
 	$(CARGO) test -p cvguard-tests
+
+## The service on the shipped config: HTTP ingest on 127.0.0.1:8088.
+run: build-release
+	./target/release/cvguard serve --config config/cvguard.toml
 
 clean:
 	$(CARGO) clean

@@ -1,5 +1,8 @@
 //! Helpers for the end-to-end tests: find the built binary, run it, read its outputs.
 
+pub mod kafka;
+pub mod service;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -3,6 +3,7 @@
 //! analyst sees every problem with its file, rule and key.
 
 mod profiles;
+mod service;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 pub use profiles::{load_profiles, read_profiles};
+pub use service::{HttpSection, KafkaSection, ServiceSection, SinkSpec, SourceKind, SourceSection, StateSection};
 
 /// The shipped default config (`config/cvguard.toml`), compiled in so `demo` and a bare
 /// `serve` run without any file.
@@ -110,6 +112,22 @@ pub struct Config {
     pub rules: Vec<RuleSpec>,
     /// The compiled rules, ready for an engine.
     pub ruleset: RuleSet,
+    pub source: SourceSection,
+    pub http: HttpSection,
+    pub state: StateSection,
+    pub service: ServiceSection,
+    pub kafka: KafkaSection,
+    pub sinks: Vec<SinkSpec>,
+    /// The durations of `[state]` and `[service]`, parsed.
+    pub timing: Timing,
+}
+
+/// Parsed durations of the service sections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    pub snapshot_interval: std::time::Duration,
+    pub shutdown_timeout: std::time::Duration,
+    pub commit_interval: std::time::Duration,
 }
 
 /// Options that replace what the file says.
@@ -142,21 +160,36 @@ pub fn load(source: &ConfigSource, overrides: &Overrides) -> Result<Config, Conf
     let mut profiles = ProfilesSection::default();
     let mut allowlist = AllowlistSection::default();
     let mut rule_values = Vec::new();
+    let mut sink_values = Vec::new();
+    let mut source_section = SourceSection::default();
+    let mut http = HttpSection::default();
+    let mut state = StateSection::default();
+    let mut service = ServiceSection::default();
+    let mut kafka = KafkaSection::default();
     for (key, value) in top {
         match key.as_str() {
             "engine" => section(&key, value, &mut issues).map(|v| engine = v),
             "profiles" => section(&key, value, &mut issues).map(|v| profiles = v),
             "allowlist" => section(&key, value, &mut issues).map(|v| allowlist = v),
-            "rules" => match value {
+            "source" => section(&key, value, &mut issues).map(|v| source_section = v),
+            "http" => section(&key, value, &mut issues).map(|v| http = v),
+            "state" => section(&key, value, &mut issues).map(|v| state = v),
+            "service" => section(&key, value, &mut issues).map(|v| service = v),
+            "kafka" => section(&key, value, &mut issues).map(|v| kafka = v),
+            "rules" | "sinks" => match value {
                 Value::Array(items) => {
-                    rule_values = items;
+                    if key == "rules" {
+                        rule_values = items;
+                    } else {
+                        sink_values = items;
+                    }
                     Some(())
                 }
                 _ => {
                     issues.push(issue(
                         None,
-                        "rules",
-                        "must be an array of tables: write `[[rules]]`".into(),
+                        &key,
+                        format!("must be an array of tables: write `[[{key}]]`"),
                     ));
                     None
                 }
@@ -165,11 +198,48 @@ pub fn load(source: &ConfigSource, overrides: &Overrides) -> Result<Config, Conf
                 issues.push(issue(
                     None,
                     other,
-                    "unknown section or key; expected one of engine, profiles, allowlist, rules".into(),
+                    format!("unknown section or key; expected one of {}", SECTIONS.join(", ")),
                 ));
                 None
             }
         };
+    }
+    let mut sinks = Vec::new();
+    for (i, value) in sink_values.into_iter().enumerate() {
+        match deserialize::<SinkSpec>(value) {
+            Ok(sink) => sinks.push(sink),
+            Err((key, message)) => issues.push(issue(None, &format!("sinks[{i}].{key}"), message)),
+        }
+    }
+    let timing = Timing {
+        snapshot_interval: duration("state.snapshot_interval", &state.snapshot_interval, &mut issues),
+        shutdown_timeout: duration("service.shutdown_timeout", &service.shutdown_timeout, &mut issues),
+        commit_interval: duration("service.commit_interval", &service.commit_interval, &mut issues),
+    };
+    if http.listen.parse::<std::net::SocketAddr>().is_err() {
+        issues.push(issue(
+            None,
+            "http.listen",
+            format!("`{}` is not an address like 127.0.0.1:8088", http.listen),
+        ));
+    }
+    if source_section.kind == SourceKind::Kafka {
+        let props = kafka.client_properties();
+        for required in ["bootstrap.servers", "group.id"] {
+            if !props.contains_key(required) {
+                issues.push(issue(
+                    None,
+                    &format!("kafka.properties.\"{required}\""),
+                    "is required when [source] kind = \"kafka\"".into(),
+                ));
+            }
+        }
+        if kafka.topics.is_empty() {
+            issues.push(issue(None, "kafka.topics", "must name at least one topic".into()));
+        }
+        if kafka.partitions < 1 {
+            issues.push(issue(None, "kafka.partitions", "must be at least 1".into()));
+        }
     }
 
     let mut rules = Vec::with_capacity(rule_values.len());
@@ -220,6 +290,13 @@ pub fn load(source: &ConfigSource, overrides: &Overrides) -> Result<Config, Conf
             allowlist,
             rules,
             ruleset,
+            source: source_section,
+            http,
+            state,
+            service,
+            kafka,
+            sinks,
+            timing,
         }),
         Ok(_) => Err(fail(issues)),
         Err(more) => {
@@ -227,6 +304,37 @@ pub fn load(source: &ConfigSource, overrides: &Overrides) -> Result<Config, Conf
             Err(fail(issues))
         }
     }
+}
+
+const SECTIONS: [&str; 10] = [
+    "engine",
+    "profiles",
+    "allowlist",
+    "rules",
+    "source",
+    "http",
+    "state",
+    "service",
+    "kafka",
+    "sinks",
+];
+
+fn duration(key: &str, text: &str, issues: &mut Vec<ConfigIssue>) -> std::time::Duration {
+    match humantime_parse(text) {
+        Some(d) => d,
+        None => {
+            issues.push(issue(
+                None,
+                key,
+                format!("`{text}` is not a duration; write it like `30s` or `5m`"),
+            ));
+            std::time::Duration::ZERO
+        }
+    }
+}
+
+fn humantime_parse(text: &str) -> Option<std::time::Duration> {
+    cvguard_core::rules::parse_duration(text)
 }
 
 fn read_tree(source: &ConfigSource) -> Result<Value, String> {

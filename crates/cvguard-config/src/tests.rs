@@ -177,3 +177,60 @@ fn syntax_errors_and_missing_files_are_config_errors() {
     let err = load(&ConfigSource::File(dir.path().join("nope.toml")), &Overrides::default()).unwrap_err();
     assert!(err.to_string().contains("does not exist"));
 }
+
+#[test]
+fn service_sections_parse_with_dotted_librdkafka_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        r#"
+[source]
+kind = "kafka"
+[http]
+listen = "127.0.0.1:9999"
+[state]
+dir = "/tmp/x"
+snapshot_interval = "10s"
+[kafka]
+topics = ["a", "b"]
+dead_letter_topic = "dlq"
+[kafka.properties]
+"bootstrap.servers" = "127.0.0.1:9092"
+"group.id" = "g"
+"session.timeout.ms" = 6000
+[[sinks]]
+kind = "jsonl"
+path = "out.jsonl"
+[[sinks]]
+kind = "stdout"
+{RULE}"#
+    );
+    let cfg = load_text(dir.path(), &text).unwrap();
+    assert_eq!(cfg.source.kind, SourceKind::Kafka);
+    assert_eq!(cfg.kafka.topics, vec!["a", "b"]);
+    let props = cfg.kafka.client_properties();
+    assert_eq!(
+        props.get("bootstrap.servers").map(String::as_str),
+        Some("127.0.0.1:9092")
+    );
+    assert_eq!(props.get("session.timeout.ms").map(String::as_str), Some("6000"));
+    assert_eq!(cfg.timing.snapshot_interval, std::time::Duration::from_secs(10));
+    assert_eq!(
+        cfg.sinks,
+        vec![
+            SinkSpec::Jsonl {
+                path: "out.jsonl".into()
+            },
+            SinkSpec::Stdout {}
+        ]
+    );
+
+    let err = load_text(
+        dir.path(),
+        &format!("[source]\nkind = \"kafka\"\n[http]\nlisten = \"nowhere\"\n[[sinks]]\nkind = \"fax\"\n{RULE}"),
+    )
+    .unwrap_err();
+    let keys: Vec<&str> = err.issues.iter().map(|i| i.key.as_str()).collect();
+    assert!(keys.contains(&"http.listen"), "{keys:?}");
+    assert!(keys.contains(&"kafka.properties.\"bootstrap.servers\""), "{keys:?}");
+    assert!(keys.iter().any(|k| k.starts_with("sinks[0]")), "{keys:?}");
+}

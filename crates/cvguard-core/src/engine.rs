@@ -43,6 +43,19 @@ pub struct EngineStats {
 }
 
 impl EngineStats {
+    /// Adds another engine's counts (engines of several partitions or key kinds).
+    pub fn add(&mut self, other: &EngineStats) {
+        self.events += other.events;
+        self.accepted += other.accepted;
+        self.late += other.late;
+        for (a, b) in self.rejected.iter_mut().zip(other.rejected.iter()) {
+            *a += b;
+        }
+        self.unmatched_action += other.unmatched_action;
+        self.alerts += other.alerts;
+        self.suspensions += other.suspensions;
+    }
+
     pub fn rejected_total(&self) -> u64 {
         self.rejected.iter().sum()
     }
@@ -581,7 +594,7 @@ fn decide(rules: &RuleSet, rule: &Rule, accounts: &[String]) -> (AlertAction, Al
     (AlertAction::Suspend, AlertReason::RuleResponse, targets)
 }
 
-mod snapshot;
+pub mod snapshot;
 pub use snapshot::{EngineSnapshot, SnapshotError};
 
 #[cfg(test)]

@@ -396,6 +396,14 @@ impl RuleSet {
         set
     }
 
+    /// The same rules with a different allowed lateness. The repartition stage of the
+    /// service merges partitions that progress at different speeds, so it accepts
+    /// events as late as its longest window.
+    pub fn with_allowed_lateness(mut self, ms: Millis) -> RuleSet {
+        self.settings.allowed_lateness_ms = ms;
+        self
+    }
+
     /// Identifies these rules and settings (not the profiles): equal fingerprints mean a
     /// snapshot of engine state can be restored under them.
     pub fn fingerprint(&self) -> u64 {
@@ -416,10 +424,11 @@ impl RuleSet {
         }
         match kind {
             KeyKind::AccountId => Some(&event.account_id),
-            KeyKind::OrgId => event
-                .org_id
-                .as_deref()
-                .or_else(|| self.profiles.account(&event.account_id).and_then(|p| p.org_id.as_deref())),
+            KeyKind::OrgId => event.org_id.as_deref().or_else(|| {
+                self.profiles
+                    .account(&event.account_id)
+                    .and_then(|p| p.org_id.as_deref())
+            }),
             KeyKind::UserId => event.user_id.as_deref(),
             KeyKind::Ip => event.ip.as_deref(),
         }
@@ -525,6 +534,11 @@ fn compile_engine(spec: &EngineSpec, issues: &mut Vec<ConfigIssue>) -> EngineSet
         },
         dry_run: spec.dry_run,
     }
+}
+
+/// Parses a humantime duration (`30s`, `5m`, `1h 30m`).
+pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    humantime::parse_duration(text.trim()).ok()
 }
 
 /// Parses a rule window: humantime syntax, whole seconds, 1 second to 31 days.

@@ -3,6 +3,7 @@
 mod commands;
 mod input;
 mod replay;
+mod telemetry;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,6 +30,8 @@ enum Command {
     Simulate(commands::simulate::Args),
     /// Simulate the werk.nl weekend, replay it with the shipped config and tell the story.
     Demo(commands::demo::Args),
+    /// Run the service: consume events (Kafka or HTTP), detect, publish alerts.
+    Serve(commands::serve::Args),
     /// Validate a config file and print the effective rules; exit 64 with every problem.
     CheckConfig {
         /// The config file.
@@ -68,6 +71,7 @@ fn main() -> ExitCode {
         Command::Replay(args) => commands::replay::run(args),
         Command::Simulate(args) => commands::simulate::run(args),
         Command::Demo(args) => commands::demo::run(args),
+        Command::Serve(args) => commands::serve::run(args),
         Command::CheckConfig { file } => commands::check_config::run(&file),
     };
     match result {

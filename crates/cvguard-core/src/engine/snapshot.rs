@@ -21,7 +21,7 @@ pub struct EngineSnapshot {
     pub keys: Vec<KeySnapshot>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct StatsSnapshot {
     pub events: u64,
     pub accepted: u64,
@@ -151,7 +151,11 @@ impl Engine {
         for k in &snap.keys {
             let rule_ids = rules.rules_of(k.kind);
             if k.windows.len() != rule_ids.len() || k.firing.len() != rule_ids.len() {
-                return Err(SnapshotError::Inconsistent(format!("key {} has {} windows", k.key, k.windows.len())));
+                return Err(SnapshotError::Inconsistent(format!(
+                    "key {} has {} windows",
+                    k.key,
+                    k.windows.len()
+                )));
             }
             let mut windows = Vec::with_capacity(k.windows.len());
             for w in &k.windows {

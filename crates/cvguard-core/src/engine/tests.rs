@@ -438,7 +438,10 @@ fn restricted_rule_sets_split_an_engine_by_key_kind_with_the_same_alerts() {
     let full = engine(rules);
     let set = full.rules().clone();
     assert_eq!(set.kinds().collect::<Vec<_>>(), vec![KeyKind::AccountId, KeyKind::Ip]);
-    let mut parts: Vec<Engine> = set.kinds().map(|k| Engine::new(Arc::new(set.restricted_to(k)))).collect();
+    let mut parts: Vec<Engine> = set
+        .kinds()
+        .map(|k| Engine::new(Arc::new(set.restricted_to(k))))
+        .collect();
     assert_ne!(parts[0].rules().fingerprint(), parts[1].rules().fingerprint());
     let mut full = full;
     let (mut a, mut b) = (Vec::new(), Vec::new());

@@ -1,5 +1,6 @@
 //! `cvguard check-config FILE`: what an analyst runs before a change goes live.
 
+use std::io::{self, Write};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -9,16 +10,29 @@ use crate::Failure;
 
 pub fn run(file: &Path) -> Result<ExitCode, Failure> {
     let config = cvguard_config::load(&ConfigSource::File(file.to_path_buf()), &Overrides::default())?;
+    match print_rules(&config) {
+        // A closed pipe (`| head`) is the reader's choice, not an error.
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+        Err(e) => Err(e.into()),
+        Ok(()) => Ok(ExitCode::SUCCESS),
+    }
+}
+
+fn print_rules(config: &cvguard_config::Config) -> io::Result<()> {
+    let mut o = io::stdout().lock();
     let set = &config.ruleset;
-    println!("{}: ok", config.source_name);
+    writeln!(o, "{}: ok", config.source_name)?;
     match &config.profiles_path {
-        Some(p) => println!("profiles: {} accounts from {}", set.profiles.len(), p.display()),
-        None => println!("profiles: none"),
+        Some(p) => writeln!(o, "profiles: {} accounts from {}", set.profiles.len(), p.display())?,
+        None => writeln!(o, "profiles: none")?,
     }
     if set.settings.dry_run {
-        println!("dry run: on (no automatic suspension)");
+        writeln!(o, "dry run: on (no automatic suspension)")?;
     }
-    println!("rule                   group_by    measure       window  threshold  response per vacancy / segments");
+    writeln!(
+        o,
+        "rule                   group_by    measure       window  threshold  response per vacancy / segments"
+    )?;
     for r in &set.rules {
         let mut extra = Vec::new();
         if let Some(p) = r.per_vacancy {
@@ -26,7 +40,8 @@ pub fn run(file: &Path) -> Result<ExitCode, Failure> {
         }
         extra.extend(r.segments.iter().map(|(s, t)| format!("{s}={t}")));
         let response = if r.dry_run { "dry-run" } else { r.response.as_str() };
-        println!(
+        writeln!(
+            o,
             "{:<22} {:<11} {:<13} {:>6} {:>10}  {:<8} {}",
             r.name,
             r.group_by.as_str(),
@@ -35,7 +50,7 @@ pub fn run(file: &Path) -> Result<ExitCode, Failure> {
             r.threshold,
             response,
             extra.join(", ")
-        );
+        )?;
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }

@@ -1,0 +1,224 @@
+//! The sections a running service reads: where events come from, where state and
+//! outputs go. `replay` ignores them.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// `[source]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSection {
+    /// `http` (POST /v1/events, the embedded default) or `kafka`.
+    #[serde(default)]
+    pub kind: SourceKind,
+}
+
+impl Default for SourceSection {
+    fn default() -> Self {
+        SourceSection { kind: SourceKind::Http }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    #[default]
+    Http,
+    Kafka,
+}
+
+/// `[http]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    /// Address for ingest, the API, health and metrics. Loopback unless you mean otherwise.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Largest accepted request body (NDJSON ingest) in bytes; larger answers 413.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8088".into()
+}
+fn default_max_body() -> usize {
+    16 << 20
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection {
+            listen: default_listen(),
+            max_body_bytes: default_max_body(),
+        }
+    }
+}
+
+/// `[state]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateSection {
+    /// Folder for snapshots of window state, one file per partition. Relative to the
+    /// working directory.
+    #[serde(default = "default_state_dir")]
+    pub dir: String,
+    /// How often each partition's state is snapshotted.
+    #[serde(default = "default_snapshot_interval")]
+    pub snapshot_interval: String,
+}
+
+fn default_state_dir() -> String {
+    "data/state".into()
+}
+fn default_snapshot_interval() -> String {
+    "30s".into()
+}
+
+impl Default for StateSection {
+    fn default() -> Self {
+        StateSection {
+            dir: default_state_dir(),
+            snapshot_interval: default_snapshot_interval(),
+        }
+    }
+}
+
+/// `[service]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSection {
+    /// Engine worker threads; 0 means one per core.
+    #[serde(default)]
+    pub workers: usize,
+    /// On SIGTERM: how long to finish in-flight work, snapshot and commit before exiting.
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout: String,
+    /// How often offsets whose effects are durable are committed (immediately after alerts).
+    #[serde(default = "default_commit_interval")]
+    pub commit_interval: String,
+}
+
+fn default_shutdown_timeout() -> String {
+    "30s".into()
+}
+fn default_commit_interval() -> String {
+    "1s".into()
+}
+
+impl Default for ServiceSection {
+    fn default() -> Self {
+        ServiceSection {
+            workers: 0,
+            shutdown_timeout: default_shutdown_timeout(),
+            commit_interval: default_commit_interval(),
+        }
+    }
+}
+
+/// `[kafka]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSection {
+    /// Topics with access events, keyed by account_id.
+    #[serde(default = "default_topics")]
+    pub topics: Vec<String>,
+    /// Alerts (the alert contract), key = the alert's key.
+    #[serde(default = "default_alerts_topic")]
+    pub alerts_topic: String,
+    /// Incidents, compacted, key = incident id, value = the latest state.
+    #[serde(default = "default_incidents_topic")]
+    pub incidents_topic: String,
+    /// Rejected messages, forwarded unchanged with the reason in header `cvguard-reject-reason`.
+    #[serde(default)]
+    pub dead_letter_topic: Option<String>,
+    /// Internal: events re-keyed by org, user or ip so each such key is counted on one shard.
+    #[serde(default = "default_repartition_topic")]
+    pub repartition_topic: String,
+    /// Partitions for the topics cvguard creates when they are missing (the repartition
+    /// topic should have as many as the input topics).
+    #[serde(default = "default_partitions")]
+    pub partitions: i32,
+    #[serde(default = "default_replication")]
+    pub replication_factor: i32,
+    /// Shorthand for `properties."bootstrap.servers"`, settable as CVGUARD__KAFKA__BOOTSTRAP_SERVERS.
+    #[serde(default)]
+    pub bootstrap_servers: Option<String>,
+    /// Shorthand for `properties."group.id"`, settable as CVGUARD__KAFKA__GROUP_ID.
+    #[serde(default)]
+    pub group_id: Option<String>,
+    /// Passed to librdkafka as strings: bootstrap.servers, group.id, security.protocol, ...
+    #[serde(default)]
+    pub properties: BTreeMap<String, serde_json::Value>,
+}
+
+fn default_topics() -> Vec<String> {
+    vec!["cv-events".into()]
+}
+fn default_alerts_topic() -> String {
+    "cvguard-alerts".into()
+}
+fn default_incidents_topic() -> String {
+    "cvguard-incidents".into()
+}
+fn default_repartition_topic() -> String {
+    "cvguard-repartition".into()
+}
+fn default_partitions() -> i32 {
+    6
+}
+fn default_replication() -> i32 {
+    1
+}
+
+impl Default for KafkaSection {
+    fn default() -> Self {
+        KafkaSection {
+            topics: default_topics(),
+            alerts_topic: default_alerts_topic(),
+            incidents_topic: default_incidents_topic(),
+            dead_letter_topic: None,
+            repartition_topic: default_repartition_topic(),
+            partitions: default_partitions(),
+            replication_factor: default_replication(),
+            bootstrap_servers: None,
+            group_id: None,
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+impl KafkaSection {
+    /// librdkafka properties as strings, with the shorthands applied.
+    pub fn client_properties(&self) -> BTreeMap<String, String> {
+        let mut props: BTreeMap<String, String> = self
+            .properties
+            .iter()
+            .map(|(k, v)| {
+                let text = match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                (k.clone(), text)
+            })
+            .collect();
+        if let Some(b) = &self.bootstrap_servers {
+            props.insert("bootstrap.servers".into(), b.clone());
+        }
+        if let Some(g) = &self.group_id {
+            props.insert("group.id".into(), g.clone());
+        }
+        props
+    }
+}
+
+/// One `[[sinks]]` entry: where alerts go besides the Kafka topics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
+pub enum SinkSpec {
+    /// JSON lines appended to a file: the alert contract.
+    Jsonl { path: String },
+    /// JSON lines on standard output.
+    Stdout {},
+}

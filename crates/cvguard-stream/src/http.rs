@@ -1,0 +1,245 @@
+//! The HTTP ingest pipeline (`[source] kind = "http"`): events posted as NDJSON are
+//! parsed once, then routed by (key kind, key) to one of N shard threads, each running
+//! one engine per key kind. So every (rule, key) lives on exactly one shard, as it does
+//! with Kafka, and both cores are used.
+//!
+//! State is snapshotted per shard (periodically and on shutdown) and restored at start
+//! when the shard count and rules are unchanged.
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use cvguard_core::{parse_event, Engine, EngineStats, KeyKind, RejectReason, RuleSet};
+use serde::Serialize;
+use tracing::{info, warn};
+
+use crate::sinks::SinkSet;
+use crate::snapshot_store::SnapshotStore;
+
+/// The answer to one ingest request.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct IngestReport {
+    pub accepted: u64,
+    pub rejected: BTreeMap<&'static str, u64>,
+}
+
+impl IngestReport {
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.values().sum()
+    }
+}
+
+enum ShardMsg {
+    Event { kind: usize, line: Vec<u8>, clock: i64 },
+    Flush(mpsc::Sender<()>),
+}
+
+pub struct HttpPipeline {
+    rules: Arc<RuleSet>,
+    kinds: Vec<KeyKind>,
+    shards: Vec<SyncSender<ShardMsg>>,
+    handles: Mutex<Vec<JoinHandle<()>>>,
+    /// Rejections counted at ingest, by reason index, plus accepted.
+    ingest: Mutex<(u64, [u64; RejectReason::ALL.len()])>,
+    stats: Arc<Mutex<Vec<EngineStats>>>,
+}
+
+impl HttpPipeline {
+    /// Starts `shards` threads, restoring each from its snapshot when possible.
+    pub fn start(
+        rules: Arc<RuleSet>,
+        shards: usize,
+        sinks: SinkSet,
+        store: SnapshotStore,
+        snapshot_interval: Duration,
+    ) -> HttpPipeline {
+        let n = shards.max(1);
+        let kinds: Vec<KeyKind> = rules.kinds().collect();
+        let per_kind: Vec<Arc<RuleSet>> = kinds.iter().map(|k| Arc::new(rules.restricted_to(*k))).collect();
+        let stats = Arc::new(Mutex::new(vec![EngineStats::default(); n]));
+        let mut senders = Vec::new();
+        let mut handles = Vec::new();
+        for i in 0..n {
+            let name = format!("http/shard-{i}-of-{n}");
+            let engines = restore(&store, &name, &per_kind);
+            let (tx, rx) = mpsc::sync_channel::<ShardMsg>(16_384);
+            senders.push(tx);
+            let (sinks, store, stats) = (sinks.clone(), store.clone(), stats.clone());
+            let handle = thread::Builder::new()
+                .name(format!("shard-{i}"))
+                .spawn(move || {
+                    let mut engines = engines;
+                    let mut alerts = Vec::new();
+                    let mut last_snapshot = Instant::now();
+                    let mut changed = false;
+                    loop {
+                        match rx.recv_timeout(Duration::from_millis(200)) {
+                            Ok(ShardMsg::Event { kind, line, clock }) => {
+                                engines[kind].process_bytes(&line, Some(clock), &mut alerts);
+                                for a in alerts.drain(..) {
+                                    info!(message = "Alert.", rule = %a.rule, key_kind = a.key_kind.as_str(),
+                                        action = a.action.as_str(), value = a.value, alert_id = %a.alert_id);
+                                    sinks.publish(&serde_json::to_vec(&a).expect("alerts serialize"));
+                                }
+                                changed = true;
+                            }
+                            Ok(ShardMsg::Flush(reply)) => {
+                                save(&store, &name, &engines);
+                                changed = false;
+                                let _ = reply.send(());
+                            }
+                            Err(RecvTimeoutError::Timeout) => {}
+                            Err(RecvTimeoutError::Disconnected) => break,
+                        }
+                        if changed && last_snapshot.elapsed() >= snapshot_interval {
+                            save(&store, &name, &engines);
+                            last_snapshot = Instant::now();
+                            changed = false;
+                        }
+                        let mut sum = EngineStats::default();
+                        for e in &engines {
+                            sum.add(e.stats());
+                        }
+                        stats.lock().expect("stats")[i] = sum;
+                    }
+                })
+                .expect("spawn shard");
+            handles.push(handle);
+        }
+        HttpPipeline {
+            rules,
+            kinds,
+            shards: senders,
+            handles: Mutex::new(handles),
+            ingest: Mutex::new((0, [0; RejectReason::ALL.len()])),
+            stats,
+        }
+    }
+
+    /// Parses an NDJSON body and routes each valid event; blocks when shards are full.
+    pub fn submit(&self, body: &[u8], clock_ms: i64) -> IngestReport {
+        let settings = self.rules.settings;
+        let mut report = IngestReport::default();
+        let mut counted = [0u64; RejectReason::ALL.len()];
+        for line in body.split(|b| *b == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let ev = match parse_event(line, &settings.limits) {
+                Ok(ev) if ev.ts > clock_ms.saturating_add(settings.future_skew_ms) => Err(RejectReason::FutureTs),
+                other => other,
+            };
+            match ev {
+                Err(reason) => counted[reason.index()] += 1,
+                Ok(ev) => {
+                    report.accepted += 1;
+                    for (k, kind) in self.kinds.iter().enumerate() {
+                        if let Some(key) = self.rules.key_for(*kind, &ev) {
+                            let shard = shard_of(*kind, key, self.shards.len());
+                            let _ = self.shards[shard].send(ShardMsg::Event {
+                                kind: k,
+                                line: line.to_vec(),
+                                clock: clock_ms,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        for r in RejectReason::ALL {
+            if counted[r.index()] > 0 {
+                report.rejected.insert(r.as_str(), counted[r.index()]);
+            }
+        }
+        let mut ingest = self.ingest.lock().expect("ingest");
+        ingest.0 += report.accepted;
+        for (a, b) in ingest.1.iter_mut().zip(counted) {
+            *a += b;
+        }
+        report
+    }
+
+    /// Accepted events and ingest rejections by reason since start.
+    pub fn ingest_counts(&self) -> (u64, [u64; RejectReason::ALL.len()]) {
+        *self.ingest.lock().expect("ingest")
+    }
+
+    /// Engine stats summed over shards.
+    pub fn engine_stats(&self) -> EngineStats {
+        let mut sum = EngineStats::default();
+        for s in self.stats.lock().expect("stats").iter() {
+            sum.add(s);
+        }
+        sum
+    }
+
+    /// Finishes queued events and snapshots every shard.
+    pub fn flush(&self) {
+        let (tx, rx) = mpsc::channel();
+        for s in &self.shards {
+            let _ = s.send(ShardMsg::Flush(tx.clone()));
+        }
+        drop(tx);
+        for () in rx.iter() {}
+    }
+
+    /// Flushes, then stops the shard threads.
+    pub fn shutdown(self) {
+        self.flush();
+        drop(self.shards);
+        for h in self.handles.into_inner().expect("handles") {
+            let _ = h.join();
+        }
+    }
+}
+
+fn shard_of(kind: KeyKind, key: &str, n: usize) -> usize {
+    let mut h = rustc_hash::FxHasher::default();
+    kind.as_str().hash(&mut h);
+    key.hash(&mut h);
+    (h.finish() as usize) % n
+}
+
+fn restore(store: &SnapshotStore, name: &str, per_kind: &[Arc<RuleSet>]) -> Vec<Engine> {
+    let fresh = || per_kind.iter().map(|r| Engine::new(r.clone())).collect();
+    match store.load(name) {
+        Ok(Some((_, snaps))) if snaps.len() == per_kind.len() => {
+            let restored: Result<Vec<Engine>, _> = per_kind
+                .iter()
+                .zip(&snaps)
+                .map(|(r, s)| Engine::restore(r.clone(), s))
+                .collect();
+            match restored {
+                Ok(engines) => {
+                    info!(message = "Restored snapshot.", shard = name);
+                    engines
+                }
+                Err(e) => {
+                    warn!(message = "Snapshot taken under other rules; starting empty.", shard = name, error = %e);
+                    fresh()
+                }
+            }
+        }
+        Ok(Some(_)) => {
+            warn!(message = "Snapshot has other key kinds; starting empty.", shard = name);
+            fresh()
+        }
+        Ok(None) => fresh(),
+        Err(e) => {
+            warn!(message = "Snapshot unreadable; starting empty.", shard = name, error = %e);
+            fresh()
+        }
+    }
+}
+
+fn save(store: &SnapshotStore, name: &str, engines: &[Engine]) {
+    let snaps: Vec<_> = engines.iter().map(Engine::snapshot).collect();
+    if let Err(e) = store.save(name, 0, &snaps) {
+        warn!(message = "Snapshot failed.", shard = name, error = %e);
+    }
+}

@@ -1,0 +1,433 @@
+//! The consumer thread: polls, routes messages to workers by partition, handles
+//! rebalances (rebuild on assignment, drain and commit on revocation) and commits the
+//! offsets workers report durable.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use cvguard_core::{Engine, KeyKind};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::producer::FutureProducer;
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use tracing::{error, info, warn};
+
+use super::output::Outputs;
+use super::worker::{wall_clock_ms, Durable, InMsg, PartWork, Stage, ToWorker, Worker};
+use super::{
+    base_config, client_config_without_consumer_keys, ensure_topics, KafkaOptions, KafkaRunError, Kinds,
+    PartitionStats, Tp,
+};
+use crate::health::Health;
+use crate::snapshot_store::SnapshotStore;
+
+const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Shared between the poll loop and the rebalance callbacks (which run inside poll).
+struct Shared {
+    workers: Vec<SyncSender<ToWorker>>,
+    kinds: Arc<Kinds>,
+    store: SnapshotStore,
+    repartition_topic: String,
+    health: Arc<Health>,
+    /// The committed offset of each assigned partition when it was assigned: never
+    /// commit below it.
+    floors: Mutex<HashMap<Tp, i64>>,
+    /// Offsets reported durable and not yet committed.
+    durable: Mutex<HashMap<Tp, i64>>,
+}
+
+impl Shared {
+    fn worker_for(&self, tp: &Tp) -> &SyncSender<ToWorker> {
+        let mut h = rustc_hash::FxHasher::default();
+        tp.hash(&mut h);
+        &self.workers[(h.finish() as usize) % self.workers.len()]
+    }
+}
+
+struct Ctx {
+    shared: Arc<Shared>,
+}
+
+impl ClientContext for Ctx {}
+
+impl ConsumerContext for Ctx {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            revoke(&self.shared, consumer, tpl);
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => assign(&self.shared, consumer, tpl),
+            Rebalance::Error(e) => error!(message = "Rebalance error.", error = %e),
+            Rebalance::Revoke(_) => {}
+        }
+    }
+}
+
+fn tps(tpl: &TopicPartitionList) -> Vec<Tp> {
+    tpl.elements()
+        .iter()
+        .map(|e| Tp {
+            topic: Arc::from(e.topic()),
+            partition: e.partition(),
+        })
+        .collect()
+}
+
+/// Revocation: each worker finishes the partition's in-flight work and snapshots it;
+/// then its offset is committed and its state dropped.
+fn revoke(shared: &Shared, consumer: &BaseConsumer<Ctx>, tpl: &TopicPartitionList) {
+    let (tx, rx) = mpsc::channel();
+    let list = tps(tpl);
+    for tp in &list {
+        let _ = shared.worker_for(tp).send(ToWorker::Revoke(tp.clone(), tx.clone()));
+    }
+    drop(tx);
+    let mut commit = TopicPartitionList::new();
+    let mut floors = shared.floors.lock().expect("floors");
+    for (tp, next) in rx.iter() {
+        let floor = floors.remove(&tp).unwrap_or(-1);
+        shared.durable.lock().expect("durable").remove(&tp);
+        if let Some(n) = next.filter(|n| *n > floor) {
+            let _ = commit.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(n));
+        }
+    }
+    drop(floors);
+    if commit.count() > 0 {
+        if let Err(e) = consumer.commit(&commit, CommitMode::Sync) {
+            warn!(message = "Commit on revocation failed; the next owner replays a little more.", error = %e);
+        }
+    }
+}
+
+/// Assignment: decide where each partition starts and what to suppress, hand it to its
+/// worker, and assign again with explicit offsets.
+fn assign(shared: &Shared, consumer: &BaseConsumer<Ctx>, tpl: &TopicPartitionList) {
+    let list = tps(tpl);
+    let committed: HashMap<Tp, i64> = match consumer.committed_offsets(tpl.clone(), BROKER_TIMEOUT) {
+        Ok(c) => c
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(n) if n >= 0 => Some((
+                    Tp {
+                        topic: Arc::from(e.topic()),
+                        partition: e.partition(),
+                    },
+                    n,
+                )),
+                _ => None,
+            })
+            .collect(),
+        Err(e) => {
+            warn!(message = "Could not read committed offsets; rebuilding from the look-back.", error = %e);
+            HashMap::new()
+        }
+    };
+    // Where the look-back starts: now minus the longest window and the lateness. The
+    // broker may answer an earlier offset than asked (tansu's memory engine answers 0):
+    // events older than the windows then simply expire.
+    let since = wall_clock_ms() - shared.kinds.max_window.as_millis() as i64;
+    let mut lookup = TopicPartitionList::new();
+    for tp in &list {
+        let _ = lookup.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(since));
+    }
+    let by_time: HashMap<Tp, i64> = match consumer.offsets_for_times(lookup, BROKER_TIMEOUT) {
+        Ok(r) => r
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(n) if n >= 0 => Some((
+                    Tp {
+                        topic: Arc::from(e.topic()),
+                        partition: e.partition(),
+                    },
+                    n,
+                )),
+                _ => None,
+            })
+            .collect(),
+        Err(e) => {
+            warn!(message = "offsets-for-times failed; rebuilding from the beginning.", error = %e);
+            HashMap::new()
+        }
+    };
+
+    let mut assignment = TopicPartitionList::new();
+    for tp in list {
+        let floor = committed.get(&tp).copied();
+        let (stage, snap_offset) = build_stage(shared, &tp);
+        let start = match (snap_offset, floor) {
+            (Some(s), _) => s,
+            (None, Some(c)) => by_time.get(&tp).copied().unwrap_or(0).min(c),
+            (None, None) => by_time.get(&tp).copied().unwrap_or(0),
+        };
+        let suppress_below = floor.unwrap_or(0).max(snap_offset.unwrap_or(0));
+        shared
+            .floors
+            .lock()
+            .expect("floors")
+            .insert(tp.clone(), floor.unwrap_or(-1));
+        let offset = if start == 0 {
+            Offset::Beginning
+        } else {
+            Offset::Offset(start)
+        };
+        let _ = assignment.add_partition_offset(&tp.topic, tp.partition, offset);
+        let work = PartWork {
+            stage,
+            suppress_below,
+            next_offset: Some(start),
+            rebuilding: start < suppress_below,
+        };
+        let _ = shared.worker_for(&tp).send(ToWorker::Assign(tp, Box::new(work)));
+    }
+    if let Err(e) = consumer.assign(&assignment) {
+        error!(message = "Assigning with explicit offsets failed.", error = %e);
+    }
+    shared.health.started.store(true, Ordering::Relaxed);
+}
+
+/// A partition's engines: restored from its snapshot when one exists under the same
+/// rules, else fresh. Returns the snapshot's next offset when restored.
+fn build_stage(shared: &Shared, tp: &Tp) -> (Stage, Option<i64>) {
+    let kinds = &shared.kinds;
+    let fresh = || {
+        if *tp.topic == *shared.repartition_topic {
+            Stage::Repartition(kinds.cross.iter().map(|(k, r)| (*k, Engine::new(r.clone()))).collect())
+        } else {
+            Stage::Input(Box::new(Engine::new(kinds.account.clone())))
+        }
+    };
+    let loaded = match shared.store.load(&tp.snapshot_name()) {
+        Ok(Some(x)) => x,
+        Ok(None) => return (fresh(), None),
+        Err(e) => {
+            warn!(message = "Snapshot unreadable; rebuilding from Kafka.", error = %e);
+            return (fresh(), None);
+        }
+    };
+    let (header, snaps) = loaded;
+    let restored: Result<Stage, String> = if *tp.topic == *shared.repartition_topic {
+        if snaps.len() != kinds.cross.len() {
+            Err("other key kinds".into())
+        } else {
+            kinds
+                .cross
+                .iter()
+                .zip(&snaps)
+                .map(|((k, r), s)| {
+                    Engine::restore(r.clone(), s)
+                        .map(|e| (*k, e))
+                        .map_err(|e| e.to_string())
+                })
+                .collect::<Result<Vec<(KeyKind, Engine)>, String>>()
+                .map(Stage::Repartition)
+        }
+    } else {
+        match snaps.first() {
+            Some(s) if snaps.len() == 1 => Engine::restore(kinds.account.clone(), s)
+                .map(|e| Stage::Input(Box::new(e)))
+                .map_err(|e| e.to_string()),
+            _ => Err("not one engine".into()),
+        }
+    };
+    match restored {
+        Ok(stage) => {
+            info!(message = "Restored snapshot.", topic = %tp.topic, partition = tp.partition, next_offset = header.next_offset);
+            (stage, Some(header.next_offset))
+        }
+        Err(why) => {
+            warn!(message = "Snapshot not usable; rebuilding from Kafka.", topic = %tp.topic, partition = tp.partition, reason = %why);
+            (fresh(), None)
+        }
+    }
+}
+
+/// What a run processed, for the log line at exit.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RunSummary {
+    pub messages: u64,
+}
+
+/// Runs the consumer group until `opts.shutdown` is set, then drains: finishes in-flight
+/// work, snapshots, commits and leaves the group.
+pub fn run(opts: KafkaOptions, stats: PartitionStats) -> Result<RunSummary, KafkaRunError> {
+    ensure_topics(&opts.section)?;
+    let section = &opts.section;
+    let producer: FutureProducer = client_config_without_consumer_keys(section)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()?;
+    let kinds = Arc::new(Kinds::new(&opts.rules));
+    let outputs = Arc::new(Outputs {
+        producer,
+        alerts_topic: section.alerts_topic.clone(),
+        incidents_topic: section.incidents_topic.clone(),
+        dead_letter_topic: section.dead_letter_topic.clone(),
+        repartition_topic: section.repartition_topic.clone(),
+        sinks: opts.sinks.clone(),
+    });
+
+    let (durable_tx, durable_rx) = mpsc::channel::<Durable>();
+    let mut senders = Vec::new();
+    let mut handles = Vec::new();
+    for i in 0..opts.workers.max(1) {
+        let (tx, rx) = mpsc::sync_channel::<ToWorker>(8192);
+        senders.push(tx);
+        let worker = Worker {
+            rx,
+            durable_tx: durable_tx.clone(),
+            outputs: outputs.clone(),
+            kinds: kinds.clone(),
+            store: opts.store.clone(),
+            snapshot_interval: opts.snapshot_interval,
+            health: opts.health.clone(),
+            stats: stats.clone(),
+        };
+        handles.push(
+            thread::Builder::new()
+                .name(format!("engine-{i}"))
+                .spawn(move || worker.run())
+                .expect("spawn worker"),
+        );
+    }
+    drop(durable_tx);
+
+    let shared = Arc::new(Shared {
+        workers: senders,
+        kinds,
+        store: opts.store.clone(),
+        repartition_topic: section.repartition_topic.clone(),
+        health: opts.health.clone(),
+        floors: Mutex::new(HashMap::new()),
+        durable: Mutex::new(HashMap::new()),
+    });
+    let mut config = base_config(section);
+    config
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false");
+    if config.get("auto.offset.reset").is_none() {
+        config.set("auto.offset.reset", "earliest");
+    }
+    if config.get("partition.assignment.strategy").is_none() {
+        // Eager assignment: cooperative-sticky leaves partitions unassigned on tansu.
+        config.set("partition.assignment.strategy", "range");
+    }
+    let consumer: BaseConsumer<Ctx> = config.create_with_context(Ctx { shared: shared.clone() })?;
+    let mut topics: Vec<&str> = section.topics.iter().map(String::as_str).collect();
+    if !shared.kinds.cross.is_empty() {
+        topics.push(&section.repartition_topic);
+    }
+    consumer.subscribe(&topics)?;
+    opts.health.source_connected.store(true, Ordering::Relaxed);
+    info!(message = "Consuming.", topics = ?topics, workers = shared.workers.len());
+
+    let mut summary = RunSummary::default();
+    let mut last_commit = Instant::now();
+    let mut urgent = false;
+    while !opts.shutdown.load(Ordering::Relaxed) {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                summary.messages += 1;
+                let tp = Tp {
+                    topic: Arc::from(m.topic()),
+                    partition: m.partition(),
+                };
+                let msg = InMsg {
+                    offset: m.offset(),
+                    timestamp: m.timestamp().to_millis(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    payload: m.payload().map(<[u8]>::to_vec),
+                    tp,
+                };
+                let _ = shared.worker_for(&msg.tp).send(ToWorker::Msg(msg));
+            }
+            Some(Err(e)) => warn!(message = "Consumer error.", error = %e),
+            None => {}
+        }
+        urgent |= collect_durable(&shared, &durable_rx);
+        if urgent || last_commit.elapsed() >= opts.commit_interval {
+            commit(
+                &shared,
+                &consumer,
+                if urgent { CommitMode::Sync } else { CommitMode::Async },
+            );
+            last_commit = Instant::now();
+            urgent = false;
+        }
+    }
+
+    info!(message = "Draining: finishing in-flight work, snapshotting, committing.");
+    opts.health.draining.store(true, Ordering::Relaxed);
+    let (tx, rx) = mpsc::channel();
+    for w in &shared.workers {
+        let _ = w.send(ToWorker::Flush(tx.clone()));
+    }
+    drop(tx);
+    for offsets in rx.iter() {
+        let mut durable = shared.durable.lock().expect("durable");
+        for (tp, n) in offsets {
+            durable.insert(tp, n);
+        }
+    }
+    collect_durable(&shared, &durable_rx);
+    commit(&shared, &consumer, CommitMode::Sync);
+    consumer.unsubscribe();
+    drop(consumer);
+    // Workers end when their channels close.
+    drop(shared);
+    for h in handles {
+        let _ = h.join();
+    }
+    Ok(summary)
+}
+
+fn collect_durable(shared: &Shared, rx: &Receiver<Durable>) -> bool {
+    let mut urgent = false;
+    let mut durable = shared.durable.lock().expect("durable");
+    while let Ok(d) = rx.try_recv() {
+        urgent |= d.urgent;
+        let slot = durable.entry(d.tp).or_insert(d.next_offset);
+        *slot = (*slot).max(d.next_offset);
+    }
+    urgent
+}
+
+fn commit(shared: &Shared, consumer: &BaseConsumer<Ctx>, mode: CommitMode) {
+    let floors = shared.floors.lock().expect("floors");
+    let mut durable = shared.durable.lock().expect("durable");
+    let mut tpl = TopicPartitionList::new();
+    let mut done = Vec::new();
+    for (tp, n) in durable.iter() {
+        // Only partitions still ours, and never below what was committed before.
+        match floors.get(tp) {
+            Some(floor) if n > floor => {
+                let _ = tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*n));
+                done.push(tp.clone());
+            }
+            Some(_) => done.push(tp.clone()),
+            None => done.push(tp.clone()),
+        }
+    }
+    drop(floors);
+    if tpl.count() == 0 {
+        durable.clear();
+        return;
+    }
+    match consumer.commit(&tpl, mode) {
+        Ok(()) => {
+            for tp in done {
+                durable.remove(&tp);
+            }
+        }
+        Err(e) => warn!(message = "Commit failed; will retry.", error = %e),
+    }
+}

@@ -1,0 +1,195 @@
+//! Everything the Kafka pipeline writes: alerts, incidents, dead letters and re-keyed
+//! events, through one idempotent producer. Offsets are committed only after these
+//! deliveries are acknowledged, so a crash never loses an effect (it may repeat one,
+//! under the same stable id).
+
+use std::time::Duration;
+
+use cvguard_core::{Alert, KeyKind, RejectReason};
+use futures::executor::block_on;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::Message;
+use tracing::{error, warn};
+
+use crate::records::incident_opened;
+use crate::sinks::SinkSet;
+
+/// Header carrying the rejection reason on a dead-lettered message.
+pub const REJECT_REASON_HEADER: &str = "cvguard-reject-reason";
+/// Headers saying where a dead-lettered message came from.
+pub const SOURCE_HEADER: &str = "cvguard-source";
+
+pub struct Outputs {
+    pub producer: FutureProducer,
+    pub alerts_topic: String,
+    pub incidents_topic: String,
+    pub dead_letter_topic: Option<String>,
+    pub repartition_topic: String,
+    pub sinks: SinkSet,
+}
+
+/// Deliveries not yet acknowledged, with what is needed to send them again.
+#[derive(Default)]
+pub struct Pending {
+    futures: Vec<DeliveryFuture>,
+}
+
+impl Pending {
+    pub fn is_empty(&self) -> bool {
+        self.futures.is_empty()
+    }
+}
+
+impl Outputs {
+    /// Publishes an alert: the alerts topic (key = the alert's key), the incidents topic
+    /// (key = incident id), then the sinks.
+    pub fn alert(&self, alert: &Alert, now_ms: i64, pending: &mut Pending) {
+        let json = serde_json::to_vec(alert).expect("alerts serialize");
+        self.send(
+            &self.alerts_topic,
+            alert.key.as_bytes(),
+            &json,
+            None,
+            OwnedHeaders::new(),
+            pending,
+        );
+        let incident = serde_json::to_vec(&incident_opened(alert, now_ms)).expect("incidents serialize");
+        self.send(
+            &self.incidents_topic,
+            alert.alert_id.as_bytes(),
+            &incident,
+            None,
+            OwnedHeaders::new(),
+            pending,
+        );
+        self.sinks.publish(&json);
+    }
+
+    /// Forwards a rejected message unchanged, with the reason in a header.
+    pub fn dead_letter(
+        &self,
+        source: (&str, i32, i64),
+        key: Option<&[u8]>,
+        payload: &[u8],
+        reason: RejectReason,
+        pending: &mut Pending,
+    ) {
+        let Some(topic) = &self.dead_letter_topic else { return };
+        let origin = format!("{}/{}/{}", source.0, source.1, source.2);
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: REJECT_REASON_HEADER,
+                value: Some(reason.as_str()),
+            })
+            .insert(Header {
+                key: SOURCE_HEADER,
+                value: Some(origin.as_str()),
+            });
+        self.send(topic, key.unwrap_or_default(), payload, None, headers, pending);
+    }
+
+    /// Re-keys an event by its org, user or ip so that key is counted on one shard.
+    pub fn repartition(&self, kind: KeyKind, key: &str, payload: &[u8], timestamp: Option<i64>, pending: &mut Pending) {
+        let k = repartition_key(kind, key);
+        self.send(
+            &self.repartition_topic,
+            k.as_bytes(),
+            payload,
+            timestamp,
+            OwnedHeaders::new(),
+            pending,
+        );
+    }
+
+    fn send(
+        &self,
+        topic: &str,
+        key: &[u8],
+        payload: &[u8],
+        timestamp: Option<i64>,
+        headers: OwnedHeaders,
+        pending: &mut Pending,
+    ) {
+        let mut record = FutureRecord::to(topic).key(key).payload(payload).headers(headers);
+        if let Some(ts) = timestamp {
+            record = record.timestamp(ts);
+        }
+        loop {
+            match self.producer.send_result(record) {
+                Ok(f) => {
+                    pending.futures.push(f);
+                    return;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    // Back-pressure: let the producer drain, then try again.
+                    self.producer.poll(Duration::from_millis(10));
+                    record = r;
+                }
+                Err((e, r)) => {
+                    warn!(message = "Produce failed; retrying.", topic, error = %e);
+                    std::thread::sleep(Duration::from_millis(100));
+                    record = r;
+                }
+            }
+        }
+    }
+
+    /// Waits until every pending delivery is acknowledged, re-sending failures, so the
+    /// caller may then commit the offsets they came from.
+    pub fn await_all(&self, pending: &mut Pending) {
+        let mut retry: Vec<OwnedMessage> = Vec::new();
+        for f in pending.futures.drain(..) {
+            match block_on(f) {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, msg))) => {
+                    error!(message = "Delivery failed; sending again.", topic = msg.topic(), error = %e);
+                    retry.push(msg);
+                }
+                Err(_) => error!(message = "Delivery future cancelled (producer closing)."),
+            }
+        }
+        for msg in retry {
+            let mut again = Pending::default();
+            let headers = msg.headers().cloned().unwrap_or_default();
+            self.send(
+                msg.topic(),
+                msg.key().unwrap_or_default(),
+                msg.payload().unwrap_or_default(),
+                msg.timestamp().to_millis(),
+                headers,
+                &mut again,
+            );
+            self.await_all(&mut again);
+        }
+    }
+}
+
+/// `org_id|org-7`: the kind travels in the key, which is also what partitions it.
+pub fn repartition_key(kind: KeyKind, key: &str) -> String {
+    format!("{}|{key}", kind.as_str())
+}
+
+/// The kind of a repartition key, if it has one.
+pub fn repartition_kind(key: &[u8]) -> Option<KeyKind> {
+    let text = std::str::from_utf8(key).ok()?;
+    let (kind, _) = text.split_once('|')?;
+    KeyKind::ALL.into_iter().find(|k| k.as_str() == kind)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repartition_keys_carry_their_kind() {
+        let k = repartition_key(KeyKind::OrgId, "org|with|bars");
+        assert_eq!(k, "org_id|org|with|bars");
+        assert_eq!(repartition_kind(k.as_bytes()), Some(KeyKind::OrgId));
+        assert_eq!(repartition_kind(b"account_id|x"), Some(KeyKind::AccountId));
+        assert_eq!(repartition_kind(b"nokind"), None);
+        assert_eq!(repartition_kind(b"colour|x"), None);
+    }
+}

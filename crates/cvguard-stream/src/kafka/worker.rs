@@ -1,0 +1,304 @@
+//! A worker thread owns the engines of the partitions routed to it and runs them:
+//! parse, detect, publish, wait for acknowledgements, report what is durable, snapshot.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cvguard_core::{parse_event, Alert, Engine, KeyKind, Outcome, RejectReason};
+use tracing::{info, warn};
+
+use super::output::{repartition_kind, Outputs, Pending};
+use super::{Kinds, Tp};
+use crate::health::Health;
+use crate::snapshot_store::SnapshotStore;
+
+/// One consumed message, copied out of librdkafka's buffers.
+pub struct InMsg {
+    pub tp: Tp,
+    pub offset: i64,
+    pub timestamp: Option<i64>,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+}
+
+/// What a partition is: an input topic (account rules) or the repartition topic
+/// (org, user and ip rules, one engine each).
+pub enum Stage {
+    Input(Box<Engine>),
+    Repartition(Vec<(KeyKind, Engine)>),
+}
+
+impl Stage {
+    fn engines(&self) -> Vec<&Engine> {
+        match self {
+            Stage::Input(e) => vec![&**e],
+            Stage::Repartition(v) => v.iter().map(|(_, e)| e).collect(),
+        }
+    }
+}
+
+pub struct PartWork {
+    pub stage: Stage,
+    /// Alerts from offsets below this were published before (by this or another
+    /// instance): during the rebuild they are recomputed but not published again.
+    pub suppress_below: i64,
+    pub next_offset: Option<i64>,
+    pub rebuilding: bool,
+}
+
+pub enum ToWorker {
+    Assign(Tp, Box<PartWork>),
+    Msg(InMsg),
+    /// Finish the partition's in-flight work, snapshot it, drop it, reply its next offset.
+    Revoke(Tp, Sender<(Tp, Option<i64>)>),
+    /// Finish everything in flight and snapshot every partition; reply their offsets.
+    Flush(Sender<Vec<(Tp, i64)>>),
+}
+
+/// Offsets whose effects are durable; `urgent` when alerts were among them.
+pub struct Durable {
+    pub tp: Tp,
+    pub next_offset: i64,
+    pub urgent: bool,
+}
+
+/// Counters a worker keeps about its partitions, summed for logs and metrics.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct WorkerCounters {
+    pub alerts_published: u64,
+    pub alerts_suppressed: u64,
+    pub dead_lettered: u64,
+    pub repartitioned: u64,
+}
+
+pub struct Worker {
+    pub rx: Receiver<ToWorker>,
+    pub durable_tx: Sender<Durable>,
+    pub outputs: Arc<Outputs>,
+    pub kinds: Arc<Kinds>,
+    pub store: SnapshotStore,
+    pub snapshot_interval: Duration,
+    pub health: Arc<Health>,
+    pub stats: Arc<std::sync::Mutex<HashMap<Tp, (cvguard_core::EngineStats, WorkerCounters)>>>,
+}
+
+struct Live {
+    work: PartWork,
+    last_snapshot: Instant,
+    changed: bool,
+    counters: WorkerCounters,
+}
+
+/// How many messages a worker handles before it waits for acknowledgements.
+const BATCH: usize = 2048;
+
+impl Worker {
+    pub fn run(self) {
+        let mut parts: HashMap<Tp, Live> = HashMap::new();
+        let mut pending = Pending::default();
+        let mut touched: HashMap<Tp, bool> = HashMap::new();
+        let mut alerts = Vec::new();
+        loop {
+            let first = match self.rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(m) => Some(m),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let mut next = first;
+            let mut handled = 0;
+            while let Some(msg) = next.take() {
+                match msg {
+                    ToWorker::Msg(m) => {
+                        if let Some(live) = parts.get_mut(&m.tp) {
+                            let urgent = self.process(live, &m, &mut alerts, &mut pending);
+                            *touched.entry(m.tp.clone()).or_default() |= urgent;
+                        }
+                    }
+                    ToWorker::Assign(tp, work) => {
+                        if work.rebuilding {
+                            self.health.rebuilding.fetch_add(1, Ordering::Relaxed);
+                        }
+                        info!(message = "Partition assigned.", topic = %tp.topic, partition = tp.partition,
+                            start = ?work.next_offset, suppress_below = work.suppress_below, rebuilding = work.rebuilding);
+                        parts.insert(
+                            tp,
+                            Live {
+                                work: *work,
+                                last_snapshot: Instant::now(),
+                                changed: false,
+                                counters: WorkerCounters::default(),
+                            },
+                        );
+                    }
+                    ToWorker::Revoke(tp, reply) => {
+                        self.settle(&mut pending, &mut touched, &parts);
+                        let next = parts.remove(&tp).and_then(|live| {
+                            if live.work.rebuilding {
+                                self.health.rebuilding.fetch_sub(1, Ordering::Relaxed);
+                            }
+                            self.snapshot(&tp, &live);
+                            live.work.next_offset
+                        });
+                        self.stats.lock().expect("stats lock").remove(&tp);
+                        info!(message = "Partition revoked.", topic = %tp.topic, partition = tp.partition, next = ?next);
+                        let _ = reply.send((tp, next));
+                    }
+                    ToWorker::Flush(reply) => {
+                        self.settle(&mut pending, &mut touched, &parts);
+                        let mut offsets = Vec::new();
+                        for (tp, live) in parts.iter_mut() {
+                            self.snapshot(tp, live);
+                            live.last_snapshot = Instant::now();
+                            live.changed = false;
+                            if let Some(n) = live.work.next_offset {
+                                offsets.push((tp.clone(), n));
+                            }
+                        }
+                        let _ = reply.send(offsets);
+                    }
+                }
+                handled += 1;
+                if handled < BATCH {
+                    next = self.rx.try_recv().ok();
+                }
+            }
+            self.settle(&mut pending, &mut touched, &parts);
+            self.publish_stats(&parts);
+            for (tp, live) in parts.iter_mut() {
+                if live.changed && live.last_snapshot.elapsed() >= self.snapshot_interval {
+                    self.snapshot(tp, live);
+                    live.last_snapshot = Instant::now();
+                    live.changed = false;
+                }
+            }
+        }
+    }
+
+    /// Waits for every delivery, then reports the partitions' offsets as durable.
+    fn settle(&self, pending: &mut Pending, touched: &mut HashMap<Tp, bool>, parts: &HashMap<Tp, Live>) {
+        if !pending.is_empty() {
+            self.outputs.await_all(pending);
+        }
+        for (tp, urgent) in touched.drain() {
+            if let Some(next) = parts.get(&tp).and_then(|l| l.work.next_offset) {
+                let _ = self.durable_tx.send(Durable {
+                    tp,
+                    next_offset: next,
+                    urgent,
+                });
+            }
+        }
+    }
+
+    fn publish_stats(&self, parts: &HashMap<Tp, Live>) {
+        let mut stats = self.stats.lock().expect("stats lock");
+        for (tp, live) in parts {
+            let mut sum = cvguard_core::EngineStats::default();
+            for e in live.work.stage.engines() {
+                sum.add(e.stats());
+            }
+            stats.insert(tp.clone(), (sum, live.counters));
+        }
+    }
+
+    fn snapshot(&self, tp: &Tp, live: &Live) {
+        let Some(next) = live.work.next_offset else { return };
+        let engines: Vec<_> = live.work.stage.engines().iter().map(|e| e.snapshot()).collect();
+        if let Err(e) = self.store.save(&tp.snapshot_name(), next, &engines) {
+            warn!(message = "Snapshot failed; the partition will rebuild from Kafka instead.", error = %e);
+        }
+    }
+
+    /// Processes one message; returns true when it published an alert.
+    fn process(&self, live: &mut Live, m: &InMsg, alerts: &mut Vec<Alert>, pending: &mut Pending) -> bool {
+        let work = &mut live.work;
+        if work.next_offset.is_some_and(|n| m.offset < n) {
+            // Already processed (a re-delivery after a seek): skip.
+            return false;
+        }
+        let replaying = m.offset < work.suppress_below;
+        let payload = m.payload.as_deref().unwrap_or_default();
+        let source = (m.tp.topic.as_ref(), m.tp.partition, m.offset);
+        alerts.clear();
+        match &mut work.stage {
+            Stage::Input(engine) => {
+                let limits = engine.rules().settings.limits;
+                let outcome = match parse_event(payload, &limits) {
+                    Err(reason) => engine.reject(reason),
+                    Ok(ev) => {
+                        let outcome = engine.process(&ev, m.timestamp, alerts);
+                        if outcome == Outcome::Accepted && !replaying {
+                            for (kind, rules) in &self.kinds.cross {
+                                if let Some(key) = rules.key_for(*kind, &ev) {
+                                    self.outputs.repartition(*kind, key, payload, m.timestamp, pending);
+                                    live.counters.repartitioned += 1;
+                                }
+                            }
+                        }
+                        outcome
+                    }
+                };
+                if let (Outcome::Rejected(reason), false) = (outcome, replaying) {
+                    self.dead_letter(source, m, payload, reason, pending, &mut live.counters);
+                }
+            }
+            Stage::Repartition(engines) => {
+                let kind = m.key.as_deref().and_then(repartition_kind);
+                match engines.iter_mut().find(|(k, _)| Some(*k) == kind) {
+                    Some((_, engine)) => {
+                        engine.process_bytes(payload, m.timestamp, alerts);
+                    }
+                    None => warn!(message = "Repartitioned event for a key kind with no rules; skipped.",
+                        topic = %m.tp.topic, partition = m.tp.partition, offset = m.offset),
+                }
+            }
+        }
+        work.next_offset = Some(m.offset + 1);
+        live.changed = true;
+        if work.rebuilding && m.offset + 1 >= work.suppress_below {
+            work.rebuilding = false;
+            self.health.rebuilding.fetch_sub(1, Ordering::Relaxed);
+            info!(message = "Partition rebuilt.", topic = %m.tp.topic, partition = m.tp.partition, offset = m.offset);
+        }
+        if alerts.is_empty() {
+            return false;
+        }
+        if replaying {
+            live.counters.alerts_suppressed += alerts.len() as u64;
+            return false;
+        }
+        let now = wall_clock_ms();
+        for a in alerts.iter() {
+            self.outputs.alert(a, now, pending);
+            live.counters.alerts_published += 1;
+            info!(message = "Alert.", rule = %a.rule, key_kind = a.key_kind.as_str(), action = a.action.as_str(),
+                value = a.value, threshold = a.threshold, alert_id = %a.alert_id);
+        }
+        true
+    }
+
+    fn dead_letter(
+        &self,
+        source: (&str, i32, i64),
+        m: &InMsg,
+        payload: &[u8],
+        reason: RejectReason,
+        pending: &mut Pending,
+        counters: &mut WorkerCounters,
+    ) {
+        if self.outputs.dead_letter_topic.is_some() {
+            self.outputs
+                .dead_letter(source, m.key.as_deref(), payload, reason, pending);
+            counters.dead_lettered += 1;
+        }
+    }
+}
+
+pub fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

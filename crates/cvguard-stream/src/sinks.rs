@@ -1,0 +1,237 @@
+//! Alert sinks: where alerts go besides the Kafka topics. Each sink runs on its own
+//! thread behind a bounded queue, so a slow or failing sink never blocks detection or
+//! the other sinks: when its queue is full, alerts for it are dropped and counted.
+
+use std::fs::OpenOptions;
+use std::io::{self, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use cvguard_config::SinkSpec;
+use tracing::warn;
+
+/// Whether retrying a failed delivery can help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryHint {
+    Retry,
+    GiveUp,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct SinkError {
+    pub message: String,
+    pub hint: RetryHint,
+}
+
+impl From<io::Error> for SinkError {
+    fn from(e: io::Error) -> Self {
+        SinkError {
+            message: e.to_string(),
+            hint: RetryHint::Retry,
+        }
+    }
+}
+
+/// One destination for alerts. `deliver` may block; it runs on the sink's own thread.
+pub trait Sink: Send + 'static {
+    fn deliver(&mut self, alert_json: &[u8]) -> Result<(), SinkError>;
+}
+
+/// JSON lines appended to a file, flushed per alert so a crash loses none written.
+pub struct JsonlSink {
+    file: std::fs::File,
+}
+
+impl JsonlSink {
+    pub fn open(path: &str) -> io::Result<JsonlSink> {
+        if let Some(parent) = std::path::Path::new(path).parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        Ok(JsonlSink {
+            file: OpenOptions::new().create(true).append(true).open(path)?,
+        })
+    }
+}
+
+impl Sink for JsonlSink {
+    fn deliver(&mut self, alert_json: &[u8]) -> Result<(), SinkError> {
+        let mut line = Vec::with_capacity(alert_json.len() + 1);
+        line.extend_from_slice(alert_json);
+        line.push(b'\n');
+        self.file.write_all(&line)?;
+        Ok(())
+    }
+}
+
+pub struct StdoutSink;
+
+impl Sink for StdoutSink {
+    fn deliver(&mut self, alert_json: &[u8]) -> Result<(), SinkError> {
+        let mut out = io::stdout().lock();
+        out.write_all(alert_json)?;
+        out.write_all(b"\n")?;
+        out.flush()?;
+        Ok(())
+    }
+}
+
+/// Per-sink delivery counters, by outcome.
+#[derive(Debug, Default)]
+pub struct SinkCounters {
+    pub delivered: AtomicU64,
+    pub failed: AtomicU64,
+    pub dropped: AtomicU64,
+    pub retried: AtomicU64,
+}
+
+struct SinkHandle {
+    name: String,
+    tx: SyncSender<Arc<[u8]>>,
+    counters: Arc<SinkCounters>,
+}
+
+/// All configured sinks. Cloning shares them.
+#[derive(Clone, Default)]
+pub struct SinkSet {
+    sinks: Arc<Vec<SinkHandle>>,
+}
+
+/// How many alerts a sink may have waiting before new ones are dropped.
+const QUEUE: usize = 4096;
+const MAX_ATTEMPTS: u32 = 5;
+
+impl SinkSet {
+    /// Opens every configured sink and starts its thread.
+    pub fn start(specs: &[SinkSpec]) -> io::Result<SinkSet> {
+        let mut sinks = Vec::new();
+        for (i, spec) in specs.iter().enumerate() {
+            let (name, sink): (String, Box<dyn Sink>) = match spec {
+                SinkSpec::Jsonl { path } => (format!("jsonl[{i}]"), Box::new(JsonlSink::open(path)?)),
+                SinkSpec::Stdout {} => (format!("stdout[{i}]"), Box::new(StdoutSink)),
+            };
+            sinks.push(spawn(name, sink));
+        }
+        Ok(SinkSet { sinks: Arc::new(sinks) })
+    }
+
+    /// Starts a set from sinks built elsewhere (webhooks, tests).
+    pub fn from_sinks(sinks: Vec<(String, Box<dyn Sink>)>) -> SinkSet {
+        SinkSet {
+            sinks: Arc::new(sinks.into_iter().map(|(n, s)| spawn(n, s)).collect()),
+        }
+    }
+
+    /// Hands an alert to every sink without waiting.
+    pub fn publish(&self, alert_json: &[u8]) {
+        if self.sinks.is_empty() {
+            return;
+        }
+        let shared: Arc<[u8]> = Arc::from(alert_json);
+        for s in self.sinks.iter() {
+            match s.tx.try_send(shared.clone()) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                    s.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                    warn!(message = "Alert dropped: sink queue full.", sink = %s.name);
+                }
+            }
+        }
+    }
+
+    /// (name, counters) of every sink.
+    pub fn counters(&self) -> Vec<(String, Arc<SinkCounters>)> {
+        self.sinks
+            .iter()
+            .map(|s| (s.name.clone(), s.counters.clone()))
+            .collect()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sinks.is_empty()
+    }
+}
+
+fn spawn(name: String, mut sink: Box<dyn Sink>) -> SinkHandle {
+    let (tx, rx) = mpsc::sync_channel::<Arc<[u8]>>(QUEUE);
+    let counters = Arc::new(SinkCounters::default());
+    let c = counters.clone();
+    let thread_name = name.clone();
+    thread::Builder::new()
+        .name(format!("sink-{name}"))
+        .spawn(move || {
+            for alert in rx {
+                let mut attempt = 1;
+                loop {
+                    match sink.deliver(&alert) {
+                        Ok(()) => {
+                            c.delivered.fetch_add(1, Ordering::Relaxed);
+                            break;
+                        }
+                        Err(e) if e.hint == RetryHint::Retry && attempt < MAX_ATTEMPTS => {
+                            c.retried.fetch_add(1, Ordering::Relaxed);
+                            warn!(message = "Sink delivery failed; retrying.", sink = %thread_name, error = %e, attempt);
+                            thread::sleep(Duration::from_millis(100 << attempt.min(6)));
+                            attempt += 1;
+                        }
+                        Err(e) => {
+                            c.failed.fetch_add(1, Ordering::Relaxed);
+                            warn!(message = "Sink delivery failed; giving up on this alert.", sink = %thread_name, error = %e);
+                            break;
+                        }
+                    }
+                }
+            }
+        })
+        .expect("spawn sink thread");
+    SinkHandle { name, tx, counters }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    struct Stuck(Arc<AtomicBool>);
+    impl Sink for Stuck {
+        fn deliver(&mut self, _: &[u8]) -> Result<(), SinkError> {
+            while !self.0.load(Ordering::Relaxed) {
+                thread::sleep(Duration::from_millis(5));
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_stuck_sink_drops_and_counts_without_blocking_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.jsonl");
+        let release = Arc::new(AtomicBool::new(false));
+        let set = SinkSet::from_sinks(vec![
+            ("stuck".into(), Box::new(Stuck(release.clone()))),
+            (
+                "file".into(),
+                Box::new(JsonlSink::open(path.to_str().unwrap()).unwrap()),
+            ),
+        ]);
+        let n = QUEUE + 50;
+        for i in 0..n {
+            set.publish(format!("{{\"n\":{i}}}").as_bytes());
+        }
+        // publish() returned although one sink is stuck; the file sink gets everything.
+        for _ in 0..200 {
+            if std::fs::read_to_string(&path).unwrap().lines().count() == n {
+                break;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), n);
+        let counters = set.counters();
+        assert!(counters[0].1.dropped.load(Ordering::Relaxed) >= 49);
+        assert_eq!(counters[1].1.dropped.load(Ordering::Relaxed), 0);
+        release.store(true, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,299 @@
+//! `cvguard serve` against a real Kafka-compatible broker (tansu, from scripts/kafka-up.sh):
+//! detection end to end, restarts, rebalances, organisations across partitions, poison
+//! messages and a clean SIGTERM.
+
+use std::time::Duration;
+
+use cvguard_tests::kafka::{
+    create_topic, harvest_batch, require_broker, wait_committed, write_config, Names, Producer, Reader,
+};
+use cvguard_tests::service::{free_port, Service};
+
+const PARTITIONS: i32 = 6;
+const LONG: Duration = Duration::from_secs(60);
+
+struct Setup {
+    dir: tempfile::TempDir,
+    names: Names,
+}
+
+fn setup(test: &str) -> Setup {
+    require_broker();
+    let names = Names::new(test);
+    create_topic(&names.events, PARTITIONS);
+    Setup {
+        dir: tempfile::tempdir().unwrap(),
+        names,
+    }
+}
+
+impl Setup {
+    /// Starts instance `i` with its own state folder and port.
+    fn start(&self, i: usize) -> Service {
+        let port = free_port();
+        let config = self.dir.path().join(format!("cvguard-{i}.toml"));
+        let state = self.dir.path().join(format!("state-{i}"));
+        write_config(&config, &self.names, port, &state, PARTITIONS, "");
+        let mut s = Service::start(&config, port, &self.dir.path().join(format!("serve-{i}.log")));
+        s.wait_ready(LONG);
+        s
+    }
+}
+
+fn alerts_about<'a>(alerts: &'a [serde_json::Value], key: &str, rule: &str) -> Vec<&'a serde_json::Value> {
+    alerts.iter().filter(|a| a["key"] == key && a["rule"] == rule).collect()
+}
+
+#[test]
+fn events_produced_to_kafka_are_detected_and_sigterm_commits_and_exits_0() {
+    let s = setup("e2e");
+    let mut svc = s.start(0);
+    let producer = Producer::new();
+    for i in 0..25 {
+        producer.send(
+            &s.names.events,
+            Some(2),
+            "harvester-1",
+            harvest_batch("harvester-1", i).as_bytes(),
+        );
+    }
+    let mut alerts = Reader::new(&s.names.alerts, PARTITIONS);
+    let found = alerts.until(LONG, |seen| seen.iter().any(|r| r.json()["action"] == "suspend"));
+    assert!(found, "no suspension; log:\n{}", svc.log_text());
+    let all = alerts.json();
+    let suspend = all.iter().find(|a| a["action"] == "suspend").unwrap();
+    assert_eq!(suspend["key"], "harvester-1");
+    assert_eq!(suspend["rule"], "mass-harvest-24h");
+    assert_eq!(suspend["value"], 4000, "suspended after 20 batches of 200");
+    // The alert's Kafka key is the alert's key.
+    assert!(alerts.seen.iter().any(|r| r.key.as_deref() == Some("harvester-1")));
+
+    // The incidents topic has the incident under the alert's id.
+    let id = suspend["alert_id"].as_str().unwrap().to_string();
+    let mut incidents = Reader::new(&s.names.incidents, PARTITIONS);
+    assert!(incidents.until(LONG, |seen| seen.iter().any(|r| r.key.as_deref() == Some(id.as_str()))));
+    let incident = incidents
+        .seen
+        .iter()
+        .find(|r| r.key.as_deref() == Some(id.as_str()))
+        .unwrap()
+        .json();
+    assert_eq!(incident["status"], "open");
+    assert_eq!(incident["value_at_detection"], 4000);
+    assert!(incident["notify_authority_by"].as_str().unwrap() > incident["opened_at"].as_str().unwrap());
+
+    // SIGTERM: drain, commit everything consumed, exit 0.
+    let status = svc.sigterm(Duration::from_secs(30));
+    assert!(status.success(), "exit {status}; log:\n{}", svc.log_text());
+    wait_committed(&s.names.group, &s.names.events, PARTITIONS, 25, Duration::from_secs(5));
+    assert!(svc.log_text().contains("Stopped."));
+}
+
+#[test]
+fn kill_9_mid_harvest_keeps_the_windows_and_raises_no_duplicate() {
+    let s = setup("kill9");
+    let mut svc = s.start(0);
+    let producer = Producer::new();
+    let send = |from: u32, to: u32| {
+        for i in from..to {
+            producer.send(
+                &s.names.events,
+                Some(1),
+                "harvester-1",
+                harvest_batch("harvester-1", i).as_bytes(),
+            );
+        }
+    };
+    // 10 batches: 2,000 downloads, the burst alert (1,500 in an hour) but no suspension yet.
+    send(0, 10);
+    let mut alerts = Reader::new(&s.names.alerts, PARTITIONS);
+    assert!(alerts.until(LONG, |seen| seen
+        .iter()
+        .any(|r| r.json()["rule"] == "download-burst-1h")));
+    wait_committed(&s.names.group, &s.names.events, PARTITIONS, 10, LONG);
+    svc.kill9();
+
+    // Restart: the 24h window must still hold those 2,000, so the suspension comes at
+    // batch 20 exactly as without the crash.
+    let mut svc = s.start(0);
+    send(10, 25);
+    assert!(
+        alerts.until(LONG, |seen| seen.iter().any(|r| r.json()["action"] == "suspend")),
+        "no suspension after restart; log:\n{}",
+        svc.log_text()
+    );
+    wait_committed(&s.names.group, &s.names.events, PARTITIONS, 25, LONG);
+    // Crash again after the suspension, restart, feed more: still one of each.
+    svc.kill9();
+    let _svc = s.start(0);
+    send(25, 30);
+    wait_committed(&s.names.group, &s.names.events, PARTITIONS, 30, LONG);
+    alerts.poll_for(Duration::from_secs(2));
+    let all = alerts.json();
+    let burst = alerts_about(&all, "harvester-1", "download-burst-1h");
+    let suspend = alerts_about(&all, "harvester-1", "mass-harvest-24h");
+    assert_eq!(burst.len(), 1, "{burst:?}");
+    assert_eq!(suspend.len(), 1, "{suspend:?}");
+    assert_eq!(suspend[0]["value"], 4000);
+    assert_eq!(
+        suspend[0]["event_id"], "harvester-1-b19",
+        "the same crossing as without the crash"
+    );
+}
+
+#[test]
+fn two_instances_one_killed_the_other_takes_over_rebuilds_and_catches_the_harvest() {
+    let s = setup("failover");
+    let mut a = s.start(0);
+    let mut b = s.start(1);
+    let producer = Producer::new();
+    let partition = 4;
+    for i in 0..12 {
+        producer.send(
+            &s.names.events,
+            Some(partition),
+            "harvester-1",
+            harvest_batch("harvester-1", i).as_bytes(),
+        );
+    }
+    wait_committed(&s.names.group, &s.names.events, PARTITIONS, 12, LONG);
+    // Kill whichever instance owns the harvester's partition.
+    let owns = |svc: &Service| {
+        svc.log_text()
+            .lines()
+            .filter(|l| l.contains("Partition assigned.") && l.contains(&s.names.events))
+            .any(|l| l.contains(&format!("partition={partition} ")))
+    };
+    let (victim, survivor) = if owns(&a) { (&mut a, &mut b) } else { (&mut b, &mut a) };
+    assert!(
+        owns(victim),
+        "neither instance logged partition {partition}:\n{}\n---\n{}",
+        victim.log_text(),
+        survivor.log_text()
+    );
+    victim.kill9();
+    for i in 12..25 {
+        producer.send(
+            &s.names.events,
+            Some(partition),
+            "harvester-1",
+            harvest_batch("harvester-1", i).as_bytes(),
+        );
+    }
+    let mut alerts = Reader::new(&s.names.alerts, PARTITIONS);
+    assert!(
+        alerts.until(Duration::from_secs(90), |seen| seen
+            .iter()
+            .any(|r| r.json()["action"] == "suspend")),
+        "survivor did not catch the harvest; log:\n{}",
+        survivor.log_text()
+    );
+    alerts.poll_for(Duration::from_secs(1));
+    let all = alerts.json();
+    let suspend = alerts_about(&all, "harvester-1", "mass-harvest-24h");
+    assert_eq!(suspend.len(), 1);
+    assert_eq!(
+        suspend[0]["value"], 4000,
+        "the survivor rebuilt the window instead of starting at zero"
+    );
+    assert_eq!(alerts_about(&all, "harvester-1", "download-burst-1h").len(), 1);
+    assert!(
+        survivor.log_text().contains("Partition rebuilt."),
+        "{}",
+        survivor.log_text()
+    );
+}
+
+#[test]
+fn an_organisation_spread_over_partitions_and_instances_is_alerted_once() {
+    let s = setup("org");
+    let a = s.start(0);
+    let b = s.start(1);
+    let producer = Producer::new();
+    // Four accounts of org-ring on four partitions, 2,200 distinct CVs each: every
+    // account stays under its own 4,000, the organisation passes 8,000.
+    let mut sent = 0;
+    for batch in 0..22u32 {
+        for acc in 0..4u32 {
+            let ids: Vec<String> = (0..100)
+                .map(|k| format!("\"cv-{acc}-{:05}\"", batch * 100 + k))
+                .collect();
+            let line = format!(
+                r#"{{"ts":{},"account_id":"ring-{acc}","org_id":"org-ring","action":"cv_view","cv_ids":[{}]}}"#,
+                cvguard_tests::kafka::HARVEST_T0 + i64::from(batch) * 60_000 + i64::from(acc),
+                ids.join(",")
+            );
+            producer.send(
+                &s.names.events,
+                Some(acc as i32),
+                &format!("ring-{acc}"),
+                line.as_bytes(),
+            );
+            sent += 1;
+        }
+    }
+    wait_committed(&s.names.group, &s.names.events, PARTITIONS, sent, LONG);
+    let mut alerts = Reader::new(&s.names.alerts, PARTITIONS);
+    assert!(
+        alerts.until(LONG, |seen| seen.iter().any(|r| r.json()["key"] == "org-ring")),
+        "no org alert; logs:\n{}\n---\n{}",
+        a.log_text(),
+        b.log_text()
+    );
+    alerts.poll_for(Duration::from_secs(3));
+    let all = alerts.json();
+    let org = alerts_about(&all, "org-ring", "org-harvest-24h");
+    assert_eq!(org.len(), 1, "{all:?}");
+    assert_eq!(org[0]["value"], 8000);
+    assert_eq!(org[0]["accounts"].as_array().unwrap().len(), 4);
+    assert!(
+        all.iter().all(|a| a["key_kind"] != "account_id"),
+        "no account alone crossed: {all:?}"
+    );
+}
+
+#[test]
+fn a_poison_message_goes_to_the_dead_letter_topic_and_the_partition_moves_on() {
+    let s = setup("poison");
+    let _svc = s.start(0);
+    let producer = Producer::new();
+    producer.send(&s.names.events, Some(3), "harvester-1", b"{this is not json");
+    producer.send(
+        &s.names.events,
+        Some(3),
+        "harvester-1",
+        br#"{"ts":"2024-05-04T06:00:00Z","account_id":""}"#,
+    );
+    for i in 0..20 {
+        producer.send(
+            &s.names.events,
+            Some(3),
+            "harvester-1",
+            harvest_batch("harvester-1", i).as_bytes(),
+        );
+    }
+    let mut dlq = Reader::new(&s.names.dlq, PARTITIONS);
+    assert!(dlq.until(LONG, |seen| seen.len() >= 2));
+    let reasons: Vec<String> = dlq
+        .seen
+        .iter()
+        .map(|r| {
+            r.headers
+                .iter()
+                .find(|(k, _)| k == "cvguard-reject-reason")
+                .unwrap()
+                .1
+                .clone()
+        })
+        .collect();
+    assert_eq!(reasons, vec!["invalid_json", "invalid_account_id"]);
+    assert_eq!(dlq.seen[0].payload, b"{this is not json", "forwarded unchanged");
+    assert!(dlq.seen[0]
+        .headers
+        .iter()
+        .any(|(k, v)| k == "cvguard-source" && v.ends_with("/3/0")));
+    // Events after the poison were processed: the harvest is still caught.
+    let mut alerts = Reader::new(&s.names.alerts, PARTITIONS);
+    assert!(alerts.until(LONG, |seen| seen.iter().any(|r| r.json()["action"] == "suspend")));
+    wait_committed(&s.names.group, &s.names.events, PARTITIONS, 22, LONG);
+}
