@@ -151,6 +151,10 @@ pub struct KafkaSection {
     /// Passed to librdkafka as strings: bootstrap.servers, group.id, security.protocol, ...
     #[serde(default)]
     pub properties: BTreeMap<String, serde_json::Value>,
+    /// librdkafka properties read from environment variables, for secrets:
+    /// `"sasl.password" = "CVGUARD_KAFKA_SASL_PASSWORD"`.
+    #[serde(default)]
+    pub properties_from_env: BTreeMap<String, String>,
 }
 
 fn default_topics() -> Vec<String> {
@@ -185,6 +189,7 @@ impl Default for KafkaSection {
             bootstrap_servers: None,
             group_id: None,
             properties: BTreeMap::new(),
+            properties_from_env: BTreeMap::new(),
         }
     }
 }
@@ -208,6 +213,11 @@ impl KafkaSection {
         }
         if let Some(g) = &self.group_id {
             props.insert("group.id".into(), g.clone());
+        }
+        for (prop, var) in &self.properties_from_env {
+            if let Ok(value) = std::env::var(var) {
+                props.insert(prop.clone(), value);
+            }
         }
         props
     }
