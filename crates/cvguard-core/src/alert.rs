@@ -31,6 +31,10 @@ pub enum AlertReason {
     Allowlisted,
     /// The rule says suspend, but dry run is on (globally or for the rule).
     DryRun,
+    /// The service's blast-radius limit (`suspend.max_per_hour`) was reached.
+    SuspensionLimit,
+    /// The account was unsuspended (a false positive) less than `suspend.cooldown` ago.
+    Cooldown,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -113,7 +113,9 @@ struct KeyState {
     /// One per rule of this key kind, in `RuleSet::rules_of` order.
     windows: Vec<Window>,
     thresholds: Vec<u64>,
-    firing: Vec<bool>,
+    /// While a rule is at or above its threshold: the id of the alert that opened the
+    /// incident (as a number; `alert_id` is its hex form).
+    firing: Vec<Option<u64>>,
     users: RecentSet,
     ips: RecentSet,
     user_agents: RecentSet,
@@ -139,6 +141,19 @@ pub struct Engine {
     stats: EngineStats,
     cv_pairs: u64,
     scratch: Vec<CvRef>,
+    track_exposure: bool,
+    updates: Vec<IncidentUpdate>,
+}
+
+/// What an incident learns from one event: its latest value and the CVs exposed. At
+/// the firing itself, `cvs` is every CV in the window (whose data was exposed up to the
+/// crossing); afterwards, the CVs of each further event on the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncidentUpdate {
+    pub incident_id: String,
+    pub value: u64,
+    pub event_time_ms: Millis,
+    pub cvs: Vec<Exposure>,
 }
 
 impl Engine {
@@ -151,6 +166,8 @@ impl Engine {
             stats: EngineStats::default(),
             cv_pairs: 0,
             scratch: Vec::new(),
+            track_exposure: false,
+            updates: Vec::new(),
         }
     }
 
@@ -273,7 +290,7 @@ impl Engine {
                 .iter()
                 .map(|i| rules.effective_threshold(&rules.rules[*i], key, hint))
                 .collect(),
-            firing: vec![false; rule_ids.len()],
+            firing: vec![None; rule_ids.len()],
             users: RecentSet::default(),
             ips: RecentSet::default(),
             user_agents: RecentSet::default(),
@@ -366,17 +383,50 @@ impl Engine {
             let value = state.windows[w].value();
             let threshold = state.thresholds[w];
             if value < threshold {
-                state.firing[w] = false;
-            } else if !state.firing[w] {
-                state.firing[w] = true;
-                let alert = build_alert(rules, kind, state, w, &rules.rules[ri], ev, now);
+                state.firing[w] = None;
+            } else if let Some(id) = state.firing[w] {
+                if self.track_exposure {
+                    self.updates.push(IncidentUpdate {
+                        incident_id: format!("{id:016x}"),
+                        value,
+                        event_time_ms: ev.ts,
+                        cvs: event_exposure(ev, sec),
+                    });
+                }
+            } else {
+                let (alert, id) = build_alert(rules, kind, state, w, &rules.rules[ri], ev, now);
+                state.firing[w] = Some(id);
                 self.stats.alerts += 1;
                 if alert.action == AlertAction::Suspend {
                     self.stats.suspensions += 1;
                 }
+                if self.track_exposure {
+                    let mut cvs = window_exposure(rules, kind, state, w, &self.interner);
+                    if cvs.is_empty() {
+                        cvs = event_exposure(ev, sec);
+                    }
+                    self.updates.push(IncidentUpdate {
+                        incident_id: alert.alert_id.clone(),
+                        value,
+                        event_time_ms: ev.ts,
+                        cvs,
+                    });
+                }
                 out.push(alert);
             }
         }
+    }
+
+    /// Turns on incident updates: from now on every firing, and every later event on a
+    /// key while its rule stays at or above the threshold, records which CVs were
+    /// exposed, for [`Engine::take_updates`]. `replay` leaves it off.
+    pub fn track_exposure(&mut self, on: bool) {
+        self.track_exposure = on;
+    }
+
+    /// The incident updates recorded since the last call.
+    pub fn take_updates(&mut self) -> Vec<IncidentUpdate> {
+        std::mem::take(&mut self.updates)
     }
 
     /// Frees keys whose newest event has left their longest window.
@@ -432,8 +482,9 @@ impl Engine {
         values
     }
 
-    /// Names of the CVs `key` touched inside `rule`'s window, with their first access
-    /// (epoch ms), first action and visibility. For incidents: whose data was exposed.
+    /// The CVs `key` touched inside `rule`'s window (or the key's longest distinct
+    /// window when the rule counts events), with their first access, first action and
+    /// visibility: whose data was exposed.
     pub fn exposure(&self, kind: KeyKind, key: &str, rule: &str) -> Vec<Exposure> {
         let table = &self.tables[kind.index()];
         let Some(state) = table.index.get(key).and_then(|s| table.slots[*s as usize].as_ref()) else {
@@ -443,24 +494,7 @@ impl Engine {
         let Some(w) = rules.rules_of(kind).iter().position(|i| rules.rules[*i].name == rule) else {
             return Vec::new();
         };
-        let Window::Distinct(win) = &state.windows[w] else {
-            return Vec::new();
-        };
-        let mut list: Vec<Exposure> = win
-            .accesses()
-            .map(|(cv, a)| Exposure {
-                cv_id: self.interner.name(cv).to_string(),
-                first_access_ms: a.first_sec * 1000,
-                action: rules.action_name(a.first_action).to_string(),
-                visibility: a.visibility,
-            })
-            .collect();
-        list.sort_by(|a, b| {
-            a.first_access_ms
-                .cmp(&b.first_access_ms)
-                .then_with(|| a.cv_id.cmp(&b.cv_id))
-        });
-        list
+        window_exposure(rules, kind, state, w, &self.interner)
     }
 }
 
@@ -499,7 +533,7 @@ fn build_alert(
     rule: &Rule,
     ev: &Event<'_>,
     now: i64,
-) -> Alert {
+) -> (Alert, u64) {
     let evidence_cutoff = now - rules.max_window_secs(kind);
     let accounts = match kind {
         KeyKind::AccountId => vec![state.key.to_string()],
@@ -557,7 +591,7 @@ fn build_alert(
         event_id.as_bytes(),
     ]);
     let first_seen_ms = state.windows[w].oldest().map_or(ev.ts, |s| s * 1000);
-    Alert {
+    let alert = Alert {
         alert_id: format!("{id:016x}"),
         rule: rule.name.clone(),
         severity: rule.severity,
@@ -576,7 +610,53 @@ fn build_alert(
         suspend_accounts,
         evidence,
         event_time_ms: ev.ts,
-    }
+    };
+    (alert, id)
+}
+
+/// The CVs of the window an incident reports on: the rule's own distinct window, else
+/// the key's longest distinct window; empty when the key has none.
+fn window_exposure(rules: &RuleSet, kind: KeyKind, state: &KeyState, w: usize, interner: &CvInterner) -> Vec<Exposure> {
+    let win = match &state.windows[w] {
+        Window::Distinct(win) => Some(win),
+        Window::Count(_) => rules
+            .rules_of(kind)
+            .iter()
+            .enumerate()
+            .filter_map(|(i, &ri)| match &state.windows[i] {
+                Window::Distinct(win) => Some((rules.rules[ri].window_secs, win)),
+                Window::Count(_) => None,
+            })
+            .max_by_key(|(secs, _)| *secs)
+            .map(|(_, win)| win),
+    };
+    let Some(win) = win else { return Vec::new() };
+    let mut list: Vec<Exposure> = win
+        .accesses()
+        .map(|(cv, a)| Exposure {
+            cv_id: interner.name(cv).to_string(),
+            first_access_ms: a.first_sec * 1000,
+            action: rules.action_name(a.first_action).to_string(),
+            visibility: a.visibility,
+        })
+        .collect();
+    list.sort_by(|a, b| a.first_access_ms.cmp(&b.first_access_ms).then_with(|| a.cv_id.cmp(&b.cv_id)));
+    list
+}
+
+/// The CVs of one event, as exposures.
+fn event_exposure(ev: &Event<'_>, sec: i64) -> Vec<Exposure> {
+    let mut seen: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
+    ev.cv_ids
+        .iter()
+        .filter(|id| seen.insert(id))
+        .map(|id| Exposure {
+            cv_id: id.to_string(),
+            first_access_ms: sec * 1000,
+            action: ev.action.to_string(),
+            visibility: ev.visibility,
+        })
+        .collect()
 }
 
 /// Suspend only what the rule asks to, never an allowlisted account, never in dry run.

@@ -37,7 +37,8 @@ pub struct KeySnapshot {
     pub kind: KeyKind,
     pub key: String,
     pub last_sec: i64,
-    pub firing: Vec<bool>,
+    /// Per rule: the alert id (as a number) of the incident open while at or above.
+    pub firing: Vec<Option<u64>>,
     pub windows: Vec<WindowSnapshot>,
     pub users: Vec<(String, i64)>,
     pub ips: Vec<(String, i64)>,

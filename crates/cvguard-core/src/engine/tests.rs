@@ -462,3 +462,33 @@ fn restricted_rule_sets_split_an_engine_by_key_kind_with_the_same_alerts() {
     assert!(!a.is_empty());
     assert_eq!(a, b);
 }
+
+#[test]
+fn incident_updates_record_every_exposed_cv_from_the_window_start() {
+    let mut r = rule("mass", KeyKind::AccountId, Measure::DistinctCvs, "1h", 5);
+    r.response = Response::Suspend;
+    let mut e = engine(vec![r, rule("events", KeyKind::AccountId, Measure::Events, "1h", 100)]);
+    e.track_exposure(true);
+    send(&mut e, 0, "a", "cv_view", &["1", "2"]);
+    send(&mut e, 1, "a", "cv_download", &["2", "3"]);
+    assert!(e.take_updates().is_empty(), "nothing fires yet");
+    let fired = send(&mut e, 2, "a", "cv_download", &["4", "5"]);
+    assert_eq!(fired.len(), 1);
+    let updates = e.take_updates();
+    assert_eq!(updates.len(), 1);
+    assert_eq!(updates[0].incident_id, fired[0].alert_id);
+    let ids: Vec<&str> = updates[0].cvs.iter().map(|x| x.cv_id.as_str()).collect();
+    assert_eq!(ids, vec!["1", "2", "3", "4", "5"], "the whole window up to the crossing");
+    assert_eq!(updates[0].cvs[1].action, "cv_view", "first access of cv 2");
+    // While still firing, each event adds its CVs (the store keeps first accesses).
+    send(&mut e, 3, "a", "cv_view", &["6", "1"]);
+    let later = e.take_updates();
+    assert_eq!(later.len(), 1);
+    assert_eq!(later[0].incident_id, fired[0].alert_id);
+    assert_eq!(later[0].value, 6);
+    assert_eq!(later[0].cvs.iter().map(|x| x.cv_id.as_str()).collect::<Vec<_>>(), vec!["6", "1"]);
+    // Without tracking nothing is recorded.
+    e.track_exposure(false);
+    send(&mut e, 4, "a", "cv_view", &["7"]);
+    assert!(e.take_updates().is_empty());
+}
