@@ -640,7 +640,11 @@ fn window_exposure(rules: &RuleSet, kind: KeyKind, state: &KeyState, w: usize, i
             visibility: a.visibility,
         })
         .collect();
-    list.sort_by(|a, b| a.first_access_ms.cmp(&b.first_access_ms).then_with(|| a.cv_id.cmp(&b.cv_id)));
+    list.sort_by(|a, b| {
+        a.first_access_ms
+            .cmp(&b.first_access_ms)
+            .then_with(|| a.cv_id.cmp(&b.cv_id))
+    });
     list
 }
 

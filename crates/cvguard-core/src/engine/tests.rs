@@ -478,7 +478,11 @@ fn incident_updates_record_every_exposed_cv_from_the_window_start() {
     assert_eq!(updates.len(), 1);
     assert_eq!(updates[0].incident_id, fired[0].alert_id);
     let ids: Vec<&str> = updates[0].cvs.iter().map(|x| x.cv_id.as_str()).collect();
-    assert_eq!(ids, vec!["1", "2", "3", "4", "5"], "the whole window up to the crossing");
+    assert_eq!(
+        ids,
+        vec!["1", "2", "3", "4", "5"],
+        "the whole window up to the crossing"
+    );
     assert_eq!(updates[0].cvs[1].action, "cv_view", "first access of cv 2");
     // While still firing, each event adds its CVs (the store keeps first accesses).
     send(&mut e, 3, "a", "cv_view", &["6", "1"]);
@@ -486,7 +490,10 @@ fn incident_updates_record_every_exposed_cv_from_the_window_start() {
     assert_eq!(later.len(), 1);
     assert_eq!(later[0].incident_id, fired[0].alert_id);
     assert_eq!(later[0].value, 6);
-    assert_eq!(later[0].cvs.iter().map(|x| x.cv_id.as_str()).collect::<Vec<_>>(), vec!["6", "1"]);
+    assert_eq!(
+        later[0].cvs.iter().map(|x| x.cv_id.as_str()).collect::<Vec<_>>(),
+        vec!["6", "1"]
+    );
     // Without tracking nothing is recorded.
     e.track_exposure(false);
     send(&mut e, 4, "a", "cv_view", &["7"]);

@@ -1,0 +1,402 @@
+//! Store scenarios, written once and run against every backend (sqlite.rs, postgres.rs).
+
+use cvguard_core::{
+    Alert, AlertAction, AlertReason, Evidence, Exposure, IncidentUpdate, KeyKind, Measure, Severity, Visibility,
+};
+use cvguard_store::{IncidentFilter, Opened, OutboxItem, Store, StoreError};
+
+pub const T0: i64 = 1_714_795_200_000;
+
+pub fn alert(id: &str, key: &str, rule: &str, value: u64) -> Alert {
+    Alert {
+        alert_id: id.into(),
+        rule: rule.into(),
+        severity: Severity::Critical,
+        key_kind: KeyKind::AccountId,
+        key: key.into(),
+        measure: Measure::DistinctCvs,
+        window: "24h".into(),
+        value,
+        threshold: 4000,
+        action: AlertAction::Suspend,
+        reason: AlertReason::RuleResponse,
+        event_time: "2024-05-04T05:01:46.000Z".into(),
+        event_id: None,
+        first_seen: "2024-05-04T04:00:00.000Z".into(),
+        accounts: vec![key.into()],
+        suspend_accounts: vec![key.into()],
+        evidence: Evidence {
+            windows: vec![],
+            distinct_cvs: Some(value),
+            cvs_by_visibility: None,
+            distinct_users: 1,
+            distinct_ips: 1,
+            distinct_user_agents: 1,
+            users: vec![],
+            ips: vec![],
+            user_agents: vec![],
+            sets_truncated: false,
+        },
+        event_time_ms: T0 + 3_706_000,
+    }
+}
+
+fn cv(id: &str, at: i64, action: &str, v: Visibility) -> Exposure {
+    Exposure {
+        cv_id: id.into(),
+        first_access_ms: at,
+        action: action.into(),
+        visibility: v,
+    }
+}
+
+fn suspend_call(account: &str) -> OutboxItem {
+    OutboxItem {
+        kind: "suspend",
+        account_id: account.into(),
+        body: format!("{{\"account_id\":\"{account}\"}}"),
+    }
+}
+
+pub async fn opening_is_idempotent_and_tracks_publication(store: &Store) {
+    let a = alert("inc-1", "harvester-1", "mass-harvest-24h", 4000);
+    assert_eq!(
+        store
+            .open_incident(&a, T0, &[suspend_call("harvester-1")])
+            .await
+            .unwrap(),
+        Opened::New
+    );
+    assert_eq!(
+        store
+            .open_incident(&a, T0 + 5, &[suspend_call("harvester-1")])
+            .await
+            .unwrap(),
+        Opened::Existing { published: false }
+    );
+    store.mark_published(&["inc-1".into()]).await.unwrap();
+    assert_eq!(
+        store.open_incident(&a, T0 + 9, &[]).await.unwrap(),
+        Opened::Existing { published: true }
+    );
+    // One outbox row, not two.
+    assert_eq!(
+        store.outbox_counts().await.unwrap(),
+        vec![("suspend".into(), "pending".into(), 1)]
+    );
+    let d = store.get("inc-1").await.unwrap().unwrap();
+    assert_eq!(d.incident.status, "open");
+    assert_eq!(d.incident.action, "suspend");
+    assert_eq!(
+        d.incident.notify_authority_by,
+        cvguard_core::timefmt::format_rfc3339_ms(T0 + 72 * 3_600_000)
+    );
+    assert_eq!(d.history.len(), 1);
+    assert_eq!(d.actions.len(), 1);
+    assert_eq!(d.actions[0].outcome, "pending");
+}
+
+pub async fn exposed_cvs_are_kept_once_with_first_access_and_counted(store: &Store) {
+    let mut a = alert("inc-2", "harvester-2", "mass-harvest-24h", 3);
+    a.event_time_ms = T0 + 900;
+    store.open_incident(&a, T0, &[]).await.unwrap();
+    let first = IncidentUpdate {
+        incident_id: "inc-2".into(),
+        value: 3,
+        event_time_ms: T0 + 1000,
+        cvs: vec![
+            cv("cv-1", T0, "cv_view", Visibility::Anonymous),
+            cv("cv-2", T0 + 500, "cv_download", Visibility::Named),
+            cv("cv-3", T0 + 900, "cv_download", Visibility::Unknown),
+        ],
+    };
+    // cv-1 again later, named now: keeps its first access, becomes named. cv-4 is new.
+    let second = IncidentUpdate {
+        incident_id: "inc-2".into(),
+        value: 4,
+        event_time_ms: T0 + 2000,
+        cvs: vec![
+            cv("cv-1", T0 + 2000, "cv_download", Visibility::Named),
+            cv("cv-4", T0 + 2000, "cv_download", Visibility::Anonymous),
+        ],
+    };
+    store.apply_updates(&[first], T0 + 1000).await.unwrap();
+    store.apply_updates(&[second], T0 + 2000).await.unwrap();
+    let rows = store.exposed_cvs("inc-2").await.unwrap();
+    let got: Vec<(&str, &str, &str)> = rows
+        .iter()
+        .map(|r| (r.cv_id.as_str(), r.action.as_str(), r.visibility.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("cv-1", "cv_view", "named"),
+            ("cv-2", "cv_download", "named"),
+            ("cv-3", "cv_download", "unknown"),
+            ("cv-4", "cv_download", "anonymous")
+        ]
+    );
+    assert_eq!(rows[0].first_access, cvguard_core::timefmt::format_rfc3339_ms(T0));
+    let i = store.get("inc-2").await.unwrap().unwrap().incident;
+    assert_eq!(
+        (
+            i.cvs_by_visibility.named,
+            i.cvs_by_visibility.anonymous,
+            i.cvs_by_visibility.unknown
+        ),
+        (2, 1, 1)
+    );
+    assert_eq!(i.latest_value, 4);
+    assert_eq!(i.last_event_time, cvguard_core::timefmt::format_rfc3339_ms(T0 + 2000));
+}
+
+pub async fn a_large_exposure_is_stored_incrementally(store: &Store) {
+    let a = alert("inc-big", "harvester-3", "mass-harvest-24h", 4000);
+    store.open_incident(&a, T0, &[]).await.unwrap();
+    for batch in 0..10 {
+        let cvs = (0..1000)
+            .map(|k| cv(&format!("cv-{batch}-{k}"), T0 + batch, "cv_download", Visibility::Named))
+            .collect();
+        store
+            .apply_updates(
+                &[IncidentUpdate {
+                    incident_id: "inc-big".into(),
+                    value: 1000 * (batch as u64 + 1),
+                    event_time_ms: T0 + batch,
+                    cvs,
+                }],
+                T0,
+            )
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.exposed_cvs("inc-big").await.unwrap().len(), 10_000);
+    assert_eq!(
+        store
+            .get("inc-big")
+            .await
+            .unwrap()
+            .unwrap()
+            .incident
+            .cvs_by_visibility
+            .named,
+        10_000
+    );
+}
+
+pub async fn lifecycle_history_and_false_positive_unsuspend(store: &Store) {
+    let a = alert("inc-3", "acc-3", "mass-harvest-24h", 4000);
+    store.open_incident(&a, T0, &[suspend_call("acc-3")]).await.unwrap();
+    // The suspend call goes out.
+    let claimed = store.claim_due(T0 + 1, 30_000, 10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert!(
+        store.claim_due(T0 + 2, 30_000, 10).await.unwrap().is_empty(),
+        "leased, not claimable twice"
+    );
+    store.call_delivered(&claimed[0], T0 + 3, "200").await.unwrap();
+    assert!(store.get("inc-3").await.unwrap().unwrap().incident.suspended);
+
+    let body =
+        |i: &cvguard_store::Incident, acc: &str| format!("{{\"unsuspend\":\"{acc}\",\"incident\":\"{}\"}}", i.id);
+    let i = store
+        .set_status("inc-3", "acknowledged", "soc-alice", "looking", T0 + 10, &body)
+        .await
+        .unwrap();
+    assert_eq!(i.status, "acknowledged");
+    let err = store
+        .set_status("inc-3", "open", "soc-alice", "", T0 + 11, &body)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::BadTransition { .. }), "{err}");
+    store
+        .set_status(
+            "inc-3",
+            "false_positive",
+            "soc-bob",
+            "staffing agency, profile was stale",
+            T0 + 20,
+            &body,
+        )
+        .await
+        .unwrap();
+    let unsuspend = store.claim_due(T0 + 21, 30_000, 10).await.unwrap();
+    assert_eq!(unsuspend.len(), 1);
+    assert_eq!(unsuspend[0].kind, "unsuspend");
+    assert!(unsuspend[0].body.contains("inc-3"));
+    store.call_delivered(&unsuspend[0], T0 + 22, "200").await.unwrap();
+    let d = store.get("inc-3").await.unwrap().unwrap();
+    assert!(!d.incident.suspended);
+    assert_eq!(d.incident.status, "false_positive");
+    let changes: Vec<(&str, &str)> = d
+        .history
+        .iter()
+        .map(|h| (h.actor.as_str(), h.change.as_str()))
+        .collect();
+    assert_eq!(
+        changes,
+        vec![
+            ("cvguard", "opened"),
+            ("soc-alice", "status open -> acknowledged"),
+            ("soc-bob", "status acknowledged -> false_positive")
+        ]
+    );
+    assert_eq!(store.last_unsuspend("acc-3").await.unwrap(), Some(T0 + 20));
+    assert_eq!(store.last_unsuspend("acc-x").await.unwrap(), None);
+    assert!(matches!(
+        store.set_status("nope", "resolved", "x", "", T0, &body).await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+pub async fn outbox_retries_leases_and_failures(store: &Store) {
+    let a = alert("inc-4", "acc-4", "mass-harvest-24h", 4000);
+    store.open_incident(&a, T0, &[suspend_call("acc-4")]).await.unwrap();
+    let row = store.claim_due(T0, 1000, 10).await.unwrap().remove(0);
+    store.call_retry(&row, T0 + 1, T0 + 5000, "503").await.unwrap();
+    assert!(
+        store.claim_due(T0 + 4999, 1000, 10).await.unwrap().is_empty(),
+        "not before its time"
+    );
+    let row = store.claim_due(T0 + 5000, 1000, 10).await.unwrap().remove(0);
+    assert_eq!(row.attempts, 1);
+    // A sender that died holding the lease: the row is claimable again after it.
+    assert!(store.claim_due(T0 + 5500, 1000, 10).await.unwrap().is_empty());
+    let again = store.claim_due(T0 + 6001, 1000, 10).await.unwrap();
+    assert_eq!(again.len(), 1);
+    store
+        .call_failed(&again[0], T0 + 6002, "400 Bad Request")
+        .await
+        .unwrap();
+    assert!(store.claim_due(T0 + 99_999, 1000, 10).await.unwrap().is_empty());
+    let d = store.get("inc-4").await.unwrap().unwrap();
+    assert_eq!(d.actions.last().unwrap().outcome, "failed");
+    assert!(!d.incident.suspended);
+}
+
+pub async fn listing_filters_and_pages(store: &Store) {
+    for i in 0..7 {
+        let mut a = alert(
+            &format!("l-{i}"),
+            &format!("acc-{}", i % 2),
+            if i < 4 { "r1" } else { "r2" },
+            10,
+        );
+        a.action = AlertAction::Alert;
+        store.open_incident(&a, T0 + i * 1000, &[]).await.unwrap();
+    }
+    let body = |_: &cvguard_store::Incident, _: &str| String::new();
+    store
+        .set_status("l-0", "resolved", "x", "", T0 + 10, &body)
+        .await
+        .unwrap();
+    let all = store
+        .list(&IncidentFilter {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 7);
+    assert_eq!(all[0].id, "l-6", "newest first");
+    let page: Vec<String> = store
+        .list(&IncidentFilter {
+            limit: 3,
+            offset: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    assert_eq!(page, vec!["l-3", "l-2", "l-1"]);
+    let r1_open = store
+        .list(&IncidentFilter {
+            status: Some("open".into()),
+            rule: Some("r1".into()),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        r1_open.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
+        vec!["l-3", "l-2", "l-1"]
+    );
+    let by_key_and_time = store
+        .list(&IncidentFilter {
+            key: Some("acc-0".into()),
+            from_ms: Some(T0 + 2000),
+            to_ms: Some(T0 + 6000),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        by_key_and_time.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
+        vec!["l-4", "l-2"]
+    );
+}
+
+pub async fn rails_queries(store: &Store) {
+    for i in 0..3 {
+        let a = alert(&format!("r-{i}"), &format!("acc-r{i}"), "mass", 4000);
+        store
+            .open_incident(&a, T0 + i * 1000, &[suspend_call(&format!("acc-r{i}"))])
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.suspensions_since(T0).await.unwrap(), 3);
+    assert_eq!(store.suspensions_since(T0 + 1500).await.unwrap(), 1);
+    assert!(store.raise_once("suspension-limit", 7).await.unwrap());
+    assert!(!store.raise_once("suspension-limit", 7).await.unwrap());
+    assert!(store.raise_once("suspension-limit", 8).await.unwrap());
+    store.audit(T0, "soc-alice", "ack", "r-0", "note").await.unwrap();
+    let log = store.audit_log(10).await.unwrap();
+    assert_eq!(log[0].1, "soc-alice");
+    assert!(store.ping().await);
+}
+
+/// Every scenario, each on a fresh store from `fresh`.
+#[macro_export]
+macro_rules! all_scenarios {
+    ($fresh:path) => {
+        #[tokio::test]
+        async fn opening_is_idempotent_and_tracks_publication() {
+            let (s, _g) = $fresh().await;
+            scenarios::opening_is_idempotent_and_tracks_publication(&s).await;
+        }
+        #[tokio::test]
+        async fn exposed_cvs_are_kept_once_with_first_access_and_counted() {
+            let (s, _g) = $fresh().await;
+            scenarios::exposed_cvs_are_kept_once_with_first_access_and_counted(&s).await;
+        }
+        #[tokio::test]
+        async fn a_large_exposure_is_stored_incrementally() {
+            let (s, _g) = $fresh().await;
+            scenarios::a_large_exposure_is_stored_incrementally(&s).await;
+        }
+        #[tokio::test]
+        async fn lifecycle_history_and_false_positive_unsuspend() {
+            let (s, _g) = $fresh().await;
+            scenarios::lifecycle_history_and_false_positive_unsuspend(&s).await;
+        }
+        #[tokio::test]
+        async fn outbox_retries_leases_and_failures() {
+            let (s, _g) = $fresh().await;
+            scenarios::outbox_retries_leases_and_failures(&s).await;
+        }
+        #[tokio::test]
+        async fn listing_filters_and_pages() {
+            let (s, _g) = $fresh().await;
+            scenarios::listing_filters_and_pages(&s).await;
+        }
+        #[tokio::test]
+        async fn rails_queries() {
+            let (s, _g) = $fresh().await;
+            scenarios::rails_queries(&s).await;
+        }
+    };
+}
