@@ -1,6 +1,7 @@
 //! Helpers for the end-to-end tests: find the built binary, run it, read its outputs.
 
 pub mod kafka;
+pub mod receiver;
 pub mod service;
 
 use std::collections::BTreeMap;
@@ -110,4 +111,12 @@ pub fn suspended_accounts(alerts: &[serde_json::Value]) -> Vec<String> {
         .flat_map(|a| a["suspend_accounts"].as_array().cloned().unwrap_or_default())
         .map(|v| v.as_str().unwrap().to_string())
         .collect()
+}
+
+/// Seconds since the epoch.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
 }

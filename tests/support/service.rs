@@ -28,10 +28,16 @@ pub struct Service {
 impl Service {
     /// Starts `cvguard serve --config CONFIG`, logging to `log`.
     pub fn start(config: &Path, port: u16, log: &Path) -> Service {
+        Service::start_env(config, port, log, &[])
+    }
+
+    /// Like `start`, with extra environment variables (secrets).
+    pub fn start_env(config: &Path, port: u16, log: &Path, env: &[(&str, &str)]) -> Service {
         let file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
         let child = Command::new(crate::bin())
             .args(["serve", "--config", config.to_str().unwrap()])
             .current_dir(crate::root())
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(file)

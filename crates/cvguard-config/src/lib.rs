@@ -15,7 +15,10 @@ use serde::Deserialize;
 use serde_json::Value;
 
 pub use profiles::{load_profiles, read_profiles};
-pub use service::{HttpSection, KafkaSection, ServiceSection, SinkSpec, SourceKind, SourceSection, StateSection};
+pub use service::{
+    HttpSection, KafkaSection, ServiceSection, SinkSpec, SourceKind, SourceSection, StateSection, StoreSection,
+    SuspendSection,
+};
 
 /// The shipped default config (`config/cvguard.toml`), compiled in so `demo` and a bare
 /// `serve` run without any file.
@@ -118,7 +121,9 @@ pub struct Config {
     pub service: ServiceSection,
     pub kafka: KafkaSection,
     pub sinks: Vec<SinkSpec>,
-    /// The durations of `[state]` and `[service]`, parsed.
+    pub store: StoreSection,
+    pub suspend: SuspendSection,
+    /// The durations of `[state]`, `[service]` and `[suspend]`, parsed.
     pub timing: Timing,
 }
 
@@ -128,6 +133,8 @@ pub struct Timing {
     pub snapshot_interval: std::time::Duration,
     pub shutdown_timeout: std::time::Duration,
     pub commit_interval: std::time::Duration,
+    pub suspend_timeout: std::time::Duration,
+    pub suspend_cooldown: std::time::Duration,
 }
 
 /// Options that replace what the file says.
@@ -166,6 +173,8 @@ pub fn load(source: &ConfigSource, overrides: &Overrides) -> Result<Config, Conf
     let mut state = StateSection::default();
     let mut service = ServiceSection::default();
     let mut kafka = KafkaSection::default();
+    let mut store = StoreSection::default();
+    let mut suspend = SuspendSection::default();
     for (key, value) in top {
         match key.as_str() {
             "engine" => section(&key, value, &mut issues).map(|v| engine = v),
@@ -176,6 +185,8 @@ pub fn load(source: &ConfigSource, overrides: &Overrides) -> Result<Config, Conf
             "state" => section(&key, value, &mut issues).map(|v| state = v),
             "service" => section(&key, value, &mut issues).map(|v| service = v),
             "kafka" => section(&key, value, &mut issues).map(|v| kafka = v),
+            "store" => section(&key, value, &mut issues).map(|v| store = v),
+            "suspend" => section(&key, value, &mut issues).map(|v| suspend = v),
             "rules" | "sinks" => match value {
                 Value::Array(items) => {
                     if key == "rules" {
@@ -215,7 +226,27 @@ pub fn load(source: &ConfigSource, overrides: &Overrides) -> Result<Config, Conf
         snapshot_interval: duration("state.snapshot_interval", &state.snapshot_interval, &mut issues),
         shutdown_timeout: duration("service.shutdown_timeout", &service.shutdown_timeout, &mut issues),
         commit_interval: duration("service.commit_interval", &service.commit_interval, &mut issues),
+        suspend_timeout: duration("suspend.timeout", &suspend.timeout, &mut issues),
+        suspend_cooldown: duration("suspend.cooldown", &suspend.cooldown, &mut issues),
     };
+    for (i, sink) in sinks.iter().enumerate() {
+        if let SinkSpec::Webhook { timeout, .. } | SinkSpec::Alertmanager { timeout, .. } = sink {
+            duration(&format!("sinks[{i}].timeout"), timeout, &mut issues);
+        }
+    }
+    if !(store.url.starts_with("sqlite://")
+        || store.url.starts_with("postgres://")
+        || store.url.starts_with("postgresql://"))
+    {
+        issues.push(issue(
+            None,
+            "store.url",
+            "expected sqlite://PATH or postgres://...".into(),
+        ));
+    }
+    if suspend.max_attempts == 0 {
+        issues.push(issue(None, "suspend.max_attempts", "must be at least 1".into()));
+    }
     if http.listen.parse::<std::net::SocketAddr>().is_err() {
         issues.push(issue(
             None,
@@ -296,6 +327,8 @@ pub fn load(source: &ConfigSource, overrides: &Overrides) -> Result<Config, Conf
             service,
             kafka,
             sinks,
+            store,
+            suspend,
             timing,
         }),
         Ok(_) => Err(fail(issues)),

@@ -231,4 +231,98 @@ pub enum SinkSpec {
     Jsonl { path: String },
     /// JSON lines on standard output.
     Stdout {},
+    /// POST of each alert as JSON, signed like the suspend webhook.
+    Webhook {
+        url: String,
+        /// Environment variable holding the HMAC key; unsigned without it.
+        #[serde(default)]
+        secret_env: Option<String>,
+        #[serde(default = "default_sink_timeout")]
+        timeout: String,
+    },
+    /// Prometheus Alertmanager's v2 API: the base URL, e.g. http://127.0.0.1:9093.
+    Alertmanager {
+        url: String,
+        #[serde(default = "default_sink_timeout")]
+        timeout: String,
+    },
+    /// A Kafka topic (the `[kafka.properties]` connection), key = the alert's key.
+    Kafka { topic: String },
+}
+
+fn default_sink_timeout() -> String {
+    "5s".into()
+}
+
+/// `[store]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    /// `sqlite://PATH` (embedded, one instance) or `postgres://user@host/db` (several).
+    #[serde(default = "default_store_url")]
+    pub url: String,
+}
+
+fn default_store_url() -> String {
+    "sqlite://data/cvguard.db".into()
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        StoreSection {
+            url: default_store_url(),
+        }
+    }
+}
+
+/// `[suspend]`: the platform's suspend webhook and the safety rails around it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SuspendSection {
+    /// The platform's endpoint; without it, suspend decisions are recorded but not sent.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Environment variable holding the HMAC key (never the key itself).
+    #[serde(default = "default_secret_env")]
+    pub secret_env: String,
+    #[serde(default = "default_suspend_timeout")]
+    pub timeout: String,
+    /// Attempts on 5xx, 429 and timeouts before the call is recorded as failed.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Blast-radius limit: automatic suspensions per hour; beyond it, alert only.
+    #[serde(default = "default_max_per_hour")]
+    pub max_per_hour: u32,
+    /// After an unsuspend (false positive), no automatic suspension of that account for this long.
+    #[serde(default = "default_cooldown")]
+    pub cooldown: String,
+}
+
+fn default_secret_env() -> String {
+    "CVGUARD_SUSPEND_SECRET".into()
+}
+fn default_suspend_timeout() -> String {
+    "5s".into()
+}
+fn default_max_attempts() -> u32 {
+    10
+}
+fn default_max_per_hour() -> u32 {
+    20
+}
+fn default_cooldown() -> String {
+    "24h".into()
+}
+
+impl Default for SuspendSection {
+    fn default() -> Self {
+        SuspendSection {
+            url: None,
+            secret_env: default_secret_env(),
+            timeout: default_suspend_timeout(),
+            max_attempts: default_max_attempts(),
+            max_per_hour: default_max_per_hour(),
+            cooldown: default_cooldown(),
+        }
+    }
 }

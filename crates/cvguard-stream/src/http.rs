@@ -17,8 +17,8 @@ use cvguard_core::{parse_event, Engine, EngineStats, KeyKind, RejectReason, Rule
 use serde::Serialize;
 use tracing::{info, warn};
 
-use crate::sinks::SinkSet;
 use crate::snapshot_store::SnapshotStore;
+use cvguard_respond::SinkSet;
 
 /// The answer to one ingest request.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -56,6 +56,7 @@ impl HttpPipeline {
         sinks: SinkSet,
         store: SnapshotStore,
         snapshot_interval: Duration,
+        responder: Option<Arc<cvguard_respond::Responder>>,
     ) -> HttpPipeline {
         let n = shards.max(1);
         let kinds: Vec<KeyKind> = rules.kinds().collect();
@@ -65,7 +66,11 @@ impl HttpPipeline {
         let mut handles = Vec::new();
         for i in 0..n {
             let name = format!("http/shard-{i}-of-{n}");
-            let engines = restore(&store, &name, &per_kind);
+            let mut engines = restore(&store, &name, &per_kind);
+            for e in &mut engines {
+                e.track_exposure(responder.is_some());
+            }
+            let responder = responder.clone();
             let (tx, rx) = mpsc::sync_channel::<ShardMsg>(16_384);
             senders.push(tx);
             let (sinks, store, stats) = (sinks.clone(), store.clone(), stats.clone());
@@ -80,10 +85,27 @@ impl HttpPipeline {
                         match rx.recv_timeout(Duration::from_millis(200)) {
                             Ok(ShardMsg::Event { kind, line, clock }) => {
                                 engines[kind].process_bytes(&line, Some(clock), &mut alerts);
-                                for a in alerts.drain(..) {
+                                let now = wall_clock_ms();
+                                for mut a in alerts.drain(..) {
+                                    if let Some(r) = &responder {
+                                        match r.open(&mut a, now) {
+                                            Ok(true) => {}
+                                            Ok(false) => continue,
+                                            Err(e) => warn!(message = "Incident store failed; alert published without a record.", error = %e),
+                                        }
+                                    }
                                     info!(message = "Alert.", rule = %a.rule, key_kind = a.key_kind.as_str(),
                                         action = a.action.as_str(), value = a.value, alert_id = %a.alert_id);
                                     sinks.publish(&serde_json::to_vec(&a).expect("alerts serialize"));
+                                    if let Some(r) = &responder {
+                                        let _ = r.mark_published(std::slice::from_ref(&a.alert_id));
+                                    }
+                                }
+                                if let Some(r) = &responder {
+                                    let updates = engines[kind].take_updates();
+                                    if let Err(e) = r.apply_updates(&updates, now) {
+                                        warn!(message = "Incident store failed; exposed CVs not recorded.", error = %e);
+                                    }
                                 }
                                 changed = true;
                             }
@@ -196,6 +218,12 @@ impl HttpPipeline {
             let _ = h.join();
         }
     }
+}
+
+fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 fn shard_of(kind: KeyKind, key: &str, n: usize) -> usize {

@@ -10,9 +10,8 @@ pub mod health;
 pub mod http;
 pub mod kafka;
 pub mod records;
-pub mod sinks;
 pub mod snapshot_store;
 
+pub use cvguard_respond::SinkSet;
 pub use health::Health;
-pub use sinks::SinkSet;
 pub use snapshot_store::SnapshotStore;

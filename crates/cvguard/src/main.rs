@@ -32,6 +32,8 @@ enum Command {
     Demo(commands::demo::Args),
     /// Run the service: consume events (Kafka or HTTP), detect, publish alerts.
     Serve(commands::serve::Args),
+    /// Read the incident store: list, show, export the people to notify.
+    Incidents(commands::incidents::Args),
     /// Validate a config file and print the effective rules; exit 64 with every problem.
     CheckConfig {
         /// The config file.
@@ -72,6 +74,7 @@ fn main() -> ExitCode {
         Command::Simulate(args) => commands::simulate::run(args),
         Command::Demo(args) => commands::demo::run(args),
         Command::Serve(args) => commands::serve::run(args),
+        Command::Incidents(args) => commands::incidents::run(args),
         Command::CheckConfig { file } => commands::check_config::run(&file),
     };
     match result {

@@ -291,6 +291,7 @@ pub fn run(opts: KafkaOptions, stats: PartitionStats) -> Result<RunSummary, Kafk
             snapshot_interval: opts.snapshot_interval,
             health: opts.health.clone(),
             stats: stats.clone(),
+            responder: opts.responder.clone(),
         };
         handles.push(
             thread::Builder::new()

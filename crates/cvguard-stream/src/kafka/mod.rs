@@ -24,8 +24,8 @@ use rdkafka::config::ClientConfig;
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::health::Health;
-use crate::sinks::SinkSet;
 use crate::snapshot_store::SnapshotStore;
+use cvguard_respond::SinkSet;
 
 pub use consumer::{run, RunSummary};
 pub use worker::WorkerCounters;
@@ -90,6 +90,7 @@ pub struct KafkaOptions {
     pub sinks: SinkSet,
     pub health: Arc<Health>,
     pub shutdown: Arc<AtomicBool>,
+    pub responder: Option<Arc<cvguard_respond::Responder>>,
 }
 
 /// Per-partition engine stats and worker counters, readable while running.

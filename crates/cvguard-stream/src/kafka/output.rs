@@ -15,7 +15,7 @@ use rdkafka::Message;
 use tracing::{error, warn};
 
 use crate::records::incident_opened;
-use crate::sinks::SinkSet;
+use cvguard_respond::SinkSet;
 
 /// Header carrying the rejection reason on a dead-lettered message.
 pub const REJECT_REASON_HEADER: &str = "cvguard-reject-reason";

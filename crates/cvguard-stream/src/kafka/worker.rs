@@ -83,6 +83,15 @@ pub struct Worker {
     pub snapshot_interval: Duration,
     pub health: Arc<Health>,
     pub stats: Arc<std::sync::Mutex<HashMap<Tp, (cvguard_core::EngineStats, WorkerCounters)>>>,
+    /// The incident store and rails; alerts are recorded there before they are published.
+    pub responder: Option<Arc<cvguard_respond::Responder>>,
+}
+
+/// What a batch owes the store before its offsets may be committed.
+#[derive(Default)]
+struct Owed {
+    updates: Vec<cvguard_core::IncidentUpdate>,
+    published: Vec<String>,
 }
 
 struct Live {
@@ -99,6 +108,7 @@ impl Worker {
     pub fn run(self) {
         let mut parts: HashMap<Tp, Live> = HashMap::new();
         let mut pending = Pending::default();
+        let mut owed = Owed::default();
         let mut touched: HashMap<Tp, bool> = HashMap::new();
         let mut alerts = Vec::new();
         loop {
@@ -113,11 +123,16 @@ impl Worker {
                 match msg {
                     ToWorker::Msg(m) => {
                         if let Some(live) = parts.get_mut(&m.tp) {
-                            let urgent = self.process(live, &m, &mut alerts, &mut pending);
+                            let urgent = self.process(live, &m, &mut alerts, &mut pending, &mut owed);
                             *touched.entry(m.tp.clone()).or_default() |= urgent;
                         }
                     }
-                    ToWorker::Assign(tp, work) => {
+                    ToWorker::Assign(tp, mut work) => {
+                        let track = self.responder.is_some();
+                        match &mut work.stage {
+                            Stage::Input(e) => e.track_exposure(track),
+                            Stage::Repartition(v) => v.iter_mut().for_each(|(_, e)| e.track_exposure(track)),
+                        }
                         if work.rebuilding {
                             self.health.rebuilding.fetch_add(1, Ordering::Relaxed);
                         }
@@ -134,7 +149,7 @@ impl Worker {
                         );
                     }
                     ToWorker::Revoke(tp, reply) => {
-                        self.settle(&mut pending, &mut touched, &parts);
+                        self.settle(&mut pending, &mut owed, &mut touched, &parts);
                         let next = parts.remove(&tp).and_then(|live| {
                             if live.work.rebuilding {
                                 self.health.rebuilding.fetch_sub(1, Ordering::Relaxed);
@@ -147,7 +162,7 @@ impl Worker {
                         let _ = reply.send((tp, next));
                     }
                     ToWorker::Flush(reply) => {
-                        self.settle(&mut pending, &mut touched, &parts);
+                        self.settle(&mut pending, &mut owed, &mut touched, &parts);
                         let mut offsets = Vec::new();
                         for (tp, live) in parts.iter_mut() {
                             self.snapshot(tp, live);
@@ -165,7 +180,7 @@ impl Worker {
                     next = self.rx.try_recv().ok();
                 }
             }
-            self.settle(&mut pending, &mut touched, &parts);
+            self.settle(&mut pending, &mut owed, &mut touched, &parts);
             self.publish_stats(&parts);
             for (tp, live) in parts.iter_mut() {
                 if live.changed && live.last_snapshot.elapsed() >= self.snapshot_interval {
@@ -177,10 +192,29 @@ impl Worker {
         }
     }
 
-    /// Waits for every delivery, then reports the partitions' offsets as durable.
-    fn settle(&self, pending: &mut Pending, touched: &mut HashMap<Tp, bool>, parts: &HashMap<Tp, Live>) {
+    /// Records exposed CVs, waits for every delivery, marks the incidents published,
+    /// then reports the partitions' offsets as durable.
+    fn settle(
+        &self,
+        pending: &mut Pending,
+        owed: &mut Owed,
+        touched: &mut HashMap<Tp, bool>,
+        parts: &HashMap<Tp, Live>,
+    ) {
+        if let Some(r) = &self.responder {
+            if !owed.updates.is_empty() {
+                let updates = std::mem::take(&mut owed.updates);
+                retry_store("record exposed CVs", || r.apply_updates(&updates, wall_clock_ms()));
+            }
+        }
         if !pending.is_empty() {
             self.outputs.await_all(pending);
+        }
+        if let Some(r) = &self.responder {
+            if !owed.published.is_empty() {
+                let ids = std::mem::take(&mut owed.published);
+                retry_store("mark incidents published", || r.mark_published(&ids));
+            }
         }
         for (tp, urgent) in touched.drain() {
             if let Some(next) = parts.get(&tp).and_then(|l| l.work.next_offset) {
@@ -213,7 +247,14 @@ impl Worker {
     }
 
     /// Processes one message; returns true when it published an alert.
-    fn process(&self, live: &mut Live, m: &InMsg, alerts: &mut Vec<Alert>, pending: &mut Pending) -> bool {
+    fn process(
+        &self,
+        live: &mut Live,
+        m: &InMsg,
+        alerts: &mut Vec<Alert>,
+        pending: &mut Pending,
+        owed: &mut Owed,
+    ) -> bool {
         let work = &mut live.work;
         if work.next_offset.is_some_and(|n| m.offset < n) {
             // Already processed (a re-delivery after a seek): skip.
@@ -256,6 +297,13 @@ impl Worker {
                 }
             }
         }
+        if self.responder.is_some() {
+            // Updates are idempotent in the store, so a rebuild records them again safely.
+            match &mut work.stage {
+                Stage::Input(e) => owed.updates.extend(e.take_updates()),
+                Stage::Repartition(v) => v.iter_mut().for_each(|(_, e)| owed.updates.extend(e.take_updates())),
+            }
+        }
         work.next_offset = Some(m.offset + 1);
         live.changed = true;
         if work.rebuilding && m.offset + 1 >= work.suppress_below {
@@ -271,7 +319,16 @@ impl Worker {
             return false;
         }
         let now = wall_clock_ms();
-        for a in alerts.iter() {
+        for a in alerts.iter_mut() {
+            if let Some(r) = &self.responder {
+                // The incident (and any suspend call) is durable before the alert goes out.
+                let publish = retry_store("record the incident", || r.open(a, now));
+                if !publish {
+                    live.counters.alerts_suppressed += 1;
+                    continue;
+                }
+                owed.published.push(a.alert_id.clone());
+            }
             self.outputs.alert(a, now, pending);
             live.counters.alerts_published += 1;
             info!(message = "Alert.", rule = %a.rule, key_kind = a.key_kind.as_str(), action = a.action.as_str(),
@@ -293,6 +350,22 @@ impl Worker {
             self.outputs
                 .dead_letter(source, m.key.as_deref(), payload, reason, pending);
             counters.dead_lettered += 1;
+        }
+    }
+}
+
+/// Retries a store operation until it succeeds: a partition stops rather than commit
+/// past evidence it could not record.
+fn retry_store<T>(what: &str, mut op: impl FnMut() -> Result<T, cvguard_store::StoreError>) -> T {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match op() {
+            Ok(v) => return v,
+            Err(e) => {
+                tracing::error!(message = "Incident store failed; retrying.", operation = what, error = %e);
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
         }
     }
 }

@@ -45,8 +45,31 @@ async fn serve(config: cvguard_config::Config) -> Result<(), Failure> {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
         n => n,
     };
-    let sinks = SinkSet::start(&config.sinks).context("opening sinks")?;
+    let sinks = SinkSet::start(&config.sinks, &config.kafka).context("opening sinks")?;
     let store = SnapshotStore::new(&config.state.dir);
+    let incidents = cvguard_store::Store::connect(&config.store.url)
+        .await
+        .with_context(|| format!("opening the incident store {}", redact_url(&config.store.url)))?;
+    let suspend = crate::commands::suspend_settings(&config)?;
+    let responder = Arc::new(cvguard_respond::Responder::new(
+        incidents.clone(),
+        tokio::runtime::Handle::current(),
+        cvguard_respond::Rails {
+            webhook: suspend.is_some(),
+            max_per_hour: config.suspend.max_per_hour,
+            cooldown: config.timing.suspend_cooldown,
+        },
+        sinks.clone(),
+    ));
+    let dispatcher_stop = Arc::new(AtomicBool::new(false));
+    let dispatcher = suspend.map(|settings| {
+        tokio::spawn(cvguard_respond::suspend::dispatch(
+            incidents.clone(),
+            settings,
+            sinks.clone(),
+            dispatcher_stop.clone(),
+        ))
+    });
     let health = Arc::new(Health::default());
     let shutdown = Arc::new(AtomicBool::new(false));
     let rules = Arc::new(config.ruleset.clone());
@@ -56,7 +79,14 @@ async fn serve(config: cvguard_config::Config) -> Result<(), Failure> {
     let mut kafka_thread = None;
     match config.source.kind {
         SourceKind::Http => {
-            let pipeline = HttpPipeline::start(rules, workers, sinks.clone(), store, config.timing.snapshot_interval);
+            let pipeline = HttpPipeline::start(
+                rules,
+                workers,
+                sinks.clone(),
+                store,
+                config.timing.snapshot_interval,
+                Some(responder.clone()),
+            );
             health.source_connected.store(true, Ordering::Relaxed);
             health.started.store(true, Ordering::Relaxed);
             ingest = Some(Arc::new(pipeline));
@@ -72,6 +102,7 @@ async fn serve(config: cvguard_config::Config) -> Result<(), Failure> {
                 sinks: sinks.clone(),
                 health: health.clone(),
                 shutdown: shutdown.clone(),
+                responder: Some(responder.clone()),
             };
             let stats = Arc::new(Mutex::new(Default::default()));
             kafka_thread = Some(
@@ -152,8 +183,24 @@ async fn serve(config: cvguard_config::Config) -> Result<(), Failure> {
             return Err(Failure::Other(anyhow::anyhow!("shutdown timeout")));
         }
     }
+    dispatcher_stop.store(true, Ordering::Relaxed);
+    if let Some(d) = dispatcher {
+        let _ = tokio::time::timeout(Duration::from_secs(5), d).await;
+    }
     info!(message = "Stopped.");
     Ok(())
+}
+
+/// A database URL without its password, for messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            let user = creds.split(':').next().unwrap_or("");
+            format!("{}://{user}:***@{}", &url[..s], &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
 }
 
 async fn shutdown_signal() {

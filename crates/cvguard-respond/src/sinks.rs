@@ -105,13 +105,34 @@ const QUEUE: usize = 4096;
 const MAX_ATTEMPTS: u32 = 5;
 
 impl SinkSet {
-    /// Opens every configured sink and starts its thread.
-    pub fn start(specs: &[SinkSpec]) -> io::Result<SinkSet> {
+    /// Opens every configured sink and starts its thread. `kafka` is the connection
+    /// for `kind = "kafka"` sinks.
+    pub fn start(specs: &[SinkSpec], kafka: &cvguard_config::KafkaSection) -> io::Result<SinkSet> {
         let mut sinks = Vec::new();
         for (i, spec) in specs.iter().enumerate() {
             let (name, sink): (String, Box<dyn Sink>) = match spec {
                 SinkSpec::Jsonl { path } => (format!("jsonl[{i}]"), Box::new(JsonlSink::open(path)?)),
                 SinkSpec::Stdout {} => (format!("stdout[{i}]"), Box::new(StdoutSink)),
+                SinkSpec::Webhook {
+                    url,
+                    secret_env,
+                    timeout,
+                } => (
+                    format!("webhook[{i}]"),
+                    Box::new(crate::http_sinks::WebhookSink::new(
+                        url,
+                        secret_env.as_deref(),
+                        duration(timeout),
+                    )?),
+                ),
+                SinkSpec::Alertmanager { url, timeout } => (
+                    format!("alertmanager[{i}]"),
+                    Box::new(crate::http_sinks::AlertmanagerSink::new(url, duration(timeout))?),
+                ),
+                SinkSpec::Kafka { topic } => (
+                    format!("kafka[{i}]"),
+                    Box::new(crate::http_sinks::KafkaSink::new(kafka, topic).map_err(io::Error::other)?),
+                ),
             };
             sinks.push(spawn(name, sink));
         }
@@ -153,6 +174,10 @@ impl SinkSet {
     pub fn is_empty(&self) -> bool {
         self.sinks.is_empty()
     }
+}
+
+fn duration(text: &str) -> Duration {
+    humantime::parse_duration(text.trim()).unwrap_or(Duration::from_secs(5))
 }
 
 fn spawn(name: String, mut sink: Box<dyn Sink>) -> SinkHandle {

@@ -1,0 +1,185 @@
+//! Sinks that leave the process: a signed generic webhook, Prometheus Alertmanager's v2
+//! API, and a Kafka topic.
+
+use std::time::Duration;
+
+use cvguard_config::KafkaSection;
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::{json, Value};
+
+use crate::sign::{signature, IDEMPOTENCY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use crate::sinks::{RetryHint, Sink, SinkError};
+
+fn client(timeout: Duration) -> std::io::Result<reqwest::blocking::Client> {
+    reqwest::blocking::Client::builder()
+        .timeout(timeout)
+        .build()
+        .map_err(std::io::Error::other)
+}
+
+/// 2xx is done; 429, 5xx and transport errors may pass; any other answer will not.
+pub fn classify(result: Result<u16, String>) -> Result<(), SinkError> {
+    match result {
+        Ok(code) if (200..300).contains(&code) => Ok(()),
+        Ok(code) if code == 429 || code >= 500 => Err(SinkError {
+            message: format!("HTTP {code}"),
+            hint: RetryHint::Retry,
+        }),
+        Ok(code) => Err(SinkError {
+            message: format!("HTTP {code}"),
+            hint: RetryHint::GiveUp,
+        }),
+        Err(e) => Err(SinkError {
+            message: e,
+            hint: RetryHint::Retry,
+        }),
+    }
+}
+
+pub struct WebhookSink {
+    url: String,
+    secret: Option<Vec<u8>>,
+    client: reqwest::blocking::Client,
+}
+
+impl WebhookSink {
+    pub fn new(url: &str, secret_env: Option<&str>, timeout: Duration) -> std::io::Result<WebhookSink> {
+        Ok(WebhookSink {
+            url: url.to_string(),
+            secret: secret_env.and_then(|v| std::env::var(v).ok()).map(String::into_bytes),
+            client: client(timeout)?,
+        })
+    }
+}
+
+impl Sink for WebhookSink {
+    fn deliver(&mut self, alert_json: &[u8]) -> Result<(), SinkError> {
+        let mut req = self
+            .client
+            .post(&self.url)
+            .header("Content-Type", "application/json")
+            .body(alert_json.to_vec());
+        if let Ok(Value::Object(a)) = serde_json::from_slice::<Value>(alert_json) {
+            if let Some(Value::String(id)) = a.get("alert_id") {
+                req = req.header(IDEMPOTENCY_HEADER, id.as_str());
+            }
+        }
+        if let Some(secret) = &self.secret {
+            let ts = unix_now();
+            req = req
+                .header(TIMESTAMP_HEADER, ts.to_string())
+                .header(SIGNATURE_HEADER, signature(secret, ts, alert_json));
+        }
+        classify(req.send().map(|r| r.status().as_u16()).map_err(|e| e.to_string()))
+    }
+}
+
+/// Prometheus Alertmanager: `POST /api/v2/alerts` with labels rule, key, severity and
+/// action, and the values as annotations.
+pub struct AlertmanagerSink {
+    url: String,
+    client: reqwest::blocking::Client,
+}
+
+impl AlertmanagerSink {
+    pub fn new(base: &str, timeout: Duration) -> std::io::Result<AlertmanagerSink> {
+        Ok(AlertmanagerSink {
+            url: format!("{}/api/v2/alerts", base.trim_end_matches('/')),
+            client: client(timeout)?,
+        })
+    }
+}
+
+/// The Alertmanager v2 payload for one alert.
+pub fn alertmanager_payload(alert: &Value) -> Value {
+    let s = |k: &str| match &alert[k] {
+        Value::String(x) => x.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    };
+    json!([{
+        "labels": {
+            "alertname": "CvHarvesting",
+            "rule": s("rule"),
+            "key_kind": s("key_kind"),
+            "key": s("key"),
+            "severity": s("severity"),
+            "action": s("action"),
+        },
+        "annotations": {
+            "summary": format!("{} {} reached {} (threshold {}) in {}: {}", s("key_kind"), s("key"), s("value"), s("threshold"), s("window"), s("action")),
+            "value": s("value"),
+            "threshold": s("threshold"),
+            "reason": s("reason"),
+            "alert_id": s("alert_id"),
+            "event_time": s("event_time"),
+            "first_seen": s("first_seen"),
+        },
+        "generatorURL": format!("cvguard://incidents/{}", s("alert_id")),
+    }])
+}
+
+impl Sink for AlertmanagerSink {
+    fn deliver(&mut self, alert_json: &[u8]) -> Result<(), SinkError> {
+        let alert: Value = serde_json::from_slice(alert_json).map_err(|e| SinkError {
+            message: format!("not an alert: {e}"),
+            hint: RetryHint::GiveUp,
+        })?;
+        let r = self.client.post(&self.url).json(&alertmanager_payload(&alert)).send();
+        classify(r.map(|r| r.status().as_u16()).map_err(|e| e.to_string()))
+    }
+}
+
+/// A Kafka topic, key = the alert's key.
+pub struct KafkaSink {
+    topic: String,
+    producer: FutureProducer,
+}
+
+impl KafkaSink {
+    pub fn new(kafka: &KafkaSection, topic: &str) -> Result<KafkaSink, rdkafka::error::KafkaError> {
+        let mut c = ClientConfig::new();
+        for (k, v) in kafka.client_properties() {
+            if k != "group.id" && !k.starts_with("session.") && !k.starts_with("heartbeat.") {
+                c.set(k, v);
+            }
+        }
+        c.set("enable.idempotence", "true");
+        Ok(KafkaSink {
+            topic: topic.to_string(),
+            producer: c.create()?,
+        })
+    }
+}
+
+impl Sink for KafkaSink {
+    fn deliver(&mut self, alert_json: &[u8]) -> Result<(), SinkError> {
+        let key = serde_json::from_slice::<Value>(alert_json)
+            .ok()
+            .and_then(|v| v["key"].as_str().map(String::from))
+            .unwrap_or_default();
+        let record = FutureRecord::to(&self.topic).key(&key).payload(alert_json);
+        let f = self.producer.send_result(record).map_err(|(e, _)| SinkError {
+            message: e.to_string(),
+            hint: RetryHint::Retry,
+        })?;
+        match futures::executor::block_on(f) {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err((e, _))) => Err(SinkError {
+                message: e.to_string(),
+                hint: RetryHint::Retry,
+            }),
+            Err(_) => Err(SinkError {
+                message: "producer closed".into(),
+                hint: RetryHint::Retry,
+            }),
+        }
+    }
+}
+
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}

@@ -1,0 +1,16 @@
+//! cvguard-respond: what cvguard does about a decision.
+//!
+//! - [`responder`]: safety rails and the incident record (with its outbox) for each alert.
+//! - [`suspend`]: the signed suspend webhook, sent from the outbox with retries.
+//! - [`sinks`] and [`http_sinks`]: alert sinks (JSONL, stdout, webhook, Alertmanager,
+//!   Kafka), each on its own thread behind a bounded queue.
+//! - [`sign`]: the webhook signature, for senders and receivers.
+
+pub mod http_sinks;
+pub mod responder;
+pub mod sign;
+pub mod sinks;
+pub mod suspend;
+
+pub use responder::{Rails, Responder};
+pub use sinks::SinkSet;

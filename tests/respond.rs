@@ -1,0 +1,363 @@
+//! Responding: incidents in the store, the signed suspend webhook with its outbox,
+//! safety rails, false positives and the export of the people to notify. The service
+//! runs as a process (HTTP ingest); the platform is a real local HTTP receiver.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use cvguard_tests::kafka::harvest_batch;
+use cvguard_tests::receiver::{Receiver, Reply};
+use cvguard_tests::service::{free_port, http, Service};
+use cvguard_tests::{cvguard, cvguard_ok};
+
+const SECRET: &str = "test-secret-3f9a";
+const WAIT: Duration = Duration::from_secs(30);
+
+struct Env {
+    dir: tempfile::TempDir,
+    port: u16,
+    config: PathBuf,
+}
+
+/// A service config: HTTP ingest, the shipped rules (or `rules`), SQLite (or `store`),
+/// the suspend webhook at `suspend_url`, a JSONL sink.
+fn env(suspend_url: Option<&str>, extra: &str, rules: Option<&str>) -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let shipped = std::fs::read_to_string(cvguard_tests::root().join("config/cvguard.toml")).unwrap();
+    let rules = rules
+        .map(str::to_string)
+        .unwrap_or_else(|| shipped[shipped.find("[allowlist]").unwrap()..].to_string());
+    let suspend = suspend_url.map_or(String::new(), |u| {
+        format!("[suspend]\nurl = \"{u}\"\nsecret_env = \"CVGUARD_TEST_SUSPEND_SECRET\"\ntimeout = \"1s\"\nmax_attempts = 6\n")
+    });
+    let text = format!(
+        "[http]\nlisten = \"127.0.0.1:{port}\"\n[state]\ndir = \"{d}/state\"\n[store]\nurl = \"sqlite://{d}/cvguard.db\"\n{suspend}{extra}\n[[sinks]]\nkind = \"jsonl\"\npath = \"{d}/alerts.jsonl\"\n{rules}",
+        d = dir.path().display()
+    );
+    let config = dir.path().join("cvguard.toml");
+    std::fs::write(&config, text).unwrap();
+    Env { dir, port, config }
+}
+
+impl Env {
+    fn start(&self) -> Service {
+        let mut s = Service::start_env(
+            &self.config,
+            self.port,
+            &self.dir.path().join("serve.log"),
+            &[("CVGUARD_TEST_SUSPEND_SECRET", SECRET)],
+        );
+        s.wait_ready(WAIT);
+        s
+    }
+
+    fn post(&self, lines: &[String]) {
+        let body: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        let (code, text) = http(self.port, "POST", "/v1/events", body.as_bytes()).unwrap();
+        assert_eq!(code, 202, "{text}");
+    }
+
+    fn incidents(&self) -> Vec<serde_json::Value> {
+        let out = cvguard_ok(&[
+            "incidents",
+            "list",
+            "--format",
+            "json",
+            "--config",
+            self.config.to_str().unwrap(),
+        ]);
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn show(&self, id: &str) -> serde_json::Value {
+        let out = cvguard_ok(&["incidents", "show", id, "--config", self.config.to_str().unwrap()]);
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn wait_incident(&self, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        for _ in 0..150 {
+            if let Some(i) = self.incidents().into_iter().find(|i| pred(i)) {
+                return i;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("no such incident; have {:?}", self.incidents());
+    }
+
+    fn sink_alerts(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.path().join("alerts.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+fn harvest(n: u32) -> Vec<String> {
+    (0..n).map(|i| harvest_batch("harvester-1", i)).collect()
+}
+
+fn suspend_calls(r: &Receiver) -> Vec<cvguard_tests::receiver::Received> {
+    r.calls()
+        .into_iter()
+        .filter(|c| c.body.contains("\"action\":\"suspend\""))
+        .collect()
+}
+
+#[test]
+fn a_500_then_200_suspends_once_with_a_signed_idempotent_call_and_the_export_lists_every_cv() {
+    let receiver = Receiver::start(0, SECRET, vec![Reply::Status(500)]);
+    let e = env(Some(&receiver.url("/internal/suspend")), "", None);
+    let _svc = e.start();
+    e.post(&harvest(22));
+    let calls = receiver.wait_for(2, WAIT);
+    assert_eq!(calls.len(), 2, "one 500, then the retry");
+    assert!(calls.iter().all(|c| c.signature_ok), "signatures verify");
+    assert!(calls.iter().all(|c| c.path == "/internal/suspend"));
+    let keys: Vec<&str> = calls.iter().map(|c| c.header("Idempotency-Key").unwrap()).collect();
+    assert_eq!(keys[0], keys[1], "the retry carries the same key");
+    let body = calls[1].json();
+    assert_eq!(body["action"], "suspend");
+    assert_eq!(body["account_id"], "harvester-1");
+    assert_eq!(body["rule"], "mass-harvest-24h");
+    assert_eq!(body["value"], 4000);
+    assert_eq!(body["threshold"], 4000);
+    assert_eq!(body["incident_id"], keys[0]);
+    assert!(body["detected_at"].as_str().unwrap().ends_with('Z'));
+
+    let inc = e.wait_incident(|i| i["rule"] == "mass-harvest-24h" && i["suspended"] == true);
+    let id = inc["id"].as_str().unwrap();
+    let detail = e.show(id);
+    let outcomes: Vec<&str> = detail["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, vec!["pending", "delivered"]);
+    assert!(detail["notify_authority_by"].as_str().unwrap() > detail["opened_at"].as_str().unwrap());
+
+    // The export: every distinct CV touched from the window start, 22 batches x 200.
+    std::thread::sleep(Duration::from_millis(500));
+    let out = cvguard_ok(&[
+        "incidents",
+        "export",
+        id,
+        "--format",
+        "csv",
+        "--config",
+        e.config.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("cv_id,first_access,action,visibility"));
+    let rows: Vec<&str> = lines.collect();
+    assert_eq!(rows.len(), 22 * 200);
+    let anonymous = rows.iter().filter(|r| r.ends_with(",anonymous")).count();
+    assert_eq!(anonymous, 8 * 200, "batches 0, 3, ..., 21 were anonymous");
+    let detail = e.show(id);
+    assert_eq!(detail["cvs_by_visibility"]["named"], 14 * 200);
+    assert_eq!(detail["cvs_by_visibility"]["anonymous"], 8 * 200);
+    assert!(rows[0].starts_with("cv-0000000,2024-05-04T04:00:00.000Z,cv_download,"));
+}
+
+#[test]
+fn a_400_is_not_retried_is_recorded_as_failed_and_alerted() {
+    let receiver = Receiver::start(0, SECRET, vec![Reply::Status(400)]);
+    let e = env(Some(&receiver.url("/s")), "", None);
+    let _svc = e.start();
+    e.post(&harvest(21));
+    receiver.wait_for(1, WAIT);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(receiver.calls().len(), 1, "no retry after a 400");
+    let inc = e.wait_incident(|i| i["rule"] == "mass-harvest-24h");
+    let detail = e.show(inc["id"].as_str().unwrap());
+    assert_eq!(detail["suspended"], false);
+    assert_eq!(
+        detail["actions"].as_array().unwrap().last().unwrap()["outcome"],
+        "failed"
+    );
+    let alerts = e.sink_alerts();
+    assert!(
+        alerts
+            .iter()
+            .any(|a| a["rule"] == "suspend-webhook-failed" && a["key"] == "harvester-1"),
+        "{alerts:?}"
+    );
+}
+
+#[test]
+fn a_receiver_that_is_down_then_up_and_one_slower_than_the_timeout_still_get_one_suspension() {
+    // Down: nothing listens on the port yet.
+    let port = free_port();
+    let e = env(Some(&format!("http://127.0.0.1:{port}/s")), "", None);
+    let _svc = e.start();
+    e.post(&harvest(21));
+    e.wait_incident(|i| i["rule"] == "mass-harvest-24h");
+    std::thread::sleep(Duration::from_millis(1500));
+    // Up, but the first answer comes after the 1 s timeout.
+    let receiver = Receiver::start(port, SECRET, vec![Reply::Slow(Duration::from_secs(3), 200)]);
+    let calls = receiver.wait_for(2, Duration::from_secs(40));
+    assert!(calls.len() >= 2, "{calls:?}");
+    let keys: std::collections::BTreeSet<&str> = calls.iter().map(|c| c.header("Idempotency-Key").unwrap()).collect();
+    assert_eq!(keys.len(), 1, "every attempt is the same suspension");
+    e.wait_incident(|i| i["rule"] == "mass-harvest-24h" && i["suspended"] == true);
+}
+
+#[test]
+fn kill_9_between_decision_and_webhook_ends_in_exactly_one_suspend_call() {
+    let port = free_port();
+    let e = env(Some(&format!("http://127.0.0.1:{port}/s")), "", None);
+    let mut svc = e.start();
+    e.post(&harvest(21));
+    // The decision is durable (incident and outbox row) but the platform is down.
+    e.wait_incident(|i| i["rule"] == "mass-harvest-24h" && i["action"] == "suspend");
+    svc.kill9();
+    let receiver = Receiver::start(port, SECRET, vec![]);
+    let _svc = e.start();
+    let calls = receiver.wait_for(1, WAIT);
+    std::thread::sleep(Duration::from_secs(2));
+    let calls_now = suspend_calls(&receiver);
+    assert_eq!(calls_now.len(), 1, "{calls:?}");
+    assert!(calls_now[0].signature_ok);
+    e.wait_incident(|i| i["rule"] == "mass-harvest-24h" && i["suspended"] == true);
+    // Restarting the service replays nothing into a second call.
+    assert_eq!(
+        e.incidents().iter().filter(|i| i["rule"] == "mass-harvest-24h").count(),
+        1
+    );
+}
+
+#[test]
+fn the_blast_radius_limit_turns_the_third_suspension_into_one_critical_alert() {
+    let rules = r#"
+[[rules]]
+name = "everyone"
+actions = ["cv_view"]
+group_by = "account_id"
+measure = "events"
+window = "1h"
+threshold = 1
+response = "suspend"
+severity = "critical"
+"#;
+    let receiver = Receiver::start(0, SECRET, vec![]);
+    let e = env(Some(&receiver.url("/s")), "", Some(rules));
+    std::fs::write(
+        &e.config,
+        std::fs::read_to_string(&e.config)
+            .unwrap()
+            .replace("max_attempts = 6\n", "max_attempts = 6\nmax_per_hour = 2\n"),
+    )
+    .unwrap();
+    let _svc = e.start();
+    let lines: Vec<String> = (0..5)
+        .map(|i| {
+            format!(r#"{{"ts":"2024-05-04T06:00:0{i}Z","account_id":"acc-{i}","action":"cv_view","cv_id":"cv-{i}"}}"#)
+        })
+        .collect();
+    for l in &lines {
+        e.post(std::slice::from_ref(l));
+    }
+    receiver.wait_for(2, WAIT);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(suspend_calls(&receiver).len(), 2);
+    let incidents = e.incidents();
+    assert_eq!(incidents.len(), 5);
+    let limited: Vec<_> = incidents.iter().filter(|i| i["reason"] == "suspension_limit").collect();
+    assert_eq!(limited.len(), 3, "{incidents:?}");
+    assert!(limited.iter().all(|i| i["action"] == "alert"));
+    let alerts = e.sink_alerts();
+    assert_eq!(
+        alerts
+            .iter()
+            .filter(|a| a["rule"] == "suspension-limit-reached")
+            .count(),
+        1,
+        "{alerts:?}"
+    );
+    assert_eq!(
+        alerts
+            .iter()
+            .filter(|a| a["reason"] == "suspension_limit" && a["rule"] == "everyone")
+            .count(),
+        3
+    );
+}
+
+#[test]
+fn false_positive_unsuspends_and_the_cooldown_keeps_the_account_from_being_suspended_again() {
+    let receiver = Receiver::start(0, SECRET, vec![]);
+    let e = env(Some(&receiver.url("/s")), "", None);
+    let _svc = e.start();
+    e.post(&harvest(21));
+    let inc = e.wait_incident(|i| i["rule"] == "mass-harvest-24h" && i["suspended"] == true);
+    let id = inc["id"].as_str().unwrap().to_string();
+    let cfg = e.config.to_str().unwrap();
+    cvguard_ok(&[
+        "incidents",
+        "set",
+        &id,
+        "false-positive",
+        "--actor",
+        "soc-bob",
+        "--note",
+        "agency",
+        "--config",
+        cfg,
+    ]);
+    let calls = receiver.wait_for(2, WAIT);
+    let unsuspend: Vec<_> = calls
+        .iter()
+        .filter(|c| c.body.contains("\"action\":\"unsuspend\""))
+        .collect();
+    assert_eq!(unsuspend.len(), 1);
+    assert!(unsuspend[0].signature_ok);
+    assert_ne!(
+        unsuspend[0].header("Idempotency-Key"),
+        calls[0].header("Idempotency-Key")
+    );
+    e.wait_incident(|i| i["id"] == id.as_str() && i["suspended"] == false && i["status"] == "false_positive");
+    let detail = e.show(&id);
+    let changes: Vec<&str> = detail["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["actor"].as_str().unwrap())
+        .collect();
+    assert_eq!(changes, vec!["cvguard", "soc-bob"]);
+    // A second harvest by the same account a day later: alert only, reason cooldown.
+    let later: Vec<String> = (0..21)
+        .map(|i| {
+            harvest_batch("harvester-1", i)
+                .replace("\"ts\":1714", "\"ts\":1715")
+                .replace("cv-0", "cv-9")
+        })
+        .collect();
+    e.post(&later);
+    let again = e.wait_incident(|i| i["id"] != id.as_str() && i["rule"] == "mass-harvest-24h");
+    assert_eq!(again["action"], "alert");
+    assert_eq!(again["reason"], "cooldown");
+    assert_eq!(suspend_calls(&receiver).len(), 1);
+    // Bad transitions are refused.
+    let out = cvguard(&["incidents", "set", &id, "acknowledged", "--config", cfg]);
+    assert!(!out.status.success());
+}
+
+#[test]
+fn without_a_secret_in_the_environment_a_suspend_url_is_a_config_error() {
+    let e = env(Some("http://127.0.0.1:1/s"), "", None);
+    let out = std::process::Command::new(cvguard_tests::bin())
+        .args(["serve", "--config", e.config.to_str().unwrap()])
+        .env_remove("CVGUARD_TEST_SUSPEND_SECRET")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("suspend.secret_env") && err.contains("CVGUARD_TEST_SUSPEND_SECRET"),
+        "{err}"
+    );
+    assert!(!err.contains(SECRET));
+}
