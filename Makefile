@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: demo test fmt fmt-check clippy build build-release unit e2e services kafka-up kafka-down run bench clean
+.PHONY: demo test fmt fmt-check clippy build build-release unit e2e services kafka-up kafka-down pg-up prometheus-tools run bench clean
 
 ## The main job: simulate the werk.nl weekend and replay it with the shipped rules.
 demo: build-release
@@ -26,11 +26,17 @@ fmt-check:
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-unit:
+unit: pg-up
 	$(CARGO) test --workspace --exclude cvguard-tests
 
 ## Services the end-to-end tests talk to, installed and started by our own scripts.
-services: kafka-up
+services: kafka-up pg-up prometheus-tools
+
+pg-up:
+	scripts/pg-up.sh
+
+prometheus-tools:
+	scripts/prometheus-tools.sh
 
 kafka-up:
 	scripts/kafka-up.sh

@@ -163,6 +163,31 @@ fn a_500_then_200_suspends_once_with_a_signed_idempotent_call_and_the_export_lis
 }
 
 #[test]
+fn two_instances_sharing_postgresql_record_one_incident_and_make_one_suspend_call() {
+    let db = cvguard_tests::pg::PgDatabase::create("cvguard_e2e");
+    let receiver = Receiver::start(0, SECRET, vec![]);
+    let a = env(Some(&receiver.url("/s")), "", None);
+    let b = env(Some(&receiver.url("/s")), "", None);
+    for e in [&a, &b] {
+        let text = std::fs::read_to_string(&e.config).unwrap();
+        let text = text.replace(&format!("sqlite://{}/cvguard.db", e.dir.path().display()), &db.url());
+        std::fs::write(&e.config, text).unwrap();
+    }
+    let _sa = a.start();
+    let _sb = b.start();
+    // The same harvest reaches both (an at-least-once upstream): one incident, one call.
+    a.post(&harvest(21));
+    b.post(&harvest(21));
+    receiver.wait_for(1, WAIT);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(suspend_calls(&receiver).len(), 1);
+    let from_a = a.incidents();
+    assert_eq!(from_a.iter().filter(|i| i["rule"] == "mass-harvest-24h").count(), 1, "{from_a:?}");
+    assert_eq!(b.incidents().len(), from_a.len(), "both read the same store");
+    a.wait_incident(|i| i["rule"] == "mass-harvest-24h" && i["suspended"] == true);
+}
+
+#[test]
 fn a_400_is_not_retried_is_recorded_as_failed_and_alerted() {
     let receiver = Receiver::start(0, SECRET, vec![Reply::Status(400)]);
     let e = env(Some(&receiver.url("/s")), "", None);
@@ -360,4 +385,64 @@ fn without_a_secret_in_the_environment_a_suspend_url_is_a_config_error() {
         "{err}"
     );
     assert!(!err.contains(SECRET));
+}
+
+/// Prometheus Alertmanager from Debian's package (scripts/prometheus-tools.sh installs it).
+#[test]
+fn alerts_reach_a_real_alertmanager_through_its_v2_api() {
+    let Some(bin) = ["prometheus-alertmanager", "alertmanager"]
+        .into_iter()
+        .find(|b| std::process::Command::new("which").arg(b).output().is_ok_and(|o| o.status.success()))
+    else {
+        eprintln!("SKIPPED: no alertmanager binary; scripts/prometheus-tools.sh could not install Debian's prometheus-alertmanager");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let am_port = free_port();
+    let am_config = dir.path().join("am.yml");
+    std::fs::write(&am_config, "route:\n  receiver: blackhole\nreceivers:\n  - name: blackhole\n").unwrap();
+    let mut am = std::process::Command::new(bin)
+        .arg(format!("--config.file={}", am_config.display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{am_port}"))
+        .arg(format!("--storage.path={}", dir.path().join("am-data").display()))
+        .arg("--cluster.listen-address=")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _guard = Kill(std::mem::replace(&mut am, std::process::Command::new("true").spawn().unwrap()));
+    for _ in 0..100 {
+        if http(am_port, "GET", "/-/ready", b"").is_ok_and(|(c, _)| c == 200) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let e = env(None, &format!("[[sinks]]\nkind = \"alertmanager\"\nurl = \"http://127.0.0.1:{am_port}\"\n"), None);
+    let _svc = e.start();
+    e.post(&harvest(21));
+    let mut found = None;
+    for _ in 0..100 {
+        let (code, body) = http(am_port, "GET", "/api/v2/alerts", b"").unwrap();
+        assert_eq!(code, 200);
+        let alerts: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap_or_default();
+        found = alerts
+            .into_iter()
+            .find(|a| a["labels"]["rule"] == "mass-harvest-24h" && a["labels"]["key"] == "harvester-1");
+        if found.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let a = found.expect("the alert reached Alertmanager");
+    assert_eq!(a["labels"]["severity"], "critical");
+    assert_eq!(a["labels"]["action"], "suspend");
+    assert_eq!(a["annotations"]["value"], "4000");
+    assert_eq!(a["annotations"]["threshold"], "4000");
 }

@@ -1,6 +1,7 @@
 //! Helpers for the end-to-end tests: find the built binary, run it, read its outputs.
 
 pub mod kafka;
+pub mod pg;
 pub mod receiver;
 pub mod service;
 

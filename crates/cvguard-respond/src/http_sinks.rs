@@ -11,11 +11,31 @@ use serde_json::{json, Value};
 use crate::sign::{signature, IDEMPOTENCY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use crate::sinks::{RetryHint, Sink, SinkError};
 
-fn client(timeout: Duration) -> std::io::Result<reqwest::blocking::Client> {
-    reqwest::blocking::Client::builder()
-        .timeout(timeout)
-        .build()
-        .map_err(std::io::Error::other)
+/// A blocking HTTP client, built on the sink's own thread the first time it is needed:
+/// building (or dropping) one inside an async runtime is not allowed.
+struct LazyClient {
+    timeout: Duration,
+    client: Option<reqwest::blocking::Client>,
+}
+
+impl LazyClient {
+    fn new(timeout: Duration) -> LazyClient {
+        LazyClient { timeout, client: None }
+    }
+
+    fn get(&mut self) -> Result<&reqwest::blocking::Client, SinkError> {
+        if self.client.is_none() {
+            let c = reqwest::blocking::Client::builder()
+                .timeout(self.timeout)
+                .build()
+                .map_err(|e| SinkError {
+                    message: e.to_string(),
+                    hint: RetryHint::Retry,
+                })?;
+            self.client = Some(c);
+        }
+        Ok(self.client.as_ref().expect("just built"))
+    }
 }
 
 /// 2xx is done; 429, 5xx and transport errors may pass; any other answer will not.
@@ -40,7 +60,7 @@ pub fn classify(result: Result<u16, String>) -> Result<(), SinkError> {
 pub struct WebhookSink {
     url: String,
     secret: Option<Vec<u8>>,
-    client: reqwest::blocking::Client,
+    client: LazyClient,
 }
 
 impl WebhookSink {
@@ -48,7 +68,7 @@ impl WebhookSink {
         Ok(WebhookSink {
             url: url.to_string(),
             secret: secret_env.and_then(|v| std::env::var(v).ok()).map(String::into_bytes),
-            client: client(timeout)?,
+            client: LazyClient::new(timeout),
         })
     }
 }
@@ -57,6 +77,7 @@ impl Sink for WebhookSink {
     fn deliver(&mut self, alert_json: &[u8]) -> Result<(), SinkError> {
         let mut req = self
             .client
+            .get()?
             .post(&self.url)
             .header("Content-Type", "application/json")
             .body(alert_json.to_vec());
@@ -79,14 +100,14 @@ impl Sink for WebhookSink {
 /// action, and the values as annotations.
 pub struct AlertmanagerSink {
     url: String,
-    client: reqwest::blocking::Client,
+    client: LazyClient,
 }
 
 impl AlertmanagerSink {
     pub fn new(base: &str, timeout: Duration) -> std::io::Result<AlertmanagerSink> {
         Ok(AlertmanagerSink {
             url: format!("{}/api/v2/alerts", base.trim_end_matches('/')),
-            client: client(timeout)?,
+            client: LazyClient::new(timeout),
         })
     }
 }
@@ -126,7 +147,7 @@ impl Sink for AlertmanagerSink {
             message: format!("not an alert: {e}"),
             hint: RetryHint::GiveUp,
         })?;
-        let r = self.client.post(&self.url).json(&alertmanager_payload(&alert)).send();
+        let r = self.client.get()?.post(&self.url).json(&alertmanager_payload(&alert)).send();
         classify(r.map(|r| r.status().as_u16()).map_err(|e| e.to_string()))
     }
 }

@@ -8,14 +8,19 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
 use cvguard_config::{ConfigSource, Overrides};
 use cvguard_core::{Alert, AlertAction, AlertReason, Engine};
+use cvguard_respond::suspend::{dispatch, SuspendSettings};
+use cvguard_respond::{Rails, Responder, SinkSet};
 use cvguard_sim::{Actor, Population, SimConfig};
-use indicatif::ProgressBar;
+use cvguard_store::Store;
 
 use crate::commands::simulate::write_all;
-use crate::input::{self, LineReader};
-use crate::replay::{feed, key_label};
+use crate::input::{self, Line, LineReader};
+use crate::replay::key_label;
 use crate::Failure;
 
 #[derive(clap::Args)]
@@ -38,27 +43,96 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
     let written = write_all(&sim, &args.dir, false)?;
     let sim_secs = t0.elapsed().as_secs_f64();
 
-    let config = cvguard_config::load(
-        &ConfigSource::embedded_default(),
-        &Overrides {
-            profiles_path: Some(written.accounts.clone()),
-        },
+    // The shipped config, with the simulated profiles and a store in the demo folder; also
+    // written out so `cvguard incidents ... --config data/demo/cvguard.toml` reads it.
+    let db = args.dir.join("cvguard.db");
+    let _ = std::fs::remove_file(&db);
+    let config_path = args.dir.join("cvguard.toml");
+    std::fs::write(
+        &config_path,
+        cvguard_config::EMBEDDED_DEFAULT.replace("sqlite://data/cvguard.db", &format!("sqlite://{}", db.display())),
     )?;
+    let config = cvguard_config::load(&ConfigSource::File(config_path.clone()), &Overrides::default())?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let store = rt.block_on(Store::connect(&config.store.url)).map_err(anyhow::Error::from)?;
+    let receiver = DemoPlatform::start()?;
+    let responder = Responder::new(
+        store.clone(),
+        rt.handle().clone(),
+        Rails {
+            webhook: true,
+            max_per_hour: config.suspend.max_per_hour,
+            cooldown: config.timing.suspend_cooldown,
+        },
+        SinkSet::default(),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let dispatcher = rt.spawn(dispatch(
+        store.clone(),
+        SuspendSettings {
+            url: receiver.url(),
+            secret: DEMO_SECRET.as_bytes().to_vec(),
+            timeout: Duration::from_secs(5),
+            max_attempts: 5,
+        },
+        SinkSet::default(),
+        stop.clone(),
+    ));
+
     let (reader, _) = input::open(&written.events)?;
     let mut lines = LineReader::new(reader, config.ruleset.settings.limits.max_event_bytes);
     let mut engine = Engine::new(Arc::new(config.ruleset));
+    engine.track_exposure(true);
     let alerts_path = args.dir.join("alerts.jsonl");
     let mut alerts_file = BufWriter::new(File::create(&alerts_path)?);
     let mut alerts: Vec<Alert> = Vec::new();
+    let mut out = Vec::new();
+    let mut updates = Vec::new();
+    // The platform suspends an account when it gets the call: its later requests are
+    // refused, so they never reach the event stream.
+    let mut suspended: BTreeSet<String> = BTreeSet::new();
+    let mut refused = 0u64;
     let t1 = Instant::now();
-    feed(&mut engine, &mut lines, None, &ProgressBar::hidden(), |a| {
-        serde_json::to_writer(&mut alerts_file, a)?;
-        alerts_file.write_all(b"\n")?;
-        alerts.push(a.clone());
-        Ok(())
-    })?;
+    while let Some(line) = lines.next_line()? {
+        let Line::Text(bytes) = line else { continue };
+        if !suspended.is_empty() {
+            if let Ok(ev) = cvguard_core::parse_event(bytes, &Default::default()) {
+                if suspended.contains(ev.account_id.as_ref()) {
+                    refused += 1;
+                    continue;
+                }
+            }
+        }
+        engine.process_bytes(bytes, None, &mut out);
+        for mut a in out.drain(..) {
+            let now = crate::commands::replay::wall_clock_ms();
+            responder.open(&mut a, now).map_err(anyhow::Error::from)?;
+            if a.action == AlertAction::Suspend {
+                suspended.extend(a.suspend_accounts.iter().cloned());
+            }
+            serde_json::to_writer(&mut alerts_file, &a).map_err(anyhow::Error::from)?;
+            alerts_file.write_all(b"\n")?;
+            alerts.push(a);
+        }
+        updates.extend(engine.take_updates());
+        if updates.len() >= 256 {
+            responder.apply_updates(&updates, 0).map_err(anyhow::Error::from)?;
+            updates.clear();
+        }
+    }
+    responder.apply_updates(&updates, 0).map_err(anyhow::Error::from)?;
     alerts_file.flush()?;
     let replay_secs = t1.elapsed().as_secs_f64();
+    // Give the outbox a moment to deliver the suspend calls.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while receiver.calls() < suspended.len() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = rt.block_on(dispatcher);
 
     let population = Population::new(&sim);
     let stats = engine.stats();
@@ -69,7 +143,7 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
     )?;
     writeln!(
         o,
-        "  simulated {} events from {} accounts in {:.1} s; replayed with the shipped rules in {:.1} s ({} events/s)",
+        "  simulated {} events from {} accounts in {:.1} s; detected with the shipped rules, incidents recorded in SQLite, in {:.1} s ({} events/s)",
         group(stats.events),
         group(population.accounts.len() as u64),
         sim_secs,
@@ -79,6 +153,7 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
     writeln!(o)?;
 
     let ok = tell_harvest(&mut o, &population, &alerts)?;
+    let incident_ok = tell_incident(&mut o, &rt, &store, &alerts, &receiver, refused, &args.dir, &config_path)?;
     writeln!(o)?;
     writeln!(o, "Also flagged")?;
     let mut shown = BTreeSet::new();
@@ -109,7 +184,7 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
         )?;
     }
 
-    let verdict = check_labels(&population, &alerts);
+    let verdict = check_labels(&population, &alerts, !suspended.is_empty());
     writeln!(o)?;
     let heavy: Vec<&str> = population
         .labels
@@ -141,11 +216,63 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
     for problem in &verdict.problems {
         writeln!(o, "  MISMATCH: {problem}")?;
     }
-    Ok(if ok && verdict.problems.is_empty() {
+    Ok(if ok && incident_ok && verdict.problems.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+fn tell_incident(
+    o: &mut impl Write,
+    rt: &tokio::runtime::Runtime,
+    store: &Store,
+    alerts: &[Alert],
+    platform: &DemoPlatform,
+    refused: u64,
+    dir: &std::path::Path,
+    config_path: &std::path::Path,
+) -> anyhow::Result<bool> {
+    let Some(a) = alerts.iter().find(|a| a.action == AlertAction::Suspend && a.key == HARVESTER) else {
+        return Ok(false);
+    };
+    let Some(d) = rt.block_on(store.get(&a.alert_id))? else { return Ok(false) };
+    let i = &d.incident;
+    writeln!(o)?;
+    writeln!(o, "Incident {} ({}, {} {})", i.id, i.rule, i.key_kind, i.key)?;
+    writeln!(
+        o,
+        "  status {}, {}; notify the authority by {}",
+        i.status,
+        if i.suspended { "account SUSPENDED" } else { "suspension NOT confirmed" },
+        i.notify_authority_by
+    )?;
+    let (calls, valid) = (platform.calls(), platform.valid());
+    writeln!(
+        o,
+        "  platform receiver {}: {calls} suspend call(s), {valid} with a valid signature; {} later requests refused",
+        platform.url(),
+        group(refused)
+    )?;
+    let rows = rt.block_on(store.exposed_cvs(&i.id))?;
+    let export = dir.join(format!("notify-{}.csv", i.id));
+    let mut f = BufWriter::new(File::create(&export)?);
+    writeln!(f, "cv_id,first_access,action,visibility")?;
+    for r in &rows {
+        writeln!(f, "{},{},{},{}", r.cv_id, r.first_access, r.action, r.visibility)?;
+    }
+    f.flush()?;
+    let c = &i.cvs_by_visibility;
+    writeln!(
+        o,
+        "  people to notify: {} ({} with name and address visible, {} anonymous), one row each in {}",
+        group(rows.len() as u64),
+        group(c.named as u64),
+        group(c.anonymous as u64),
+        export.display()
+    )?;
+    writeln!(o, "  cvguard incidents list --config {}", config_path.display())?;
+    Ok(i.suspended && calls == 1 && valid == 1)
 }
 
 fn tell_harvest(o: &mut impl Write, population: &Population, alerts: &[Alert]) -> io::Result<bool> {
@@ -200,6 +327,71 @@ fn tell_harvest(o: &mut impl Write, population: &Population, alerts: &[Alert]) -
     Ok(true)
 }
 
+const DEMO_SECRET: &str = "demo-secret-not-for-production";
+
+/// The platform's side of the suspend webhook, for the demo: a local HTTP server that
+/// checks each call's signature and counts them.
+struct DemoPlatform {
+    port: u16,
+    calls: Arc<std::sync::atomic::AtomicUsize>,
+    valid: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl DemoPlatform {
+    fn start() -> std::io::Result<DemoPlatform> {
+        use std::io::{BufRead, BufReader, Read};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let valid = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (c, v) = (calls.clone(), valid.clone());
+        std::thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                let mut reader = BufReader::new(match stream.try_clone() {
+                    Ok(s) => s,
+                    Err(_) => continue,
+                });
+                let mut headers = Vec::new();
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 0) && !line.trim().is_empty() {
+                    headers.push(line.trim().to_string());
+                    line.clear();
+                }
+                let get = |name: &str| {
+                    headers
+                        .iter()
+                        .find_map(|h| h.split_once(':').filter(|(k, _)| k.trim().eq_ignore_ascii_case(name)))
+                        .map(|(_, v)| v.trim().to_string())
+                };
+                let len: usize = get("content-length").and_then(|l| l.parse().ok()).unwrap_or(0);
+                let mut body = vec![0; len];
+                let _ = reader.read_exact(&mut body);
+                c.fetch_add(1, Ordering::Relaxed);
+                let ts: i64 = get("x-cvguard-timestamp").and_then(|t| t.parse().ok()).unwrap_or(0);
+                let sig = get("x-cvguard-signature").unwrap_or_default();
+                let now = crate::commands::replay::wall_clock_ms() / 1000;
+                if cvguard_respond::sign::verify(DEMO_SECRET.as_bytes(), ts, &body, &sig, now, 300) {
+                    v.fetch_add(1, Ordering::Relaxed);
+                }
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            }
+        });
+        Ok(DemoPlatform { port, calls, valid })
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/internal/suspend", self.port)
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    fn valid(&self) -> usize {
+        self.valid.load(Ordering::Relaxed)
+    }
+}
+
 pub struct Verdict {
     pub labels: usize,
     pub matched: usize,
@@ -207,11 +399,18 @@ pub struct Verdict {
     pub problems: Vec<String>,
 }
 
-/// Compares alerts with the simulator's ground truth.
-fn check_labels(population: &Population, alerts: &[Alert]) -> Verdict {
+/// Compares alerts with the simulator's ground truth. The simulator labels the harvest
+/// as if it ran unchecked; once the harvester is suspended its later requests are
+/// refused, so its IP no longer reaches the IP rule's threshold.
+fn check_labels(population: &Population, alerts: &[Alert], harvest_stopped: bool) -> Verdict {
     let mut problems = Vec::new();
     let mut matched = 0;
     for l in &population.labels {
+        let expected = if harvest_stopped && l.scenario == "harvest" && l.key_kind == "ip" {
+            "none"
+        } else {
+            l.expected
+        };
         let about: Vec<&Alert> = alerts
             .iter()
             .filter(|a| a.key_kind.as_str() == l.key_kind && a.key == l.key)
@@ -219,7 +418,7 @@ fn check_labels(population: &Population, alerts: &[Alert]) -> Verdict {
         let suspended = alerts
             .iter()
             .any(|a| a.action == AlertAction::Suspend && a.suspend_accounts.contains(&l.key));
-        let ok = match l.expected {
+        let ok = match expected {
             "suspend" => suspended,
             "alert" => !about.is_empty() && !suspended,
             _ => about.is_empty() && !suspended,
