@@ -12,8 +12,9 @@ fn config(dir: &std::path::Path, port: u16, max_body: usize) -> std::path::PathB
     std::fs::write(
         &path,
         format!(
-            "[http]\nlisten = \"127.0.0.1:{port}\"\nmax_body_bytes = {max_body}\n[state]\ndir = \"{}\"\n[[sinks]]\nkind = \"jsonl\"\npath = \"{}\"\n{rules}",
+            "[http]\nlisten = \"127.0.0.1:{port}\"\nmax_body_bytes = {max_body}\n[state]\ndir = \"{}\"\n[store]\nurl = \"sqlite://{}/cvguard.db\"\n[[sinks]]\nkind = \"jsonl\"\npath = \"{}\"\n{rules}",
             dir.join("state").display(),
+            dir.display(),
             dir.join("alerts.jsonl").display()
         ),
     )

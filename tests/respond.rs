@@ -182,7 +182,11 @@ fn two_instances_sharing_postgresql_record_one_incident_and_make_one_suspend_cal
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(suspend_calls(&receiver).len(), 1);
     let from_a = a.incidents();
-    assert_eq!(from_a.iter().filter(|i| i["rule"] == "mass-harvest-24h").count(), 1, "{from_a:?}");
+    assert_eq!(
+        from_a.iter().filter(|i| i["rule"] == "mass-harvest-24h").count(),
+        1,
+        "{from_a:?}"
+    );
     assert_eq!(b.incidents().len(), from_a.len(), "both read the same store");
     a.wait_incident(|i| i["rule"] == "mass-harvest-24h" && i["suspended"] == true);
 }
@@ -390,17 +394,23 @@ fn without_a_secret_in_the_environment_a_suspend_url_is_a_config_error() {
 /// Prometheus Alertmanager from Debian's package (scripts/prometheus-tools.sh installs it).
 #[test]
 fn alerts_reach_a_real_alertmanager_through_its_v2_api() {
-    let Some(bin) = ["prometheus-alertmanager", "alertmanager"]
-        .into_iter()
-        .find(|b| std::process::Command::new("which").arg(b).output().is_ok_and(|o| o.status.success()))
-    else {
+    let Some(bin) = ["prometheus-alertmanager", "alertmanager"].into_iter().find(|b| {
+        std::process::Command::new("which")
+            .arg(b)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }) else {
         eprintln!("SKIPPED: no alertmanager binary; scripts/prometheus-tools.sh could not install Debian's prometheus-alertmanager");
         return;
     };
     let dir = tempfile::tempdir().unwrap();
     let am_port = free_port();
     let am_config = dir.path().join("am.yml");
-    std::fs::write(&am_config, "route:\n  receiver: blackhole\nreceivers:\n  - name: blackhole\n").unwrap();
+    std::fs::write(
+        &am_config,
+        "route:\n  receiver: blackhole\nreceivers:\n  - name: blackhole\n",
+    )
+    .unwrap();
     let mut am = std::process::Command::new(bin)
         .arg(format!("--config.file={}", am_config.display()))
         .arg(format!("--web.listen-address=127.0.0.1:{am_port}"))
@@ -417,14 +427,21 @@ fn alerts_reach_a_real_alertmanager_through_its_v2_api() {
             let _ = self.0.wait();
         }
     }
-    let _guard = Kill(std::mem::replace(&mut am, std::process::Command::new("true").spawn().unwrap()));
+    let _guard = Kill(std::mem::replace(
+        &mut am,
+        std::process::Command::new("true").spawn().unwrap(),
+    ));
     for _ in 0..100 {
         if http(am_port, "GET", "/-/ready", b"").is_ok_and(|(c, _)| c == 200) {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let e = env(None, &format!("[[sinks]]\nkind = \"alertmanager\"\nurl = \"http://127.0.0.1:{am_port}\"\n"), None);
+    let e = env(
+        None,
+        &format!("[[sinks]]\nkind = \"alertmanager\"\nurl = \"http://127.0.0.1:{am_port}\"\n"),
+        None,
+    );
     let _svc = e.start();
     e.post(&harvest(21));
     let mut found = None;

@@ -228,6 +228,8 @@ listen = "127.0.0.1:{port}"
 [state]
 dir = "{state}"
 snapshot_interval = "1s"
+[store]
+url = "sqlite://{state}/cvguard.db"
 [service]
 commit_interval = "200ms"
 shutdown_timeout = "20s"

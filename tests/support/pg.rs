@@ -9,7 +9,18 @@ pub struct PgDatabase {
 
 fn psql(sql: &str) -> std::process::Output {
     Command::new("psql")
-        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-qc", sql])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-qc",
+            sql,
+        ])
         .output()
         .expect("psql (scripts/pg-up.sh installs PostgreSQL)")
 }

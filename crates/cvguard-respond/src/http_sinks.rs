@@ -147,7 +147,12 @@ impl Sink for AlertmanagerSink {
             message: format!("not an alert: {e}"),
             hint: RetryHint::GiveUp,
         })?;
-        let r = self.client.get()?.post(&self.url).json(&alertmanager_payload(&alert)).send();
+        let r = self
+            .client
+            .get()?
+            .post(&self.url)
+            .json(&alertmanager_payload(&alert))
+            .send();
         classify(r.map(|r| r.status().as_u16()).map_err(|e| e.to_string()))
     }
 }

@@ -57,7 +57,9 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let store = rt.block_on(Store::connect(&config.store.url)).map_err(anyhow::Error::from)?;
+    let store = rt
+        .block_on(Store::connect(&config.store.url))
+        .map_err(anyhow::Error::from)?;
     let receiver = DemoPlatform::start()?;
     let responder = Responder::new(
         store.clone(),
@@ -153,7 +155,12 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
     writeln!(o)?;
 
     let ok = tell_harvest(&mut o, &population, &alerts)?;
-    let incident_ok = tell_incident(&mut o, &rt, &store, &alerts, &receiver, refused, &args.dir, &config_path)?;
+    let respond = Respond {
+        rt: &rt,
+        store: &store,
+        platform: &receiver,
+    };
+    let incident_ok = tell_incident(&mut o, &respond, &alerts, refused, &args.dir, &config_path)?;
     writeln!(o)?;
     writeln!(o, "Also flagged")?;
     let mut shown = BTreeSet::new();
@@ -223,20 +230,31 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
     })
 }
 
+/// The demo's responding side: the store, its runtime and the platform's receiver.
+struct Respond<'a> {
+    rt: &'a tokio::runtime::Runtime,
+    store: &'a Store,
+    platform: &'a DemoPlatform,
+}
+
 fn tell_incident(
     o: &mut impl Write,
-    rt: &tokio::runtime::Runtime,
-    store: &Store,
+    respond: &Respond<'_>,
     alerts: &[Alert],
-    platform: &DemoPlatform,
     refused: u64,
     dir: &std::path::Path,
     config_path: &std::path::Path,
 ) -> anyhow::Result<bool> {
-    let Some(a) = alerts.iter().find(|a| a.action == AlertAction::Suspend && a.key == HARVESTER) else {
+    let Respond { rt, store, platform } = *respond;
+    let Some(a) = alerts
+        .iter()
+        .find(|a| a.action == AlertAction::Suspend && a.key == HARVESTER)
+    else {
         return Ok(false);
     };
-    let Some(d) = rt.block_on(store.get(&a.alert_id))? else { return Ok(false) };
+    let Some(d) = rt.block_on(store.get(&a.alert_id))? else {
+        return Ok(false);
+    };
     let i = &d.incident;
     writeln!(o)?;
     writeln!(o, "Incident {} ({}, {} {})", i.id, i.rule, i.key_kind, i.key)?;
@@ -244,7 +262,11 @@ fn tell_incident(
         o,
         "  status {}, {}; notify the authority by {}",
         i.status,
-        if i.suspended { "account SUSPENDED" } else { "suspension NOT confirmed" },
+        if i.suspended {
+            "account SUSPENDED"
+        } else {
+            "suspension NOT confirmed"
+        },
         i.notify_authority_by
     )?;
     let (calls, valid) = (platform.calls(), platform.valid());
