@@ -16,8 +16,8 @@ use serde_json::Value;
 
 pub use profiles::{load_profiles, read_profiles};
 pub use service::{
-    HttpSection, KafkaSection, ServiceSection, SinkSpec, SourceKind, SourceSection, StateSection, StoreSection,
-    SuspendSection,
+    HttpSection, KafkaSection, LogFormat, LogSection, Role, ServiceSection, SinkSpec, SourceKind, SourceSection,
+    StateSection, StoreSection, SuspendSection, TokenSpec,
 };
 
 /// The shipped default config (`config/cvguard.toml`), compiled in so `demo` and a bare
@@ -123,6 +123,7 @@ pub struct Config {
     pub sinks: Vec<SinkSpec>,
     pub store: StoreSection,
     pub suspend: SuspendSection,
+    pub log: LogSection,
     /// The durations of `[state]`, `[service]` and `[suspend]`, parsed.
     pub timing: Timing,
 }
@@ -175,6 +176,7 @@ pub fn load(source: &ConfigSource, overrides: &Overrides) -> Result<Config, Conf
     let mut kafka = KafkaSection::default();
     let mut store = StoreSection::default();
     let mut suspend = SuspendSection::default();
+    let mut log = LogSection::default();
     for (key, value) in top {
         match key.as_str() {
             "engine" => section(&key, value, &mut issues).map(|v| engine = v),
@@ -187,6 +189,7 @@ pub fn load(source: &ConfigSource, overrides: &Overrides) -> Result<Config, Conf
             "kafka" => section(&key, value, &mut issues).map(|v| kafka = v),
             "store" => section(&key, value, &mut issues).map(|v| store = v),
             "suspend" => section(&key, value, &mut issues).map(|v| suspend = v),
+            "log" => section(&key, value, &mut issues).map(|v| log = v),
             "rules" | "sinks" => match value {
                 Value::Array(items) => {
                     if key == "rules" {
@@ -243,6 +246,23 @@ pub fn load(source: &ConfigSource, overrides: &Overrides) -> Result<Config, Conf
             "store.url",
             "expected sqlite://PATH or postgres://...".into(),
         ));
+    }
+    let mut token_names = std::collections::BTreeSet::new();
+    for (i, t) in http.tokens.iter().enumerate() {
+        if t.sha256.len() != 64 || !t.sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+            issues.push(issue(
+                None,
+                &format!("http.tokens[{i}].sha256"),
+                "must be the 64 hex digits of the token's SHA-256 (cvguard token new prints it)".into(),
+            ));
+        }
+        if !token_names.insert(t.name.clone()) {
+            issues.push(issue(
+                None,
+                &format!("http.tokens[{i}].name"),
+                format!("duplicate token name `{}`", t.name),
+            ));
+        }
     }
     if suspend.max_attempts == 0 {
         issues.push(issue(None, "suspend.max_attempts", "must be at least 1".into()));
@@ -329,6 +349,7 @@ pub fn load(source: &ConfigSource, overrides: &Overrides) -> Result<Config, Conf
             sinks,
             store,
             suspend,
+            log,
             timing,
         }),
         Ok(_) => Err(fail(issues)),

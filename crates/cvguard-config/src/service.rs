@@ -38,6 +38,68 @@ pub struct HttpSection {
     /// Largest accepted request body (NDJSON ingest) in bytes; larger answers 413.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
+    /// API tokens, stored as SHA-256 hashes. None: the API answers loopback clients only.
+    #[serde(default)]
+    pub tokens: Vec<TokenSpec>,
+}
+
+/// One `[[http.tokens]]` entry; `cvguard token new` prints one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSpec {
+    /// Who holds it; recorded as the actor of every change made with it.
+    pub name: String,
+    pub role: Role,
+    /// Hex SHA-256 of the token.
+    pub sha256: String,
+}
+
+/// `viewer` < `responder` < `admin`; `ingest` may only post events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Ingest,
+    Viewer,
+    Responder,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Ingest => "ingest",
+            Role::Viewer => "viewer",
+            Role::Responder => "responder",
+            Role::Admin => "admin",
+        }
+    }
+
+    /// Whether a holder of `self` may do what needs `needed`.
+    pub fn allows(self, needed: Role) -> bool {
+        match (self, needed) {
+            (Role::Admin, _) => true,
+            (Role::Ingest, Role::Ingest) => true,
+            (Role::Ingest, _) | (_, Role::Ingest) => false,
+            (have, need) => have >= need,
+        }
+    }
+}
+
+/// `[log]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    /// `human` (default) or `json`.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
 }
 
 fn default_listen() -> String {
@@ -52,6 +114,7 @@ impl Default for HttpSection {
         HttpSection {
             listen: default_listen(),
             max_body_bytes: default_max_body(),
+            tokens: Vec::new(),
         }
     }
 }

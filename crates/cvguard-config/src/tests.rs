@@ -234,3 +234,21 @@ kind = "stdout"
     assert!(keys.contains(&"kafka.properties.\"bootstrap.servers\""), "{keys:?}");
     assert!(keys.iter().any(|k| k.starts_with("sinks[0]")), "{keys:?}");
 }
+
+#[test]
+fn roles_nest_and_ingest_stands_apart() {
+    use Role::*;
+    assert!(Admin.allows(Responder) && Admin.allows(Viewer) && Admin.allows(Ingest));
+    assert!(Responder.allows(Viewer) && Responder.allows(Responder) && !Responder.allows(Admin));
+    assert!(Viewer.allows(Viewer) && !Viewer.allows(Responder));
+    assert!(!Viewer.allows(Ingest) && !Responder.allows(Ingest));
+    assert!(Ingest.allows(Ingest) && !Ingest.allows(Viewer));
+    let dir = tempfile::tempdir().unwrap();
+    let err = load_text(
+        dir.path(),
+        &format!("[[http.tokens]]\nname = \"a\"\nrole = \"viewer\"\nsha256 = \"abc\"\n[[http.tokens]]\nname = \"a\"\nrole = \"god\"\nsha256 = \"{}\"\n{RULE}", "0".repeat(64)),
+    )
+    .unwrap_err();
+    let keys: Vec<&str> = err.issues.iter().map(|i| i.key.as_str()).collect();
+    assert!(keys.iter().any(|k| k.starts_with("http.")), "{keys:?}");
+}

@@ -77,6 +77,14 @@ pub struct StateSize {
     pub interned_cvs: u64,
 }
 
+impl StateSize {
+    pub fn add(&mut self, o: &StateSize) {
+        self.keys += o.keys;
+        self.cv_pairs += o.cv_pairs;
+        self.interned_cvs += o.interned_cvs;
+    }
+}
+
 #[derive(Debug)]
 enum Window {
     Count(CountWindow),
@@ -678,6 +686,7 @@ fn decide(rules: &RuleSet, rule: &Rule, accounts: &[String]) -> (AlertAction, Al
     (AlertAction::Suspend, AlertReason::RuleResponse, targets)
 }
 
+pub mod reload;
 pub mod snapshot;
 pub use snapshot::{EngineSnapshot, SnapshotError};
 

@@ -410,6 +410,16 @@ impl RuleSet {
         self.fingerprint
     }
 
+    /// Whether any rule counts `action`.
+    pub fn counts_action(&self, action: &str) -> bool {
+        self.action_ids.contains_key(action)
+    }
+
+    /// How many rules group by `kind`.
+    pub fn rules_of_kind_count(&self, kind: KeyKind) -> usize {
+        self.by_kind[kind.index()].len()
+    }
+
     /// Key kinds that have at least one rule.
     pub fn kinds(&self) -> impl Iterator<Item = KeyKind> + '_ {
         KeyKind::ALL.into_iter().filter(|k| !self.by_kind[k.index()].is_empty())
@@ -442,7 +452,7 @@ impl RuleSet {
         self.action_ids.get(action).copied()
     }
 
-    pub(crate) fn action_name(&self, id: u8) -> &str {
+    pub fn action_name(&self, id: u8) -> &str {
         self.action_ids
             .iter()
             .find(|(_, v)| **v == id)

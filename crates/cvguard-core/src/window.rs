@@ -201,6 +201,13 @@ impl DistinctWindow {
         self.seen.is_empty()
     }
 
+    /// Applies `f` to every first-action id (after the rules' action numbering changed).
+    pub fn remap_first_actions(&mut self, f: impl Fn(u8) -> u8) {
+        for a in self.seen.values_mut() {
+            a.first_action = f(a.first_action);
+        }
+    }
+
     /// Puts back a CV as a snapshot recorded it. The caller owns one reference to it.
     pub fn restore(&mut self, cv: CvRef, access: CvAccess) {
         self.by_visibility[access.visibility as usize] += 1;

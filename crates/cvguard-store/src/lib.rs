@@ -188,8 +188,10 @@ impl Store {
         } else {
             return Err(StoreError::BadUrl(url.to_string()));
         };
+        // SQLite has one writer: one connection per process serialises writes here instead
+        // of failing a read-then-write transaction with "database is locked".
         let pool = AnyPoolOptions::new()
-            .max_connections(if dialect == Dialect::Sqlite { 4 } else { 8 })
+            .max_connections(if dialect == Dialect::Sqlite { 1 } else { 8 })
             .connect(&url)
             .await?;
         let store = Store { pool, dialect };

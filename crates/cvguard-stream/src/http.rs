@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use cvguard_core::{parse_event, Engine, EngineStats, KeyKind, RejectReason, RuleSet};
+use cvguard_core::{parse_event, Engine, EngineStats, KeyKind, RejectReason, RuleSet, StateSize, WindowValue};
 use serde::Serialize;
 use tracing::{info, warn};
 
@@ -34,18 +34,30 @@ impl IngestReport {
 }
 
 enum ShardMsg {
-    Event { kind: usize, line: Vec<u8>, clock: i64 },
+    Event {
+        kind: KeyKind,
+        line: Vec<u8>,
+        clock: i64,
+        arrived: Instant,
+    },
     Flush(mpsc::Sender<()>),
+    Reload([Option<Arc<RuleSet>>; 4]),
+    Query(KeyKind, String, mpsc::Sender<Vec<WindowValue>>),
+}
+
+/// Per key kind, the rule set an engine of that kind runs (`None`: the kind has no rules).
+fn per_kind(rules: &RuleSet) -> [Option<Arc<RuleSet>>; 4] {
+    KeyKind::ALL.map(|k| (rules.rules_of_kind_count(k) > 0).then(|| Arc::new(rules.restricted_to(k))))
 }
 
 pub struct HttpPipeline {
-    rules: Arc<RuleSet>,
-    kinds: Vec<KeyKind>,
+    rules: std::sync::RwLock<Arc<RuleSet>>,
+    metrics: Arc<crate::Metrics>,
     shards: Vec<SyncSender<ShardMsg>>,
     handles: Mutex<Vec<JoinHandle<()>>>,
     /// Rejections counted at ingest, by reason index, plus accepted.
     ingest: Mutex<(u64, [u64; RejectReason::ALL.len()])>,
-    stats: Arc<Mutex<Vec<EngineStats>>>,
+    stats: Arc<Mutex<Vec<(EngineStats, StateSize)>>>,
 }
 
 impl HttpPipeline {
@@ -57,20 +69,21 @@ impl HttpPipeline {
         store: SnapshotStore,
         snapshot_interval: Duration,
         responder: Option<Arc<cvguard_respond::Responder>>,
+        metrics: Arc<crate::Metrics>,
     ) -> HttpPipeline {
         let n = shards.max(1);
-        let kinds: Vec<KeyKind> = rules.kinds().collect();
-        let per_kind: Vec<Arc<RuleSet>> = kinds.iter().map(|k| Arc::new(rules.restricted_to(*k))).collect();
-        let stats = Arc::new(Mutex::new(vec![EngineStats::default(); n]));
+        let per_kind = per_kind(&rules);
+        let stats = Arc::new(Mutex::new(vec![(EngineStats::default(), StateSize::default()); n]));
         let mut senders = Vec::new();
         let mut handles = Vec::new();
         for i in 0..n {
             let name = format!("http/shard-{i}-of-{n}");
             let mut engines = restore(&store, &name, &per_kind);
-            for e in &mut engines {
+            for e in engines.iter_mut().flatten() {
                 e.track_exposure(responder.is_some());
             }
             let responder = responder.clone();
+            let metrics = metrics.clone();
             let (tx, rx) = mpsc::sync_channel::<ShardMsg>(16_384);
             senders.push(tx);
             let (sinks, store, stats) = (sinks.clone(), store.clone(), stats.clone());
@@ -83,8 +96,15 @@ impl HttpPipeline {
                     let mut changed = false;
                     loop {
                         match rx.recv_timeout(Duration::from_millis(200)) {
-                            Ok(ShardMsg::Event { kind, line, clock }) => {
-                                engines[kind].process_bytes(&line, Some(clock), &mut alerts);
+                            Ok(ShardMsg::Event {
+                                kind,
+                                line,
+                                clock,
+                                arrived,
+                            }) => {
+                                let Some(engine) = engines[kind.index()].as_mut() else { continue };
+                                engine.process_bytes(&line, Some(clock), &mut alerts);
+                                metrics.decided(arrived.elapsed());
                                 let now = wall_clock_ms();
                                 for mut a in alerts.drain(..) {
                                     if let Some(r) = &responder {
@@ -94,6 +114,7 @@ impl HttpPipeline {
                                             Err(e) => warn!(message = "Incident store failed; alert published without a record.", error = %e),
                                         }
                                     }
+                                    metrics.alert(&a);
                                     info!(message = "Alert.", rule = %a.rule, key_kind = a.key_kind.as_str(),
                                         action = a.action.as_str(), value = a.value, alert_id = %a.alert_id);
                                     sinks.publish(&serde_json::to_vec(&a).expect("alerts serialize"));
@@ -102,7 +123,7 @@ impl HttpPipeline {
                                     }
                                 }
                                 if let Some(r) = &responder {
-                                    let updates = engines[kind].take_updates();
+                                    let updates = engine.take_updates();
                                     if let Err(e) = r.apply_updates(&updates, now) {
                                         warn!(message = "Incident store failed; exposed CVs not recorded.", error = %e);
                                     }
@@ -114,6 +135,26 @@ impl HttpPipeline {
                                 changed = false;
                                 let _ = reply.send(());
                             }
+                            Ok(ShardMsg::Reload(sets)) => {
+                                for (slot, set) in engines.iter_mut().zip(sets) {
+                                    match (slot.as_mut(), set) {
+                                        (Some(e), Some(set)) => {
+                                            e.reload(set);
+                                        }
+                                        (None, Some(set)) => {
+                                            let mut e = Engine::new(set);
+                                            e.track_exposure(responder.is_some());
+                                            *slot = Some(e);
+                                        }
+                                        (_, None) => *slot = None,
+                                    }
+                                }
+                                changed = true;
+                            }
+                            Ok(ShardMsg::Query(kind, key, reply)) => {
+                                let values = engines[kind.index()].as_ref().map(|e| e.key_values(kind, &key)).unwrap_or_default();
+                                let _ = reply.send(values);
+                            }
                             Err(RecvTimeoutError::Timeout) => {}
                             Err(RecvTimeoutError::Disconnected) => break,
                         }
@@ -123,18 +164,20 @@ impl HttpPipeline {
                             changed = false;
                         }
                         let mut sum = EngineStats::default();
-                        for e in &engines {
+                        let mut size = StateSize::default();
+                        for e in engines.iter().flatten() {
                             sum.add(e.stats());
+                            size.add(&e.state_size());
                         }
-                        stats.lock().expect("stats")[i] = sum;
+                        stats.lock().expect("stats")[i] = (sum, size);
                     }
                 })
                 .expect("spawn shard");
             handles.push(handle);
         }
         HttpPipeline {
-            rules,
-            kinds,
+            rules: std::sync::RwLock::new(rules),
+            metrics,
             shards: senders,
             handles: Mutex::new(handles),
             ingest: Mutex::new((0, [0; RejectReason::ALL.len()])),
@@ -144,7 +187,9 @@ impl HttpPipeline {
 
     /// Parses an NDJSON body and routes each valid event; blocks when shards are full.
     pub fn submit(&self, body: &[u8], clock_ms: i64) -> IngestReport {
-        let settings = self.rules.settings;
+        let rules = self.rules.read().expect("rules").clone();
+        let settings = rules.settings;
+        let arrived = Instant::now();
         let mut report = IngestReport::default();
         let mut counted = [0u64; RejectReason::ALL.len()];
         for line in body.split(|b| *b == b'\n') {
@@ -160,13 +205,18 @@ impl HttpPipeline {
                 Err(reason) => counted[reason.index()] += 1,
                 Ok(ev) => {
                     report.accepted += 1;
-                    for (k, kind) in self.kinds.iter().enumerate() {
-                        if let Some(key) = self.rules.key_for(*kind, &ev) {
-                            let shard = shard_of(*kind, key, self.shards.len());
+                    self.metrics
+                        .events_by_action
+                        .with_label_values(&[crate::metrics::action_label(&rules, &ev.action)])
+                        .inc();
+                    for kind in rules.kinds() {
+                        if let Some(key) = rules.key_for(kind, &ev) {
+                            let shard = shard_of(kind, key, self.shards.len());
                             let _ = self.shards[shard].send(ShardMsg::Event {
-                                kind: k,
+                                kind,
                                 line: line.to_vec(),
                                 clock: clock_ms,
+                                arrived,
                             });
                         }
                     }
@@ -191,13 +241,32 @@ impl HttpPipeline {
         *self.ingest.lock().expect("ingest")
     }
 
-    /// Engine stats summed over shards.
-    pub fn engine_stats(&self) -> EngineStats {
+    /// Engine stats and state size summed over shards.
+    pub fn engine_stats(&self) -> (EngineStats, StateSize) {
         let mut sum = EngineStats::default();
-        for s in self.stats.lock().expect("stats").iter() {
+        let mut size = StateSize::default();
+        for (s, z) in self.stats.lock().expect("stats").iter() {
             sum.add(s);
+            size.add(z);
         }
-        sum
+        (sum, size)
+    }
+
+    /// Swaps the rules on every shard, keeping window state (see `Engine::reload`).
+    pub fn reload(&self, rules: Arc<RuleSet>) {
+        let sets = per_kind(&rules);
+        *self.rules.write().expect("rules") = rules;
+        for s in &self.shards {
+            let _ = s.send(ShardMsg::Reload(sets.clone()));
+        }
+    }
+
+    /// The live windows of a key, from the shard that holds it.
+    pub fn query(&self, kind: KeyKind, key: &str) -> Vec<WindowValue> {
+        let (tx, rx) = mpsc::channel();
+        let shard = shard_of(kind, key, self.shards.len());
+        let _ = self.shards[shard].send(ShardMsg::Query(kind, key.to_string(), tx));
+        rx.recv_timeout(Duration::from_secs(5)).unwrap_or_default()
     }
 
     /// Finishes queued events and snapshots every shard.
@@ -233,19 +302,23 @@ fn shard_of(kind: KeyKind, key: &str, n: usize) -> usize {
     (h.finish() as usize) % n
 }
 
-fn restore(store: &SnapshotStore, name: &str, per_kind: &[Arc<RuleSet>]) -> Vec<Engine> {
-    let fresh = || per_kind.iter().map(|r| Engine::new(r.clone())).collect();
+type Engines = [Option<Engine>; 4];
+
+fn restore(store: &SnapshotStore, name: &str, per_kind: &[Option<Arc<RuleSet>>; 4]) -> Engines {
+    let fresh = || per_kind.clone().map(|r| r.map(Engine::new));
+    let present: Vec<&Arc<RuleSet>> = per_kind.iter().flatten().collect();
     match store.load(name) {
-        Ok(Some((_, snaps))) if snaps.len() == per_kind.len() => {
-            let restored: Result<Vec<Engine>, _> = per_kind
+        Ok(Some((_, snaps))) if snaps.len() == present.len() => {
+            let restored: Result<Vec<Engine>, _> = present
                 .iter()
                 .zip(&snaps)
-                .map(|(r, s)| Engine::restore(r.clone(), s))
+                .map(|(r, s)| Engine::restore((*r).clone(), s))
                 .collect();
             match restored {
                 Ok(engines) => {
                     info!(message = "Restored snapshot.", shard = name);
-                    engines
+                    let mut it = engines.into_iter();
+                    per_kind.clone().map(|r| r.and_then(|_| it.next()))
                 }
                 Err(e) => {
                     warn!(message = "Snapshot taken under other rules; starting empty.", shard = name, error = %e);
@@ -265,8 +338,8 @@ fn restore(store: &SnapshotStore, name: &str, per_kind: &[Arc<RuleSet>]) -> Vec<
     }
 }
 
-fn save(store: &SnapshotStore, name: &str, engines: &[Engine]) {
-    let snaps: Vec<_> = engines.iter().map(Engine::snapshot).collect();
+fn save(store: &SnapshotStore, name: &str, engines: &Engines) {
+    let snaps: Vec<_> = engines.iter().flatten().map(Engine::snapshot).collect();
     if let Err(e) = store.save(name, 0, &snaps) {
         warn!(message = "Snapshot failed.", shard = name, error = %e);
     }

@@ -9,9 +9,61 @@
 pub mod health;
 pub mod http;
 pub mod kafka;
+pub mod metrics;
 pub mod records;
 pub mod snapshot_store;
 
 pub use cvguard_respond::SinkSet;
 pub use health::Health;
+pub use metrics::Metrics;
 pub use snapshot_store::SnapshotStore;
+
+use std::sync::Arc;
+
+use cvguard_core::{EngineStats, KeyKind, RuleSet, StateSize, WindowValue};
+
+/// What the API asks of a running pipeline, whichever source feeds it.
+pub trait Detection: Send + Sync {
+    /// The live windows of a key against its effective thresholds.
+    fn query(&self, kind: KeyKind, key: &str) -> Vec<WindowValue>;
+    /// Swaps the rules, keeping window state.
+    fn reload(&self, rules: Arc<RuleSet>);
+    /// Engine counters and state size, summed over partitions or shards.
+    fn stats(&self) -> (EngineStats, StateSize);
+}
+
+impl Detection for http::HttpPipeline {
+    fn query(&self, kind: KeyKind, key: &str) -> Vec<WindowValue> {
+        http::HttpPipeline::query(self, kind, key)
+    }
+    fn reload(&self, rules: Arc<RuleSet>) {
+        http::HttpPipeline::reload(self, rules)
+    }
+    fn stats(&self) -> (EngineStats, StateSize) {
+        self.engine_stats()
+    }
+}
+
+/// A Kafka source as the API sees it.
+pub struct KafkaDetection {
+    pub control: kafka::KafkaControl,
+    pub stats: kafka::PartitionStats,
+}
+
+impl Detection for KafkaDetection {
+    fn query(&self, kind: KeyKind, key: &str) -> Vec<WindowValue> {
+        self.control.query(kind, key)
+    }
+    fn reload(&self, rules: Arc<RuleSet>) {
+        self.control.reload(&rules)
+    }
+    fn stats(&self) -> (EngineStats, StateSize) {
+        let mut sum = EngineStats::default();
+        let mut size = StateSize::default();
+        for (s, _, z) in self.stats.lock().expect("stats").values() {
+            sum.add(s);
+            size.add(z);
+        }
+        (sum, size)
+    }
+}

@@ -34,6 +34,8 @@ enum Command {
     Serve(commands::serve::Args),
     /// Read the incident store: list, show, export the people to notify.
     Incidents(commands::incidents::Args),
+    /// API tokens: `token new --role viewer --name soc-dashboard`.
+    Token(commands::token::Args),
     /// Validate a config file and print the effective rules; exit 64 with every problem.
     CheckConfig {
         /// The config file.
@@ -75,6 +77,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => commands::demo::run(args),
         Command::Serve(args) => commands::serve::run(args),
         Command::Incidents(args) => commands::incidents::run(args),
+        Command::Token(args) => commands::token::run(args),
         Command::CheckConfig { file } => commands::check_config::run(&file),
     };
     match result {

@@ -499,3 +499,51 @@ fn incident_updates_record_every_exposed_cv_from_the_window_start() {
     send(&mut e, 4, "a", "cv_view", &["7"]);
     assert!(e.take_updates().is_empty());
 }
+
+#[test]
+fn reloading_rules_keeps_unchanged_windows_and_applies_new_thresholds() {
+    let rules = vec![
+        rule("kept", KeyKind::AccountId, Measure::DistinctCvs, "1h", 100),
+        rule("reshaped", KeyKind::AccountId, Measure::Events, "1h", 100),
+        rule("gone", KeyKind::Ip, Measure::Events, "1h", 100),
+    ];
+    let mut e = engine(rules);
+    for i in 0..10 {
+        send_json(
+            &mut e,
+            &serde_json::json!({"ts": T0 + i * 1000, "account_id": "a", "action": "cv_view", "cv_id": format!("cv{i}"), "ip": "1.2.3.4"}),
+        );
+    }
+    assert_eq!(e.state_size().keys, 2);
+    let new_rules = vec![
+        rule("kept", KeyKind::AccountId, Measure::DistinctCvs, "1h", 11),
+        rule("reshaped", KeyKind::AccountId, Measure::Events, "2h", 100),
+        rule("added", KeyKind::AccountId, Measure::Cvs, "1h", 100),
+    ];
+    let set = Arc::new(RuleSet::compile(&EngineSpec::default(), &new_rules, Profiles::default(), &[]).unwrap());
+    let report = e.reload(set);
+    assert_eq!(report.kept, vec!["kept"]);
+    assert_eq!(report.reset, vec!["reshaped"]);
+    assert_eq!(report.added, vec!["added"]);
+    assert_eq!(report.removed, vec!["gone"]);
+    let values: Vec<(String, u64, u64)> = e
+        .key_values(KeyKind::AccountId, "a")
+        .into_iter()
+        .map(|w| (w.rule, w.value, w.threshold))
+        .collect();
+    assert_eq!(
+        values,
+        vec![
+            ("kept".into(), 10, 11),
+            ("reshaped".into(), 0, 100),
+            ("added".into(), 0, 100)
+        ]
+    );
+    assert_eq!(e.state_size().keys, 1, "ip keys went with their only rule");
+    // The next distinct CV crosses the lowered threshold of the kept window.
+    let fired = send(&mut e, 11, "a", "cv_view", &["cv-new"]);
+    assert_eq!(
+        fired.iter().map(|a| (a.rule.as_str(), a.value)).collect::<Vec<_>>(),
+        vec![("kept", 11)]
+    );
+}

@@ -30,7 +30,8 @@ const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Shared between the poll loop and the rebalance callbacks (which run inside poll).
 struct Shared {
     workers: Vec<SyncSender<ToWorker>>,
-    kinds: Arc<Kinds>,
+    /// Replaced on reload; read at each assignment.
+    kinds: std::sync::RwLock<Arc<Kinds>>,
     store: SnapshotStore,
     repartition_topic: String,
     health: Arc<Health>,
@@ -42,6 +43,10 @@ struct Shared {
 }
 
 impl Shared {
+    fn kinds(&self) -> Arc<Kinds> {
+        self.kinds.read().expect("kinds").clone()
+    }
+
     fn worker_for(&self, tp: &Tp) -> &SyncSender<ToWorker> {
         let mut h = rustc_hash::FxHasher::default();
         tp.hash(&mut h);
@@ -51,9 +56,25 @@ impl Shared {
 
 struct Ctx {
     shared: Arc<Shared>,
+    metrics: Arc<crate::Metrics>,
 }
 
-impl ClientContext for Ctx {}
+impl ClientContext for Ctx {
+    /// librdkafka's statistics: consumer lag per partition, from the broker's high
+    /// watermark (which tansu's memory engine reports wrongly; no test relies on it).
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        for (topic, t) in &statistics.topics {
+            for (p, part) in &t.partitions {
+                if *p >= 0 && part.consumer_lag >= 0 {
+                    self.metrics
+                        .consumer_lag
+                        .with_label_values(&[topic.as_str(), &p.to_string()])
+                        .set(part.consumer_lag);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for Ctx {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -134,7 +155,7 @@ fn assign(shared: &Shared, consumer: &BaseConsumer<Ctx>, tpl: &TopicPartitionLis
     // Where the look-back starts: now minus the longest window and the lateness. The
     // broker may answer an earlier offset than asked (tansu's memory engine answers 0):
     // events older than the windows then simply expire.
-    let since = wall_clock_ms() - shared.kinds.max_window.as_millis() as i64;
+    let since = wall_clock_ms() - shared.kinds().max_window.as_millis() as i64;
     let mut lookup = TopicPartitionList::new();
     for tp in &list {
         let _ = lookup.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(since));
@@ -198,7 +219,7 @@ fn assign(shared: &Shared, consumer: &BaseConsumer<Ctx>, tpl: &TopicPartitionLis
 /// A partition's engines: restored from its snapshot when one exists under the same
 /// rules, else fresh. Returns the snapshot's next offset when restored.
 fn build_stage(shared: &Shared, tp: &Tp) -> (Stage, Option<i64>) {
-    let kinds = &shared.kinds;
+    let kinds = &shared.kinds();
     let fresh = || {
         if *tp.topic == *shared.repartition_topic {
             Stage::Repartition(kinds.cross.iter().map(|(k, r)| (*k, Engine::new(r.clone()))).collect())
@@ -257,9 +278,64 @@ pub struct RunSummary {
     pub messages: u64,
 }
 
-/// Runs the consumer group until `opts.shutdown` is set, then drains: finishes in-flight
-/// work, snapshots, commits and leaves the group.
-pub fn run(opts: KafkaOptions, stats: PartitionStats) -> Result<RunSummary, KafkaRunError> {
+/// A running Kafka source: the consumer thread and its workers.
+pub struct KafkaHandle {
+    control: KafkaControl,
+    thread: thread::JoinHandle<Result<RunSummary, KafkaRunError>>,
+}
+
+/// Reload and query a running Kafka source; cheap to clone.
+#[derive(Clone)]
+pub struct KafkaControl {
+    shared: Arc<Shared>,
+}
+
+impl KafkaHandle {
+    pub fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+
+    /// Waits for the consumer to drain and stop (after `shutdown` was set).
+    pub fn join(self) -> Result<RunSummary, KafkaRunError> {
+        self.thread.join().unwrap_or(Ok(RunSummary::default()))
+    }
+
+    pub fn control(&self) -> KafkaControl {
+        self.control.clone()
+    }
+}
+
+impl KafkaControl {
+    /// Swaps the rules in every partition's engines, keeping window state.
+    pub fn reload(&self, rules: &cvguard_core::RuleSet) {
+        let kinds = Arc::new(Kinds::new(rules));
+        *self.shared.kinds.write().expect("kinds") = kinds.clone();
+        for w in &self.shared.workers {
+            let _ = w.send(ToWorker::Reload(kinds.clone()));
+        }
+    }
+
+    /// The live windows of a key from whichever partition's engine holds it.
+    pub fn query(&self, kind: KeyKind, key: &str) -> Vec<cvguard_core::WindowValue> {
+        let (tx, rx) = mpsc::channel();
+        for w in &self.shared.workers {
+            let _ = w.send(ToWorker::Query(kind, key.to_string(), tx.clone()));
+        }
+        drop(tx);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut found = Vec::new();
+        while let Ok(v) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            if !v.is_empty() {
+                found = v;
+            }
+        }
+        found
+    }
+}
+
+/// Starts the consumer group on a thread of its own. It runs until `opts.shutdown` is
+/// set, then drains: finishes in-flight work, snapshots, commits and leaves the group.
+pub fn start(opts: KafkaOptions, stats: PartitionStats) -> Result<KafkaHandle, KafkaRunError> {
     ensure_topics(&opts.section)?;
     let section = &opts.section;
     let producer: FutureProducer = client_config_without_consumer_keys(section)
@@ -292,6 +368,7 @@ pub fn run(opts: KafkaOptions, stats: PartitionStats) -> Result<RunSummary, Kafk
             health: opts.health.clone(),
             stats: stats.clone(),
             responder: opts.responder.clone(),
+            metrics: opts.metrics.clone(),
         };
         handles.push(
             thread::Builder::new()
@@ -304,7 +381,7 @@ pub fn run(opts: KafkaOptions, stats: PartitionStats) -> Result<RunSummary, Kafk
 
     let shared = Arc::new(Shared {
         workers: senders,
-        kinds,
+        kinds: std::sync::RwLock::new(kinds),
         store: opts.store.clone(),
         repartition_topic: section.repartition_topic.clone(),
         health: opts.health.clone(),
@@ -322,15 +399,39 @@ pub fn run(opts: KafkaOptions, stats: PartitionStats) -> Result<RunSummary, Kafk
         // Eager assignment: cooperative-sticky leaves partitions unassigned on tansu.
         config.set("partition.assignment.strategy", "range");
     }
-    let consumer: BaseConsumer<Ctx> = config.create_with_context(Ctx { shared: shared.clone() })?;
-    let mut topics: Vec<&str> = section.topics.iter().map(String::as_str).collect();
-    if !shared.kinds.cross.is_empty() {
-        topics.push(&section.repartition_topic);
+    if config.get("statistics.interval.ms").is_none() {
+        config.set("statistics.interval.ms", "5000");
     }
-    consumer.subscribe(&topics)?;
+    let consumer: BaseConsumer<Ctx> = config.create_with_context(Ctx {
+        shared: shared.clone(),
+        metrics: opts.metrics.clone(),
+    })?;
+    let mut topics: Vec<String> = section.topics.clone();
+    if !shared.kinds().cross.is_empty() {
+        topics.push(section.repartition_topic.clone());
+    }
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&names)?;
     opts.health.source_connected.store(true, Ordering::Relaxed);
     info!(message = "Consuming.", topics = ?topics, workers = shared.workers.len());
+    let loop_shared = shared.clone();
+    let thread = thread::Builder::new()
+        .name("kafka-consumer".into())
+        .spawn(move || Ok(consume(consumer, loop_shared, opts, durable_rx, handles)))
+        .expect("spawn consumer");
+    Ok(KafkaHandle {
+        control: KafkaControl { shared },
+        thread,
+    })
+}
 
+fn consume(
+    consumer: BaseConsumer<Ctx>,
+    shared: Arc<Shared>,
+    opts: KafkaOptions,
+    durable_rx: Receiver<Durable>,
+    handles: Vec<thread::JoinHandle<()>>,
+) -> RunSummary {
     let mut summary = RunSummary::default();
     let mut last_commit = Instant::now();
     let mut urgent = false;
@@ -343,6 +444,7 @@ pub fn run(opts: KafkaOptions, stats: PartitionStats) -> Result<RunSummary, Kafk
                     partition: m.partition(),
                 };
                 let msg = InMsg {
+                    received: Instant::now(),
                     offset: m.offset(),
                     timestamp: m.timestamp().to_millis(),
                     key: m.key().map(<[u8]>::to_vec),
@@ -383,12 +485,13 @@ pub fn run(opts: KafkaOptions, stats: PartitionStats) -> Result<RunSummary, Kafk
     commit(&shared, &consumer, CommitMode::Sync);
     consumer.unsubscribe();
     drop(consumer);
-    // Workers end when their channels close.
-    drop(shared);
+    for w in &shared.workers {
+        let _ = w.send(ToWorker::Stop);
+    }
     for h in handles {
         let _ = h.join();
     }
-    Ok(summary)
+    summary
 }
 
 fn collect_durable(shared: &Shared, rx: &Receiver<Durable>) -> bool {

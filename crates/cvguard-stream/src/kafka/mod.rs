@@ -27,7 +27,7 @@ use crate::health::Health;
 use crate::snapshot_store::SnapshotStore;
 use cvguard_respond::SinkSet;
 
-pub use consumer::{run, RunSummary};
+pub use consumer::{start, KafkaControl, KafkaHandle, RunSummary};
 pub use worker::WorkerCounters;
 
 /// A topic partition.
@@ -91,10 +91,11 @@ pub struct KafkaOptions {
     pub health: Arc<Health>,
     pub shutdown: Arc<AtomicBool>,
     pub responder: Option<Arc<cvguard_respond::Responder>>,
+    pub metrics: Arc<crate::Metrics>,
 }
 
 /// Per-partition engine stats and worker counters, readable while running.
-pub type PartitionStats = Arc<Mutex<HashMap<Tp, (EngineStats, WorkerCounters)>>>;
+pub type PartitionStats = Arc<Mutex<HashMap<Tp, (EngineStats, WorkerCounters, cvguard_core::StateSize)>>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaRunError {

@@ -18,6 +18,8 @@ use crate::snapshot_store::SnapshotStore;
 /// One consumed message, copied out of librdkafka's buffers.
 pub struct InMsg {
     pub tp: Tp,
+    /// When cvguard received it, for the decision-latency histogram.
+    pub received: Instant,
     pub offset: i64,
     pub timestamp: Option<i64>,
     pub key: Option<Vec<u8>>,
@@ -56,6 +58,11 @@ pub enum ToWorker {
     Revoke(Tp, Sender<(Tp, Option<i64>)>),
     /// Finish everything in flight and snapshot every partition; reply their offsets.
     Flush(Sender<Vec<(Tp, i64)>>),
+    /// New rules: reload every engine, keeping window state.
+    Reload(Arc<Kinds>),
+    /// The live windows of a key, if one of this worker's engines holds it.
+    Query(cvguard_core::KeyKind, String, Sender<Vec<cvguard_core::WindowValue>>),
+    Stop,
 }
 
 /// Offsets whose effects are durable; `urgent` when alerts were among them.
@@ -78,13 +85,15 @@ pub struct Worker {
     pub rx: Receiver<ToWorker>,
     pub durable_tx: Sender<Durable>,
     pub outputs: Arc<Outputs>,
+    /// Replaced on reload.
     pub kinds: Arc<Kinds>,
     pub store: SnapshotStore,
     pub snapshot_interval: Duration,
     pub health: Arc<Health>,
-    pub stats: Arc<std::sync::Mutex<HashMap<Tp, (cvguard_core::EngineStats, WorkerCounters)>>>,
+    pub stats: super::PartitionStats,
     /// The incident store and rails; alerts are recorded there before they are published.
     pub responder: Option<Arc<cvguard_respond::Responder>>,
+    pub metrics: Arc<crate::Metrics>,
 }
 
 /// What a batch owes the store before its offsets may be committed.
@@ -105,7 +114,7 @@ struct Live {
 const BATCH: usize = 2048;
 
 impl Worker {
-    pub fn run(self) {
+    pub fn run(mut self) {
         let mut parts: HashMap<Tp, Live> = HashMap::new();
         let mut pending = Pending::default();
         let mut owed = Owed::default();
@@ -160,6 +169,48 @@ impl Worker {
                         self.stats.lock().expect("stats lock").remove(&tp);
                         info!(message = "Partition revoked.", topic = %tp.topic, partition = tp.partition, next = ?next);
                         let _ = reply.send((tp, next));
+                    }
+                    ToWorker::Stop => return,
+                    ToWorker::Reload(kinds) => {
+                        for live in parts.values_mut() {
+                            let track = self.responder.is_some();
+                            match &mut live.work.stage {
+                                Stage::Input(e) => {
+                                    e.reload(kinds.account.clone());
+                                }
+                                Stage::Repartition(engines) => {
+                                    let mut old = std::mem::take(engines);
+                                    for (kind, set) in &kinds.cross {
+                                        match old.iter().position(|(k, _)| k == kind) {
+                                            Some(i) => {
+                                                let (k, mut e) = old.swap_remove(i);
+                                                e.reload(set.clone());
+                                                engines.push((k, e));
+                                            }
+                                            None => {
+                                                let mut e = Engine::new(set.clone());
+                                                e.track_exposure(track);
+                                                engines.push((*kind, e));
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                            live.changed = true;
+                        }
+                        self.kinds = kinds;
+                    }
+                    ToWorker::Query(kind, key, reply) => {
+                        let mut found = Vec::new();
+                        for live in parts.values() {
+                            for e in live.work.stage.engines() {
+                                let v = e.key_values(kind, &key);
+                                if !v.is_empty() {
+                                    found = v;
+                                }
+                            }
+                        }
+                        let _ = reply.send(found);
                     }
                     ToWorker::Flush(reply) => {
                         self.settle(&mut pending, &mut owed, &mut touched, &parts);
@@ -231,10 +282,12 @@ impl Worker {
         let mut stats = self.stats.lock().expect("stats lock");
         for (tp, live) in parts {
             let mut sum = cvguard_core::EngineStats::default();
+            let mut size = cvguard_core::StateSize::default();
             for e in live.work.stage.engines() {
                 sum.add(e.stats());
+                size.add(&e.state_size());
             }
-            stats.insert(tp.clone(), (sum, live.counters));
+            stats.insert(tp.clone(), (sum, live.counters, size));
         }
     }
 
@@ -272,6 +325,12 @@ impl Worker {
                     Ok(ev) => {
                         let outcome = engine.process(&ev, m.timestamp, alerts);
                         if outcome == Outcome::Accepted && !replaying {
+                            self.metrics
+                                .events_by_action
+                                .with_label_values(&[crate::metrics::action_label(engine.rules(), &ev.action)])
+                                .inc();
+                        }
+                        if outcome == Outcome::Accepted && !replaying {
                             for (kind, rules) in &self.kinds.cross {
                                 if let Some(key) = rules.key_for(*kind, &ev) {
                                     self.outputs.repartition(*kind, key, payload, m.timestamp, pending);
@@ -304,6 +363,9 @@ impl Worker {
                 Stage::Repartition(v) => v.iter_mut().for_each(|(_, e)| owed.updates.extend(e.take_updates())),
             }
         }
+        if !replaying {
+            self.metrics.decided(m.received.elapsed());
+        }
         work.next_offset = Some(m.offset + 1);
         live.changed = true;
         if work.rebuilding && m.offset + 1 >= work.suppress_below {
@@ -330,6 +392,7 @@ impl Worker {
                 owed.published.push(a.alert_id.clone());
             }
             self.outputs.alert(a, now, pending);
+            self.metrics.alert(a);
             live.counters.alerts_published += 1;
             info!(message = "Alert.", rule = %a.rule, key_kind = a.key_kind.as_str(), action = a.action.as_str(),
                 value = a.value, threshold = a.threshold, alert_id = %a.alert_id);

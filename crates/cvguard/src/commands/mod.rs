@@ -4,6 +4,7 @@ pub mod incidents;
 pub mod replay;
 pub mod serve;
 pub mod simulate;
+pub mod token;
 
 use cvguard_config::Config;
 use cvguard_core::ConfigIssue;

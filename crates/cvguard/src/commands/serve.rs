@@ -1,18 +1,20 @@
-//! `cvguard serve`: config, telemetry, sinks, source, engine, API; then wait for a
-//! signal and drain.
+//! `cvguard serve`: config, telemetry, store, sinks, source, engine, API; then wait for a
+//! signal and drain. SIGHUP, or a change of the config or profile file, reloads the rules.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
-use cvguard_api::{router, ApiState};
-use cvguard_config::{ConfigSource, Overrides, SourceKind};
+use cvguard_api::{router, ApiState, Tokens};
+use cvguard_config::{Config, ConfigSource, Overrides, SourceKind};
+use cvguard_core::RuleSet;
 use cvguard_stream::http::HttpPipeline;
 use cvguard_stream::kafka::{self, KafkaOptions};
-use cvguard_stream::{Health, SinkSet, SnapshotStore};
+use cvguard_stream::{Detection, Health, KafkaDetection, Metrics, SinkSet, SnapshotStore};
 use tracing::{error, info, warn};
 
 use crate::{telemetry, Failure};
@@ -30,29 +32,29 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
         .config
         .map_or_else(ConfigSource::embedded_default, ConfigSource::File);
     let config = cvguard_config::load(&source, &Overrides::default())?;
-    telemetry::init();
+    telemetry::init(config.log.format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(config))?;
+    runtime.block_on(serve(config, source))?;
     Ok(ExitCode::SUCCESS)
 }
 
-async fn serve(config: cvguard_config::Config) -> Result<(), Failure> {
+async fn serve(config: Config, source: ConfigSource) -> Result<(), Failure> {
     let workers = match config.service.workers {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
         n => n,
     };
     let sinks = SinkSet::start(&config.sinks, &config.kafka).context("opening sinks")?;
-    let store = SnapshotStore::new(&config.state.dir);
-    let incidents = cvguard_store::Store::connect(&config.store.url)
+    let snapshots = SnapshotStore::new(&config.state.dir);
+    let store = cvguard_store::Store::connect(&config.store.url)
         .await
         .with_context(|| format!("opening the incident store {}", redact_url(&config.store.url)))?;
     let suspend = crate::commands::suspend_settings(&config)?;
     let responder = Arc::new(cvguard_respond::Responder::new(
-        incidents.clone(),
+        store.clone(),
         tokio::runtime::Handle::current(),
         cvguard_respond::Rails {
             webhook: suspend.is_some(),
@@ -64,64 +66,86 @@ async fn serve(config: cvguard_config::Config) -> Result<(), Failure> {
     let dispatcher_stop = Arc::new(AtomicBool::new(false));
     let dispatcher = suspend.map(|settings| {
         tokio::spawn(cvguard_respond::suspend::dispatch(
-            incidents.clone(),
+            store.clone(),
             settings,
             sinks.clone(),
             dispatcher_stop.clone(),
         ))
     });
+    let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
     let shutdown = Arc::new(AtomicBool::new(false));
     let rules = Arc::new(config.ruleset.clone());
     info!(message = "Starting.", config = %config.source_name, source = ?config.source.kind, rules = rules.rules.len(), workers);
 
     let mut ingest = None;
-    let mut kafka_thread = None;
-    match config.source.kind {
+    let mut kafka_handle = None;
+    let detection: Arc<dyn Detection> = match config.source.kind {
         SourceKind::Http => {
-            let pipeline = HttpPipeline::start(
-                rules,
+            let pipeline = Arc::new(HttpPipeline::start(
+                rules.clone(),
                 workers,
                 sinks.clone(),
-                store,
+                snapshots,
                 config.timing.snapshot_interval,
                 Some(responder.clone()),
-            );
+                metrics.clone(),
+            ));
             health.source_connected.store(true, Ordering::Relaxed);
             health.started.store(true, Ordering::Relaxed);
-            ingest = Some(Arc::new(pipeline));
+            ingest = Some(pipeline.clone());
+            pipeline
         }
         SourceKind::Kafka => {
+            let stats: kafka::PartitionStats = Arc::new(Mutex::new(Default::default()));
             let opts = KafkaOptions {
                 section: config.kafka.clone(),
-                rules,
+                rules: rules.clone(),
                 workers,
                 snapshot_interval: config.timing.snapshot_interval,
                 commit_interval: config.timing.commit_interval,
-                store,
+                store: snapshots,
                 sinks: sinks.clone(),
                 health: health.clone(),
                 shutdown: shutdown.clone(),
                 responder: Some(responder.clone()),
+                metrics: metrics.clone(),
             };
-            let stats = Arc::new(Mutex::new(Default::default()));
-            kafka_thread = Some(
-                std::thread::Builder::new()
-                    .name("kafka-consumer".into())
-                    .spawn(move || kafka::run(opts, stats))
-                    .context("starting the consumer")?,
-            );
+            let handle = tokio::task::spawn_blocking(move || kafka::start(opts, stats.clone()).map(|h| (h, stats)))
+                .await
+                .context("starting the consumer")?
+                .context("starting the consumer")?;
+            let detection = Arc::new(KafkaDetection {
+                control: handle.0.control(),
+                stats: handle.1,
+            });
+            kafka_handle = Some(handle.0);
+            detection
         }
-    }
+    };
 
+    let tokens = Arc::new(Tokens::new(&config.http.tokens));
+    if tokens.is_empty() {
+        warn!(
+            message =
+                "No API tokens configured: the API answers loopback clients only. Create one with `cvguard token new`."
+        );
+    }
     let listener = tokio::net::TcpListener::bind(&config.http.listen)
         .await
         .with_context(|| format!("binding {}", config.http.listen))?;
     info!(message = "Listening.", address = %config.http.listen);
+    let live_rules = Arc::new(RwLock::new(rules));
     let app = router(
         ApiState {
             health: health.clone(),
+            tokens,
+            store: store.clone(),
+            detection: detection.clone(),
             ingest: ingest.clone(),
+            rules: live_rules.clone(),
+            metrics: metrics.clone(),
+            sinks: sinks.clone(),
         },
         config.http.max_body_bytes,
     );
@@ -132,13 +156,30 @@ async fn serve(config: cvguard_config::Config) -> Result<(), Failure> {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         };
-        axum::serve(listener, app).with_graceful_shutdown(stop).await
+        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(stop)
+            .await
+    });
+    let reloader = tokio::spawn(watch_config(
+        source,
+        config.profiles_path.clone(),
+        detection,
+        live_rules,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+    let latency_metrics = metrics.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            latency_metrics.log_latency();
+        }
     });
 
     // Wait for SIGTERM or SIGINT, or for the consumer to stop on its own.
     let consumer_done = async {
         loop {
-            if kafka_thread.as_ref().is_some_and(|t| t.is_finished()) {
+            if kafka_handle.as_ref().is_some_and(|h| h.is_finished()) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -150,18 +191,16 @@ async fn serve(config: cvguard_config::Config) -> Result<(), Failure> {
     }
     health.draining.store(true, Ordering::Relaxed);
     shutdown.store(true, Ordering::Relaxed);
+    reloader.abort();
     // Stop taking requests first, so the ingest pipeline has no other owner left.
     let timeout = config.timing.shutdown_timeout;
     if tokio::time::timeout(timeout, server).await.is_err() {
         warn!(message = "HTTP server did not stop in time.");
     }
     let drain = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        if let Some(t) = kafka_thread {
-            match t.join() {
-                Ok(Ok(summary)) => info!(message = "Consumer drained.", messages = summary.messages),
-                Ok(Err(e)) => return Err(e.into()),
-                Err(_) => anyhow::bail!("the consumer thread panicked"),
-            }
+        if let Some(h) = kafka_handle {
+            let summary = h.join()?;
+            info!(message = "Consumer drained.", messages = summary.messages);
         }
         if let Some(p) = ingest {
             match Arc::try_unwrap(p) {
@@ -187,8 +226,79 @@ async fn serve(config: cvguard_config::Config) -> Result<(), Failure> {
     if let Some(d) = dispatcher {
         let _ = tokio::time::timeout(Duration::from_secs(5), d).await;
     }
+    metrics.log_latency();
     info!(message = "Stopped.");
     Ok(())
+}
+
+fn modified(path: &Option<PathBuf>) -> Option<SystemTime> {
+    path.as_ref()
+        .and_then(|p| std::fs::metadata(p).ok())
+        .and_then(|m| m.modified().ok())
+}
+
+/// Reloads the rules on SIGHUP and when the config or profile file changes. A config that
+/// does not validate is refused: the running rules stay, every problem is logged with
+/// its file, rule and key, and `cvguard_config_reloads_total{result="error"}` counts it.
+/// Only the detection sections (engine, profiles, allowlist, rules) change live; the
+/// others need a restart.
+async fn watch_config(
+    source: ConfigSource,
+    mut profiles: Option<PathBuf>,
+    detection: Arc<dyn Detection>,
+    live: Arc<RwLock<Arc<RuleSet>>>,
+    metrics: Arc<Metrics>,
+    shutdown: Arc<AtomicBool>,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    let file = match &source {
+        ConfigSource::File(p) => Some(p.clone()),
+        _ => None,
+    };
+    let mut seen = (modified(&file), modified(&profiles));
+    loop {
+        let by_signal = tokio::select! {
+            _ = hup.recv() => true,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => false,
+        };
+        if shutdown.load(Ordering::Relaxed) {
+            return;
+        }
+        let now = (modified(&file), modified(&profiles));
+        if !by_signal && now == seen {
+            continue;
+        }
+        seen = now;
+        let source = source.clone();
+        let loaded = tokio::task::spawn_blocking(move || cvguard_config::load(&source, &Overrides::default())).await;
+        match loaded {
+            Ok(Ok(config)) => {
+                let rules = Arc::new(config.ruleset);
+                let d = detection.clone();
+                let r = rules.clone();
+                let _ = tokio::task::spawn_blocking(move || d.reload(r)).await;
+                *live.write().expect("rules") = rules.clone();
+                profiles = config.profiles_path.clone();
+                seen = (modified(&file), modified(&profiles));
+                metrics.config_reloads.with_label_values(&["success"]).inc();
+                info!(
+                    message = "Config reloaded.",
+                    rules = rules.rules.len(),
+                    trigger = if by_signal { "SIGHUP" } else { "file change" }
+                );
+            }
+            Ok(Err(e)) => {
+                metrics.config_reloads.with_label_values(&["error"]).inc();
+                for issue in &e.issues {
+                    error!(message = "Config reload refused; the running rules stay.", file = %e.file, problem = %issue);
+                }
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 /// A database URL without its password, for messages.

@@ -1,0 +1,124 @@
+//! Prometheus metrics the pipelines feed directly (names follow docs/METRICS.md).
+//! Totals kept elsewhere (engine stats, sink counters, the outbox) are added at scrape
+//! time by the API, so there is one source for each number.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use hdrhistogram::Histogram as Hdr;
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry};
+use tracing::info;
+
+pub struct Metrics {
+    pub registry: Registry,
+    /// Accepted events by action (actions no rule counts are `other`).
+    pub events_by_action: IntCounterVec,
+    pub alerts: IntCounterVec,
+    pub decision_latency: Histogram,
+    pub config_reloads: IntCounterVec,
+    pub consumer_lag: IntGaugeVec,
+    /// Arrival-to-decision latency in microseconds, for the periodic percentile log line.
+    hdr: Mutex<Hdr<u64>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let events_by_action = IntCounterVec::new(
+            Opts::new("cvguard_events_by_action_total", "Accepted events by action."),
+            &["action"],
+        )
+        .expect("metric");
+        let alerts = IntCounterVec::new(
+            Opts::new("cvguard_alerts_total", "Alerts decided, by rule, severity and action."),
+            &["rule", "severity", "action"],
+        )
+        .expect("metric");
+        let decision_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "cvguard_decision_latency_seconds",
+                "Time from an event's arrival at cvguard to the engine's decision.",
+            )
+            .buckets(vec![1e-6, 5e-6, 2e-5, 1e-4, 5e-4, 1e-3, 5e-3, 0.02, 0.1, 0.5, 2.0]),
+        )
+        .expect("metric");
+        let config_reloads = IntCounterVec::new(
+            Opts::new("cvguard_config_reloads_total", "Config reloads by result."),
+            &["result"],
+        )
+        .expect("metric");
+        let consumer_lag = IntGaugeVec::new(
+            Opts::new(
+                "cvguard_consumer_lag_messages",
+                "Kafka consumer lag by topic and partition (librdkafka statistics).",
+            ),
+            &["topic", "partition"],
+        )
+        .expect("metric");
+        for m in [
+            Box::new(events_by_action.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(alerts.clone()),
+            Box::new(decision_latency.clone()),
+            Box::new(config_reloads.clone()),
+            Box::new(consumer_lag.clone()),
+        ] {
+            registry.register(m).expect("register metric");
+        }
+        Metrics {
+            registry,
+            events_by_action,
+            alerts,
+            decision_latency,
+            config_reloads,
+            consumer_lag,
+            hdr: Mutex::new(Hdr::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")),
+        }
+    }
+
+    /// Records one decision's latency.
+    pub fn decided(&self, latency: Duration) {
+        self.decision_latency.observe(latency.as_secs_f64());
+        if let Ok(mut h) = self.hdr.lock() {
+            let _ = h.record((latency.as_micros() as u64).clamp(1, 60_000_000));
+        }
+    }
+
+    pub fn alert(&self, a: &cvguard_core::Alert) {
+        self.alerts
+            .with_label_values(&[a.rule.as_str(), a.severity.as_str(), a.action.as_str()])
+            .inc();
+    }
+
+    /// Logs latency percentiles since the last call, then starts afresh.
+    pub fn log_latency(&self) {
+        let Ok(mut h) = self.hdr.lock() else { return };
+        if h.is_empty() {
+            return;
+        }
+        info!(
+            message = "Decision latency (microseconds).",
+            count = h.len(),
+            p50 = h.value_at_quantile(0.5),
+            p99 = h.value_at_quantile(0.99),
+            p9999 = h.value_at_quantile(0.9999),
+            max = h.max()
+        );
+        h.reset();
+    }
+}
+
+/// The action label for an event: the action itself when some rule counts it, else
+/// `other`, so an attacker cannot create label values.
+pub fn action_label<'a>(rules: &cvguard_core::RuleSet, action: &'a str) -> &'a str {
+    if rules.counts_action(action) {
+        action
+    } else {
+        "other"
+    }
+}
