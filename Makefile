@@ -51,6 +51,11 @@ e2e: build services
 run: build-release
 	./target/release/cvguard serve --config config/cvguard.toml
 
+## Microbenchmarks (criterion) and the end-to-end benchmark; figures in docs/PERFORMANCE.md.
+bench:
+	$(CARGO) bench -p cvguard-benches --bench micro -- --warm-up-time 1 --measurement-time 3
+	$(CARGO) bench -p cvguard-benches --bench e2e
+
 clean:
 	$(CARGO) clean
 	rm -rf data

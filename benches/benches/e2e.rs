@@ -1,0 +1,225 @@
+//! The end-to-end benchmark (`make bench`): simulated job-board traffic through the
+//! engine, as `cvguard replay` runs it, on one and two threads; per-event decision
+//! latency; state memory per key and per live (key, CV) pair; memory over a long soak.
+//! Prints the table docs/PERFORMANCE.md reports. Figures are measured here, never
+//! asserted in tests.
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::Instant;
+
+use cvguard_benches::{live_heap_bytes, rss, shipped_rules, single_cv_lines, CountingAlloc};
+
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
+use cvguard_core::{Engine, KeyKind, RuleSet};
+use cvguard_sim::{Population, Scenarios, SimConfig};
+use hdrhistogram::Histogram;
+
+fn lines(buf: &[u8]) -> Vec<&[u8]> {
+    buf.split(|b| *b == b'\n').filter(|l| !l.is_empty()).collect()
+}
+
+fn mixed_traffic() -> Vec<u8> {
+    let cfg = SimConfig {
+        days: 2,
+        employers: 40_000,
+        agencies: 40,
+        scenarios: Scenarios::ALL,
+        ..SimConfig::default()
+    };
+    let population = Population::new(&cfg);
+    let mut out = Vec::new();
+    cvguard_sim::write_events(&cfg, &population, &mut out).expect("in memory");
+    out
+}
+
+/// A plain serde_json parse of the contract into borrowed fields: the anchor the
+/// engine is compared with.
+fn plain_parse_rate(lines: &[&[u8]]) -> f64 {
+    #[derive(serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Ev<'a> {
+        ts: serde_json::Value,
+        #[serde(borrow)]
+        account_id: &'a str,
+        #[serde(borrow)]
+        action: &'a str,
+        #[serde(borrow, default)]
+        cv_id: Option<&'a str>,
+        #[serde(borrow, default)]
+        cv_ids: Vec<&'a str>,
+    }
+    let t = Instant::now();
+    let mut n = 0usize;
+    for l in lines {
+        if serde_json::from_slice::<Ev<'_>>(l).is_ok() {
+            n += 1;
+        }
+    }
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
+struct Run {
+    events: u64,
+    secs: f64,
+    latency: Histogram<u64>,
+}
+
+fn replay(rules: Arc<RuleSet>, lines: &[&[u8]], measure_latency: bool) -> (Run, Engine) {
+    let mut engine = Engine::new(rules);
+    let mut out = Vec::new();
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).expect("bounds");
+    let t = Instant::now();
+    for l in lines {
+        if measure_latency {
+            let s = Instant::now();
+            engine.process_bytes(l, None, &mut out);
+            let _ = latency.record((s.elapsed().as_nanos() as u64).max(1));
+        } else {
+            engine.process_bytes(l, None, &mut out);
+        }
+        out.clear();
+    }
+    let secs = t.elapsed().as_secs_f64();
+    (
+        Run {
+            events: lines.len() as u64,
+            secs,
+            latency,
+        },
+        engine,
+    )
+}
+
+/// Two threads, split by account as Kafka partitions are: each runs the account rules
+/// of its half (the input stage; org, user and ip rules run in the repartition stage).
+fn replay_two_threads(rules: &RuleSet, lines: &[&[u8]]) -> f64 {
+    let account = Arc::new(rules.restricted_to(KeyKind::AccountId));
+    let mut halves: [Vec<&[u8]>; 2] = [Vec::new(), Vec::new()];
+    for l in lines {
+        let ev = cvguard_core::parse_event(l, &Default::default()).expect("valid");
+        let mut h = rustc_hash::FxHasher::default();
+        ev.account_id.hash(&mut h);
+        halves[(h.finish() % 2) as usize].push(l);
+    }
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for half in &halves {
+            let rules = account.clone();
+            s.spawn(move || replay(rules, half, false));
+        }
+    });
+    lines.len() as f64 / t.elapsed().as_secs_f64()
+}
+
+fn us(ns: u64) -> f64 {
+    ns as f64 / 1000.0
+}
+
+fn main() {
+    // cargo bench passes --bench; nothing else to parse.
+    let rules = shipped_rules();
+    println!("cvguard end-to-end benchmark ({} cores)", std::thread::available_parallelism().map_or(1, |n| n.get()));
+    println!();
+
+    // 1. The mixed traffic of the simulator: views, 200-CV batches, searches, 48 hours.
+    let t = Instant::now();
+    let mixed = mixed_traffic();
+    let mixed_lines = lines(&mixed);
+    println!(
+        "mixed traffic: {} events, {:.0} MB, 48 h of event time (simulated in {:.1} s)",
+        mixed_lines.len(),
+        mixed.len() as f64 / 1e6,
+        t.elapsed().as_secs_f64()
+    );
+    let plain = plain_parse_rate(&mixed_lines);
+    let (run, engine) = replay(rules.clone(), &mixed_lines, false);
+    let (lat, _) = replay(rules.clone(), &mixed_lines, true);
+    let (one_account, _) = replay(Arc::new(rules.restricted_to(KeyKind::AccountId)), &mixed_lines, false);
+    let two = replay_two_threads(&rules, &mixed_lines);
+    let mb = mixed.len() as f64 / 1e6;
+    println!("| figure | value |");
+    println!("|---|---|");
+    println!("| plain serde_json parse, 1 thread | {:.0} events/s |", plain);
+    println!("| replay, 1 thread, all 7 rules | {:.0} events/s, {:.0} MB/s |", run.events as f64 / run.secs, mb / run.secs);
+    println!("| replay, 1 thread, account rules only | {:.0} events/s |", one_account.events as f64 / one_account.secs);
+    println!("| replay, 2 threads, account rules split by account | {:.0} events/s |", two);
+    let h = &lat.latency;
+    println!(
+        "| decision latency p50 / p99 / p99.99 / max | {:.2} / {:.2} / {:.1} / {:.0} us |",
+        us(h.value_at_quantile(0.5)),
+        us(h.value_at_quantile(0.99)),
+        us(h.value_at_quantile(0.9999)),
+        us(h.max())
+    );
+    let size = engine.state_size();
+    println!("| state at the end: keys / live (key, CV) pairs / interned CVs | {} / {} / {} |", size.keys, size.cv_pairs, size.interned_cvs);
+    drop(engine);
+    drop(mixed_lines);
+    drop(mixed);
+
+    // 2. Single-CV events: the throughput target's shape.
+    println!();
+    let single = single_cv_lines(3_000_000, 50_000, 2_000_000, 60, 11);
+    let single_lines = lines(&single);
+    println!("single-CV traffic: {} events, {:.0} MB, {:.0} h of event time", single_lines.len(), single.len() as f64 / 1e6, single_lines.len() as f64 * 0.06 / 3600.0);
+    println!("| figure | value |");
+    println!("|---|---|");
+    println!("| plain serde_json parse, 1 thread | {:.0} events/s |", plain_parse_rate(&single_lines));
+    let heap_before = live_heap_bytes();
+    let (run, engine) = replay(rules.clone(), &single_lines, false);
+    let heap_state = live_heap_bytes().saturating_sub(heap_before);
+    println!("| replay, 1 thread, all 7 rules | {:.0} events/s |", run.events as f64 / run.secs);
+    let (acc, _) = replay(Arc::new(rules.restricted_to(KeyKind::AccountId)), &single_lines, false);
+    println!("| replay, 1 thread, account rules only | {:.0} events/s |", acc.events as f64 / acc.secs);
+    println!("| replay, 2 threads, account rules split by account | {:.0} events/s |", replay_two_threads(&rules, &single_lines));
+    let size = engine.state_size();
+    println!("| live state: keys / (key, CV) pairs / interned CVs | {} / {} / {} |", size.keys, size.cv_pairs, size.interned_cvs);
+    println!(
+        "| heap of the engine state: total / per live pair (all included) | {:.0} MB / {:.0} bytes |",
+        heap_state as f64 / 1e6,
+        heap_state as f64 / size.cv_pairs.max(1) as f64
+    );
+    drop(engine);
+    // Per key: many keys with one CV each in a 1-hour window.
+    let few = single_cv_lines(200_000, 10_000_000, 10_000_000, 10, 3);
+    let few_lines = lines(&few);
+    let before = live_heap_bytes();
+    let (_, engine) = replay(rules.clone(), &few_lines, false);
+    let size = engine.state_size();
+    println!(
+        "| heap per tracked key (keys with one or two CVs; four key kinds) | {:.0} bytes over {} keys |",
+        live_heap_bytes().saturating_sub(before) as f64 / size.keys.max(1) as f64,
+        size.keys
+    );
+    drop(engine);
+    println!("| peak RSS of this benchmark process | {:.0} MB |", rss().1 as f64 / 1e6);
+
+    // 3. A soak: 96 hours of steady simulated traffic; state must flatten once the
+    // longest window (48 h) is full.
+    println!();
+    println!("soak: live pairs and RSS every 12 h of simulated time (longest window 48 h)");
+    let soak = single_cv_lines(1_440_000, 20_000, 2_000_000, 240, 5);
+    let soak_lines = lines(&soak);
+    let mut engine = Engine::new(rules);
+    let mut out = Vec::new();
+    let per_12h = (12 * 3600 * 1000 / 240) as usize;
+    print!("| hours |");
+    let mut row_pairs = String::from("| live pairs |");
+    let mut row_rss = String::from("| engine heap MB |");
+    let soak_base = live_heap_bytes();
+    for (i, l) in soak_lines.iter().enumerate() {
+        engine.process_bytes(l, None, &mut out);
+        out.clear();
+        if (i + 1) % per_12h == 0 {
+            print!(" {} |", (i + 1) / per_12h * 12);
+            row_pairs += &format!(" {} |", engine.state_size().cv_pairs);
+            row_rss += &format!(" {:.0} |", live_heap_bytes().saturating_sub(soak_base) as f64 / 1e6);
+        }
+    }
+    println!();
+    println!("|{}", "---|".repeat(1 + soak_lines.len() / per_12h));
+    println!("{row_pairs}");
+    println!("{row_rss}");
+}
