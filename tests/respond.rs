@@ -463,3 +463,35 @@ fn alerts_reach_a_real_alertmanager_through_its_v2_api() {
     assert_eq!(a["annotations"]["value"], "4000");
     assert_eq!(a["annotations"]["threshold"], "4000");
 }
+
+#[test]
+fn the_generic_webhook_sink_posts_signed_alerts_and_a_failing_one_never_blocks_detection() {
+    let good = Receiver::start(0, SECRET, vec![Reply::Status(503)]);
+    // A sink that answers nothing useful at all: a port with nothing listening.
+    let dead = free_port();
+    let extra = format!(
+        "[[sinks]]\nkind = \"webhook\"\nurl = \"{}\"\nsecret_env = \"CVGUARD_TEST_SUSPEND_SECRET\"\ntimeout = \"1s\"\n[[sinks]]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{dead}/x\"\ntimeout = \"1s\"\n",
+        good.url("/alerts")
+    );
+    let e = env(None, &extra, None);
+    let _svc = e.start();
+    e.post(&harvest(21));
+    // Detection and the JSONL sink go on while one webhook is down.
+    e.wait_incident(|i| i["rule"] == "mass-harvest-24h");
+    let calls = good.wait_for(3, WAIT);
+    let alerts: Vec<serde_json::Value> = calls.iter().skip(1).map(|c| c.json()).collect();
+    assert!(calls.iter().all(|c| c.signature_ok), "signed with the sink's secret");
+    assert!(
+        alerts
+            .iter()
+            .any(|a| a["rule"] == "mass-harvest-24h" && a["action"] == "suspend"),
+        "{alerts:?}"
+    );
+    let retried = &calls[1];
+    assert_eq!(
+        retried.header("Idempotency-Key"),
+        calls[0].header("Idempotency-Key"),
+        "the 503 was retried"
+    );
+    assert!(e.sink_alerts().iter().any(|a| a["rule"] == "mass-harvest-24h"));
+}

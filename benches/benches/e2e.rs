@@ -120,7 +120,10 @@ fn us(ns: u64) -> f64 {
 fn main() {
     // cargo bench passes --bench; nothing else to parse.
     let rules = shipped_rules();
-    println!("cvguard end-to-end benchmark ({} cores)", std::thread::available_parallelism().map_or(1, |n| n.get()));
+    println!(
+        "cvguard end-to-end benchmark ({} cores)",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
     println!();
 
     // 1. The mixed traffic of the simulator: views, 200-CV batches, searches, 48 hours.
@@ -142,9 +145,19 @@ fn main() {
     println!("| figure | value |");
     println!("|---|---|");
     println!("| plain serde_json parse, 1 thread | {:.0} events/s |", plain);
-    println!("| replay, 1 thread, all 7 rules | {:.0} events/s, {:.0} MB/s |", run.events as f64 / run.secs, mb / run.secs);
-    println!("| replay, 1 thread, account rules only | {:.0} events/s |", one_account.events as f64 / one_account.secs);
-    println!("| replay, 2 threads, account rules split by account | {:.0} events/s |", two);
+    println!(
+        "| replay, 1 thread, all 7 rules | {:.0} events/s, {:.0} MB/s |",
+        run.events as f64 / run.secs,
+        mb / run.secs
+    );
+    println!(
+        "| replay, 1 thread, account rules only | {:.0} events/s |",
+        one_account.events as f64 / one_account.secs
+    );
+    println!(
+        "| replay, 2 threads, account rules split by account | {:.0} events/s |",
+        two
+    );
     let h = &lat.latency;
     println!(
         "| decision latency p50 / p99 / p99.99 / max | {:.2} / {:.2} / {:.1} / {:.0} us |",
@@ -154,7 +167,10 @@ fn main() {
         us(h.max())
     );
     let size = engine.state_size();
-    println!("| state at the end: keys / live (key, CV) pairs / interned CVs | {} / {} / {} |", size.keys, size.cv_pairs, size.interned_cvs);
+    println!(
+        "| state at the end: keys / live (key, CV) pairs / interned CVs | {} / {} / {} |",
+        size.keys, size.cv_pairs, size.interned_cvs
+    );
     drop(engine);
     drop(mixed_lines);
     drop(mixed);
@@ -163,19 +179,39 @@ fn main() {
     println!();
     let single = single_cv_lines(3_000_000, 50_000, 2_000_000, 60, 11);
     let single_lines = lines(&single);
-    println!("single-CV traffic: {} events, {:.0} MB, {:.0} h of event time", single_lines.len(), single.len() as f64 / 1e6, single_lines.len() as f64 * 0.06 / 3600.0);
+    println!(
+        "single-CV traffic: {} events, {:.0} MB, {:.0} h of event time",
+        single_lines.len(),
+        single.len() as f64 / 1e6,
+        single_lines.len() as f64 * 0.06 / 3600.0
+    );
     println!("| figure | value |");
     println!("|---|---|");
-    println!("| plain serde_json parse, 1 thread | {:.0} events/s |", plain_parse_rate(&single_lines));
+    println!(
+        "| plain serde_json parse, 1 thread | {:.0} events/s |",
+        plain_parse_rate(&single_lines)
+    );
     let heap_before = live_heap_bytes();
     let (run, engine) = replay(rules.clone(), &single_lines, false);
     let heap_state = live_heap_bytes().saturating_sub(heap_before);
-    println!("| replay, 1 thread, all 7 rules | {:.0} events/s |", run.events as f64 / run.secs);
+    println!(
+        "| replay, 1 thread, all 7 rules | {:.0} events/s |",
+        run.events as f64 / run.secs
+    );
     let (acc, _) = replay(Arc::new(rules.restricted_to(KeyKind::AccountId)), &single_lines, false);
-    println!("| replay, 1 thread, account rules only | {:.0} events/s |", acc.events as f64 / acc.secs);
-    println!("| replay, 2 threads, account rules split by account | {:.0} events/s |", replay_two_threads(&rules, &single_lines));
+    println!(
+        "| replay, 1 thread, account rules only | {:.0} events/s |",
+        acc.events as f64 / acc.secs
+    );
+    println!(
+        "| replay, 2 threads, account rules split by account | {:.0} events/s |",
+        replay_two_threads(&rules, &single_lines)
+    );
     let size = engine.state_size();
-    println!("| live state: keys / (key, CV) pairs / interned CVs | {} / {} / {} |", size.keys, size.cv_pairs, size.interned_cvs);
+    println!(
+        "| live state: keys / (key, CV) pairs / interned CVs | {} / {} / {} |",
+        size.keys, size.cv_pairs, size.interned_cvs
+    );
     println!(
         "| heap of the engine state: total / per live pair (all included) | {:.0} MB / {:.0} bytes |",
         heap_state as f64 / 1e6,
@@ -194,7 +230,10 @@ fn main() {
         size.keys
     );
     drop(engine);
-    println!("| peak RSS of this benchmark process | {:.0} MB |", rss().1 as f64 / 1e6);
+    println!(
+        "| peak RSS of this benchmark process | {:.0} MB |",
+        rss().1 as f64 / 1e6
+    );
 
     // 3. A soak: 96 hours of steady simulated traffic; state must flatten once the
     // longest window (48 h) is full.

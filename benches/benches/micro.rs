@@ -9,12 +9,19 @@ use cvguard_core::{parse_event, ParseLimits, Visibility};
 fn parsing(c: &mut Criterion) {
     let single = br#"{"ts":"2024-05-04T06:00:01.120Z","event_id":"e-981","account_id":"emp-48213","user_id":"u-7","ip":"198.51.100.66","action":"cv_view","cv_id":"cv-0000001","cv_visibility":"named"}"#;
     let ids: Vec<String> = (0..200).map(|i| format!("\"cv-{i:07}\"")).collect();
-    let batch = format!(r#"{{"ts":1714795200000,"account_id":"h","action":"cv_download","cv_ids":[{}]}}"#, ids.join(","));
+    let batch = format!(
+        r#"{{"ts":1714795200000,"account_id":"h","action":"cv_download","cv_ids":[{}]}}"#,
+        ids.join(",")
+    );
     let limits = ParseLimits::default();
     let mut g = c.benchmark_group("parse");
     g.throughput(Throughput::Elements(1));
-    g.bench_function("single_cv_rfc3339", |b| b.iter(|| parse_event(black_box(single), &limits).unwrap()));
-    g.bench_function("batch_200_cvs", |b| b.iter(|| parse_event(black_box(batch.as_bytes()), &limits).unwrap()));
+    g.bench_function("single_cv_rfc3339", |b| {
+        b.iter(|| parse_event(black_box(single), &limits).unwrap())
+    });
+    g.bench_function("batch_200_cvs", |b| {
+        b.iter(|| parse_event(black_box(batch.as_bytes()), &limits).unwrap())
+    });
     g.finish();
 }
 

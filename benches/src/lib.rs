@@ -6,7 +6,8 @@ use cvguard_core::{Engine, RuleSet};
 
 /// The shipped rules with the example profiles, as the engine sees them.
 pub fn shipped_rules() -> Arc<RuleSet> {
-    let cfg = cvguard_config::load(&cvguard_config::ConfigSource::Embedded, &Default::default()).expect("shipped config");
+    let cfg =
+        cvguard_config::load(&cvguard_config::ConfigSource::Embedded, &Default::default()).expect("shipped config");
     Arc::new(cfg.ruleset)
 }
 
@@ -18,7 +19,7 @@ pub fn engine() -> Engine {
 pub struct Xorshift(pub u64);
 
 impl Xorshift {
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x << 13;
         x ^= x >> 7;
@@ -36,9 +37,9 @@ pub fn single_cv_lines(n: usize, accounts: u64, cvs: u64, step_ms: i64, seed: u6
     let mut out = Vec::with_capacity(n * 110);
     for i in 0..n {
         // Squaring a uniform draw gives a heavy head: a few accounts do most views.
-        let u = (r.next() % 1_000_000) as f64 / 1_000_000.0;
+        let u = (r.next_u64() % 1_000_000) as f64 / 1_000_000.0;
         let acc = ((u * u) * accounts as f64) as u64;
-        let cv = r.next() % cvs;
+        let cv = r.next_u64() % cvs;
         let line = format!(
             "{{\"ts\":{},\"account_id\":\"acc-{acc}\",\"action\":\"cv_view\",\"cv_id\":\"cv-{cv:07}\",\"ip\":\"10.0.{}.{}\"}}\n",
             t0 + i as i64 * step_ms,

@@ -128,10 +128,16 @@ impl Worker {
             };
             let mut next = first;
             let mut handled = 0;
+            // One span per batch; alerts and store errors inside it carry the partition.
+            let batch = tracing::debug_span!("batch", worker = %std::thread::current().name().unwrap_or("engine"));
+            let _batch = batch.enter();
             while let Some(msg) = next.take() {
                 match msg {
                     ToWorker::Msg(m) => {
                         if let Some(live) = parts.get_mut(&m.tp) {
+                            let _partition =
+                                tracing::debug_span!("partition", topic = %m.tp.topic, partition = m.tp.partition)
+                                    .entered();
                             let urgent = self.process(live, &m, &mut alerts, &mut pending, &mut owed);
                             *touched.entry(m.tp.clone()).or_default() |= urgent;
                         }
