@@ -20,7 +20,17 @@ struct Setup {
 fn setup(test: &str) -> Setup {
     require_broker();
     let names = Names::new(test);
-    create_topic(&names.events, PARTITIONS);
+    // Operators create topics before they start a group; instances racing to create the
+    // same topics at once is not what is under test.
+    for topic in [
+        &names.events,
+        &names.alerts,
+        &names.incidents,
+        &names.dlq,
+        &names.repartition,
+    ] {
+        create_topic(topic, PARTITIONS);
+    }
     Setup {
         dir: tempfile::tempdir().unwrap(),
         names,
@@ -81,6 +91,27 @@ fn events_produced_to_kafka_are_detected_and_sigterm_commits_and_exits_0() {
     assert_eq!(incident["status"], "open");
     assert_eq!(incident["value_at_detection"], 4000);
     assert!(incident["notify_authority_by"].as_str().unwrap() > incident["opened_at"].as_str().unwrap());
+
+    // A change made elsewhere (the CLI, on the same store) reaches the compacted topic:
+    // its last record for the incident is the latest state.
+    let cfg = s.dir.path().join("cvguard-0.toml");
+    cvguard_tests::cvguard_ok(&[
+        "incidents",
+        "set",
+        &id,
+        "acknowledged",
+        "--actor",
+        "soc",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    let acked = incidents.until(LONG, |seen| {
+        seen.iter()
+            .rev()
+            .find(|r| r.key.as_deref() == Some(id.as_str()))
+            .is_some_and(|r| r.json()["status"] == "acknowledged")
+    });
+    assert!(acked, "the incidents topic did not get the acknowledged state");
 
     // SIGTERM: drain, commit everything consumed, exit 0.
     let status = svc.sigterm(Duration::from_secs(30));
@@ -158,11 +189,15 @@ fn two_instances_one_killed_the_other_takes_over_rebuilds_and_catches_the_harves
     }
     wait_committed(&s.names.group, &s.names.events, PARTITIONS, 12, LONG);
     // Kill whichever instance owns the harvester's partition.
+    // The owner is the instance whose latest word on the partition is "assigned" (the
+    // first member held every partition before the second joined).
     let owns = |svc: &Service| {
         svc.log_text()
             .lines()
-            .filter(|l| l.contains("Partition assigned.") && l.contains(&s.names.events))
-            .any(|l| l.contains(&format!("partition={partition} ")))
+            .filter(|l| l.contains(&s.names.events) && l.contains(&format!("partition={partition} ")))
+            .filter(|l| l.contains("Partition assigned.") || l.contains("Partition revoked."))
+            .last()
+            .is_some_and(|l| l.contains("Partition assigned."))
     };
     let (victim, survivor) = if owns(&a) { (&mut a, &mut b) } else { (&mut b, &mut a) };
     assert!(

@@ -491,6 +491,21 @@ impl Store {
         }))
     }
 
+    /// Incidents changed at or after `since` (epoch ms), oldest change first, with the
+    /// time of each change: a feed for publishing their latest state.
+    pub async fn changed_since(&self, since: i64, limit: i64) -> Result<Vec<(i64, Incident)>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {INCIDENT_COLUMNS}, updated_at FROM incidents WHERE updated_at >= $1 ORDER BY updated_at, id LIMIT $2"
+        ))
+        .bind(since)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get::<i64, _>("updated_at")?, incident_from_row(r)?)))
+            .collect()
+    }
+
     /// Every CV the incident exposed, one row per distinct CV, by first access.
     pub async fn exposed_cvs(&self, id: &str) -> Result<Vec<ExposedCv>, StoreError> {
         let rows = sqlx::query(

@@ -338,10 +338,14 @@ impl KafkaControl {
 pub fn start(opts: KafkaOptions, stats: PartitionStats) -> Result<KafkaHandle, KafkaRunError> {
     ensure_topics(&opts.section)?;
     let section = &opts.section;
-    let producer: FutureProducer = client_config_without_consumer_keys(section)
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .create()?;
+    let mut producer_config = client_config_without_consumer_keys(section);
+    producer_config.set("enable.idempotence", "true").set("linger.ms", "5");
+    if producer_config.get("message.timeout.ms").is_none() {
+        // A delivery that cannot complete is reported (and sent again) after 30 s instead
+        // of librdkafka's 5 minutes, so a stuck broker shows in the logs quickly.
+        producer_config.set("message.timeout.ms", "30000");
+    }
+    let producer: FutureProducer = producer_config.create()?;
     let kinds = Arc::new(Kinds::new(&opts.rules));
     let outputs = Arc::new(Outputs {
         producer,

@@ -8,6 +8,7 @@
 //! recomputed but not published again.
 
 mod consumer;
+pub mod incident_feed;
 pub mod output;
 mod worker;
 

@@ -115,6 +115,11 @@ async fn serve(config: Config, source: ConfigSource) -> Result<(), Failure> {
                 .await
                 .context("starting the consumer")?
                 .context("starting the consumer")?;
+            tokio::spawn(kafka::incident_feed::run(
+                store.clone(),
+                config.kafka.clone(),
+                dispatcher_stop.clone(),
+            ));
             let detection = Arc::new(KafkaDetection {
                 control: handle.0.control(),
                 stats: handle.1,
