@@ -195,8 +195,8 @@ fn two_instances_one_killed_the_other_takes_over_rebuilds_and_catches_the_harves
         svc.log_text()
             .lines()
             .filter(|l| l.contains(&s.names.events) && l.contains(&format!("partition={partition} ")))
-            .filter(|l| l.contains("Partition assigned.") || l.contains("Partition revoked."))
-            .last()
+            .rev()
+            .find(|l| l.contains("Partition assigned.") || l.contains("Partition revoked."))
             .is_some_and(|l| l.contains("Partition assigned."))
     };
     let (victim, survivor) = if owns(&a) { (&mut a, &mut b) } else { (&mut b, &mut a) };
