@@ -549,20 +549,7 @@ fn build_alert(
     };
     let (action, reason, suspend_accounts) = decide(rules, rule, &accounts);
 
-    // Visibility split: the crossing rule's own set, else the key's longest distinct window.
-    let distinct = match &state.windows[w] {
-        Window::Distinct(win) => Some(win),
-        Window::Count(_) => rules
-            .rules_of(kind)
-            .iter()
-            .enumerate()
-            .filter_map(|(i, &ri)| match &state.windows[i] {
-                Window::Distinct(win) => Some((rules.rules[ri].window_secs, win)),
-                Window::Count(_) => None,
-            })
-            .max_by_key(|(secs, _)| *secs)
-            .map(|(_, win)| win),
-    };
+    let distinct = reported_window(rules, kind, state, w);
     let cvs_by_visibility = distinct.map(|win| {
         let [unknown, anonymous, named] = win.by_visibility();
         VisibilityCounts {
@@ -622,10 +609,10 @@ fn build_alert(
     (alert, id)
 }
 
-/// The CVs of the window an incident reports on: the rule's own distinct window, else
-/// the key's longest distinct window; empty when the key has none.
-fn window_exposure(rules: &RuleSet, kind: KeyKind, state: &KeyState, w: usize, interner: &CvInterner) -> Vec<Exposure> {
-    let win = match &state.windows[w] {
+/// The distinct window an alert and its incident report on (visibility split, exposed
+/// CVs): the rule's own, else the key's longest distinct window.
+fn reported_window<'s>(rules: &RuleSet, kind: KeyKind, state: &'s KeyState, w: usize) -> Option<&'s DistinctWindow> {
+    match &state.windows[w] {
         Window::Distinct(win) => Some(win),
         Window::Count(_) => rules
             .rules_of(kind)
@@ -637,8 +624,15 @@ fn window_exposure(rules: &RuleSet, kind: KeyKind, state: &KeyState, w: usize, i
             })
             .max_by_key(|(secs, _)| *secs)
             .map(|(_, win)| win),
+    }
+}
+
+/// The CVs of the window an incident reports on: the rule's own distinct window, else
+/// the key's longest distinct window; empty when the key has none.
+fn window_exposure(rules: &RuleSet, kind: KeyKind, state: &KeyState, w: usize, interner: &CvInterner) -> Vec<Exposure> {
+    let Some(win) = reported_window(rules, kind, state, w) else {
+        return Vec::new();
     };
-    let Some(win) = win else { return Vec::new() };
     let mut list: Vec<Exposure> = win
         .accesses()
         .map(|(cv, a)| Exposure {

@@ -128,25 +128,29 @@ fn revoke(shared: &Shared, consumer: &BaseConsumer<Ctx>, tpl: &TopicPartitionLis
     }
 }
 
+/// The valid offsets in a list the broker answered.
+fn offsets_of(tpl: &TopicPartitionList) -> HashMap<Tp, i64> {
+    tpl.elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(n) if n >= 0 => Some((
+                Tp {
+                    topic: Arc::from(e.topic()),
+                    partition: e.partition(),
+                },
+                n,
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Assignment: decide where each partition starts and what to suppress, hand it to its
 /// worker, and assign again with explicit offsets.
 fn assign(shared: &Shared, consumer: &BaseConsumer<Ctx>, tpl: &TopicPartitionList) {
     let list = tps(tpl);
     let committed: HashMap<Tp, i64> = match consumer.committed_offsets(tpl.clone(), BROKER_TIMEOUT) {
-        Ok(c) => c
-            .elements()
-            .iter()
-            .filter_map(|e| match e.offset() {
-                Offset::Offset(n) if n >= 0 => Some((
-                    Tp {
-                        topic: Arc::from(e.topic()),
-                        partition: e.partition(),
-                    },
-                    n,
-                )),
-                _ => None,
-            })
-            .collect(),
+        Ok(c) => offsets_of(&c),
         Err(e) => {
             warn!(message = "Could not read committed offsets; rebuilding from the look-back.", error = %e);
             HashMap::new()
@@ -161,20 +165,7 @@ fn assign(shared: &Shared, consumer: &BaseConsumer<Ctx>, tpl: &TopicPartitionLis
         let _ = lookup.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(since));
     }
     let by_time: HashMap<Tp, i64> = match consumer.offsets_for_times(lookup, BROKER_TIMEOUT) {
-        Ok(r) => r
-            .elements()
-            .iter()
-            .filter_map(|e| match e.offset() {
-                Offset::Offset(n) if n >= 0 => Some((
-                    Tp {
-                        topic: Arc::from(e.topic()),
-                        partition: e.partition(),
-                    },
-                    n,
-                )),
-                _ => None,
-            })
-            .collect(),
+        Ok(r) => offsets_of(&r),
         Err(e) => {
             warn!(message = "offsets-for-times failed; rebuilding from the beginning.", error = %e);
             HashMap::new()
