@@ -1,0 +1,113 @@
+//! What the store returns and takes: incidents, their actions and history, exposed CVs,
+//! outbox calls, filters.
+
+use serde::Serialize;
+
+/// Whether opening an incident created it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opened {
+    New,
+    /// Opened before (a replay after a crash or a rebalance); `published` says whether its
+    /// alert was acknowledged by the outputs then.
+    Existing {
+        published: bool,
+    },
+}
+
+/// A call to make for an incident: suspend or unsuspend one account, with its body.
+#[derive(Debug, Clone)]
+pub struct OutboxItem {
+    pub kind: &'static str,
+    pub account_id: String,
+    pub body: String,
+}
+
+/// A claimed outbox row.
+#[derive(Debug, Clone)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub incident_id: String,
+    pub kind: String,
+    pub account_id: String,
+    pub body: String,
+    pub attempts: i64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct VisibilityCounts {
+    pub named: i64,
+    pub anonymous: i64,
+    pub unknown: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Incident {
+    pub id: String,
+    pub rule: String,
+    pub key_kind: String,
+    pub key: String,
+    pub accounts: Vec<String>,
+    pub severity: String,
+    pub status: String,
+    /// What was decided: `suspend` or `alert`.
+    pub action: String,
+    pub reason: String,
+    pub suspended: bool,
+    pub opened_at: String,
+    pub first_event_time: String,
+    pub last_event_time: String,
+    pub value_at_detection: i64,
+    pub latest_value: i64,
+    pub threshold: i64,
+    pub cvs_by_visibility: VisibilityCounts,
+    pub notify_authority_by: String,
+    pub evidence: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ActionRecord {
+    pub at: String,
+    pub action: String,
+    pub target: String,
+    pub outcome: String,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryRecord {
+    pub at: String,
+    pub actor: String,
+    pub change: String,
+    pub note: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct IncidentDetail {
+    #[serde(flatten)]
+    pub incident: Incident,
+    pub actions: Vec<ActionRecord>,
+    pub history: Vec<HistoryRecord>,
+}
+
+/// One person to notify: a CV the incident's key touched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExposedCv {
+    pub cv_id: String,
+    pub first_access: String,
+    pub action: String,
+    pub visibility: String,
+}
+
+/// Filters for listing incidents; `None` means any.
+#[derive(Debug, Clone, Default)]
+pub struct IncidentFilter {
+    pub status: Option<String>,
+    pub rule: Option<String>,
+    pub key: Option<String>,
+    /// Opened at or after (epoch ms).
+    pub from_ms: Option<i64>,
+    /// Opened before (epoch ms).
+    pub to_ms: Option<i64>,
+    pub limit: i64,
+    pub offset: i64,
+}
