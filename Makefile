@@ -52,9 +52,10 @@ run: build-release
 	./target/release/cvguard serve --config config/cvguard.toml
 
 ## Microbenchmarks (criterion) and the end-to-end benchmark; figures in docs/PERFORMANCE.md.
-bench:
+bench: build-release kafka-up
 	$(CARGO) bench -p cvguard-benches --bench micro -- --warm-up-time 1 --measurement-time 3
 	$(CARGO) bench -p cvguard-benches --bench e2e
+	$(CARGO) bench -p cvguard-benches --bench kafka
 
 clean:
 	$(CARGO) clean

@@ -1,0 +1,240 @@
+//! `cvguard serve` against the local broker (scripts/kafka-up.sh): its drain rate of a
+//! pre-filled topic next to a bare librdkafka consumer draining the same topic, and
+//! produce-to-alert latency at half of that rate. Needs `target/release/cvguard`
+//! (`make bench` builds it). Prints a table for docs/PERFORMANCE.md.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cvguard_benches::{single_cv_lines, Xorshift};
+use hdrhistogram::Histogram;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+const PARTITIONS: i32 = 6;
+const BOOTSTRAP: &str = "127.0.0.1:9092";
+
+fn unique(name: &str) -> String {
+    let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("bench-{name}-{}", n % 1_000_000_000_000)
+}
+
+fn create(topic: &str) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", BOOTSTRAP).create().unwrap();
+    let t = NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1));
+    futures::executor::block_on(admin.create_topics([&t], &AdminOptions::new())).unwrap();
+}
+
+fn producer() -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", BOOTSTRAP)
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .unwrap()
+}
+
+fn fill(topic: &str, lines: &[&[u8]]) {
+    let p = producer();
+    let mut pending = Vec::with_capacity(lines.len());
+    for l in lines {
+        let ev: serde_json::Value = serde_json::from_slice(l).unwrap();
+        let key = ev["account_id"].as_str().unwrap().to_string();
+        loop {
+            match p.send_result(FutureRecord::to(topic).key(&key).payload(*l)) {
+                Ok(f) => {
+                    pending.push(f);
+                    break;
+                }
+                Err((_, _)) => p.poll(Duration::from_millis(5)),
+            }
+        }
+    }
+    for f in pending {
+        let _ = futures::executor::block_on(f);
+    }
+}
+
+fn bare_drain(topic: &str, n: usize) -> f64 {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", BOOTSTRAP)
+        .set("group.id", unique("bare"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let mut seen = 0usize;
+    let mut start = None;
+    while seen < n {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+            start.get_or_insert_with(Instant::now);
+            let _ = m.payload().map(<[u8]>::len);
+            seen += 1;
+        }
+    }
+    n as f64 / start.unwrap().elapsed().as_secs_f64()
+}
+
+fn committed(group: &str, topic: &str) -> i64 {
+    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", BOOTSTRAP).set("group.id", group).create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition(topic, p);
+    }
+    c.committed_offsets(tpl, Duration::from_secs(10))
+        .map(|t| {
+            t.elements()
+                .iter()
+                .map(|e| match e.offset() {
+                    Offset::Offset(n) if n > 0 => n,
+                    _ => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn config(dir: &Path, topic: &str, group: &str, port: u16, rules: &str) -> std::path::PathBuf {
+    let path = dir.join("cvguard.toml");
+    let u = unique("out");
+    std::fs::write(
+        &path,
+        format!(
+            "[source]\nkind = \"kafka\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[state]\ndir = \"{d}/state\"\n[store]\nurl = \"sqlite://{d}/db\"\n[service]\ncommit_interval = \"200ms\"\n[kafka]\ntopics = [\"{topic}\"]\nalerts_topic = \"{u}-alerts\"\nincidents_topic = \"{u}-incidents\"\nrepartition_topic = \"{u}-repartition\"\npartitions = {PARTITIONS}\n[kafka.properties]\n\"bootstrap.servers\" = \"{BOOTSTRAP}\"\n\"group.id\" = \"{group}\"\n\"session.timeout.ms\" = \"6000\"\n{rules}",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn serve(config: &Path) -> std::process::Child {
+    let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/cvguard");
+    assert!(bin.is_file(), "build the release binary first (make bench does)");
+    Command::new(bin)
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn main() {
+    if std::net::TcpStream::connect(BOOTSTRAP).is_err() {
+        println!("SKIPPED: no broker on {BOOTSTRAP}; run scripts/kafka-up.sh (make bench does)");
+        return;
+    }
+    let n = 300_000;
+    let buf = single_cv_lines(n, 20_000, 1_000_000, 50, 21);
+    let lines: Vec<&[u8]> = buf.split(|b| *b == b'\n').filter(|l| !l.is_empty()).collect();
+    let topic = unique("events");
+    create(&topic);
+    let t = Instant::now();
+    fill(&topic, &lines);
+    println!("filled {topic}: {n} single-CV events in {:.1} s", t.elapsed().as_secs_f64());
+    let bare = bare_drain(&topic, n);
+
+    // cvguard serve with the shipped rules, draining the same topic from the start.
+    let shipped = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/cvguard.toml")).unwrap();
+    let rules = &shipped[shipped.find("[allowlist]").unwrap()..];
+    let dir = tempfile::tempdir().unwrap();
+    let group = unique("serve");
+    let cfg = config(dir.path(), &topic, &group, 18_188, rules);
+    let mut child = serve(&cfg);
+    let mut first = None;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let done = committed(&group, &topic);
+        if done > 0 {
+            first.get_or_insert_with(|| (Instant::now(), done));
+        }
+        if done >= n as i64 || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (t0, c0) = first.expect("serve committed something");
+    let serve_rate = (n as i64 - c0) as f64 / t0.elapsed().as_secs_f64().max(1e-3);
+    let _ = child.kill();
+    let _ = child.wait();
+
+    // Produce-to-alert: one alert per event (a rule with threshold 1 over fresh accounts), at
+    // half the serve drain rate, for five seconds.
+    let latency_topic = unique("latency");
+    create(&latency_topic);
+    let dir2 = tempfile::tempdir().unwrap();
+    let group2 = unique("latency");
+    let rule = "[[rules]]\nname = \"every\"\nactions = [\"cv_view\"]\ngroup_by = \"account_id\"\nmeasure = \"events\"\nwindow = \"1h\"\nthreshold = 1\n";
+    let cfg2 = config(dir2.path(), &latency_topic, &group2, 18_189, rule);
+    let alerts_topic = std::fs::read_to_string(&cfg2)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("alerts_topic = \"").map(|s| s.trim_end_matches('"').to_string()))
+        .unwrap();
+    let mut child = serve(&cfg2);
+    // Wait for the group to form: the first event's alert marks readiness.
+    let p = producer();
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", BOOTSTRAP)
+        .set("group.id", unique("reader"))
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for part in 0..PARTITIONS {
+        tpl.add_partition_offset(&alerts_topic, part, Offset::Beginning).unwrap();
+    }
+    let send = |acc: String, sent_ms: u128| {
+        let line = format!(r#"{{"ts":{sent_ms},"account_id":"{acc}","action":"cv_view","event_id":"{sent_ms}"}}"#);
+        let _ = futures::executor::block_on(p.send(FutureRecord::to(&latency_topic).key(&acc).payload(&line), Duration::from_secs(5)));
+    };
+    let now_ms = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+    std::thread::sleep(Duration::from_secs(8));
+    reader.assign(&tpl).unwrap();
+    let rate = (serve_rate / 2.0).clamp(100.0, 5_000.0);
+    let total = (rate * 5.0) as usize;
+    let gap = Duration::from_secs_f64(1.0 / rate);
+    let mut r = Xorshift(99);
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000, 3).unwrap();
+    let start = Instant::now();
+    let mut sent = 0usize;
+    while sent < total || start.elapsed() < Duration::from_secs(20) {
+        if sent < total && start.elapsed() >= gap * sent as u32 {
+            send(format!("lat-{}-{}", sent, r.next_u64() % 1000), now_ms());
+            sent += 1;
+        }
+        while let Some(Ok(m)) = reader.poll(Duration::ZERO) {
+            let a: serde_json::Value = serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or_default();
+            if let Some(sent_ms) = a["event_id"].as_str().and_then(|s| s.parse::<u128>().ok()) {
+                let _ = hist.record((now_ms().saturating_sub(sent_ms)) as u64);
+            }
+        }
+        if hist.len() as usize >= total {
+            break;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+
+    println!("| figure | value |");
+    println!("|---|---|");
+    println!("| bare librdkafka consumer drain, {PARTITIONS} partitions | {bare:.0} messages/s |");
+    println!("| cvguard serve (shipped rules, SQLite store) drain of the same topic | {serve_rate:.0} messages/s ({:.0}% of bare) |", serve_rate * 100.0 / bare);
+    println!(
+        "| produce-to-alert latency at {rate:.0} events/s: p50 / p99 / max ({} of {total} alerts seen) | {} / {} / {} ms |",
+        hist.len(),
+        hist.value_at_quantile(0.5),
+        hist.value_at_quantile(0.99),
+        hist.max()
+    );
+}
