@@ -20,12 +20,18 @@ const PARTITIONS: i32 = 6;
 const BOOTSTRAP: &str = "127.0.0.1:9092";
 
 fn unique(name: &str) -> String {
-    let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
     format!("bench-{name}-{}", n % 1_000_000_000_000)
 }
 
 fn create(topic: &str) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", BOOTSTRAP).create().unwrap();
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", BOOTSTRAP)
+        .create()
+        .unwrap();
     let t = NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1));
     futures::executor::block_on(admin.create_topics([&t], &AdminOptions::new())).unwrap();
 }
@@ -85,7 +91,11 @@ fn bare_drain(topic: &str, n: usize) -> f64 {
 }
 
 fn committed(group: &str, topic: &str) -> i64 {
-    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", BOOTSTRAP).set("group.id", group).create().unwrap();
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", BOOTSTRAP)
+        .set("group.id", group)
+        .create()
+        .unwrap();
     let mut tpl = TopicPartitionList::new();
     for p in 0..PARTITIONS {
         tpl.add_partition(topic, p);
@@ -141,11 +151,15 @@ fn main() {
     create(&topic);
     let t = Instant::now();
     fill(&topic, &lines);
-    println!("filled {topic}: {n} single-CV events in {:.1} s", t.elapsed().as_secs_f64());
+    println!(
+        "filled {topic}: {n} single-CV events in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
     let bare = bare_drain(&topic, n);
 
     // cvguard serve with the shipped rules, draining the same topic from the start.
-    let shipped = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/cvguard.toml")).unwrap();
+    let shipped =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/cvguard.toml")).unwrap();
     let rules = &shipped[shipped.find("[allowlist]").unwrap()..];
     let dir = tempfile::tempdir().unwrap();
     let group = unique("serve");
@@ -179,7 +193,10 @@ fn main() {
     let alerts_topic = std::fs::read_to_string(&cfg2)
         .unwrap()
         .lines()
-        .find_map(|l| l.strip_prefix("alerts_topic = \"").map(|s| s.trim_end_matches('"').to_string()))
+        .find_map(|l| {
+            l.strip_prefix("alerts_topic = \"")
+                .map(|s| s.trim_end_matches('"').to_string())
+        })
         .unwrap();
     let mut child = serve(&cfg2);
     // Wait for the group to form: the first event's alert marks readiness.
@@ -191,13 +208,22 @@ fn main() {
         .unwrap();
     let mut tpl = TopicPartitionList::new();
     for part in 0..PARTITIONS {
-        tpl.add_partition_offset(&alerts_topic, part, Offset::Beginning).unwrap();
+        tpl.add_partition_offset(&alerts_topic, part, Offset::Beginning)
+            .unwrap();
     }
     let send = |acc: String, sent_ms: u128| {
         let line = format!(r#"{{"ts":{sent_ms},"account_id":"{acc}","action":"cv_view","event_id":"{sent_ms}"}}"#);
-        let _ = futures::executor::block_on(p.send(FutureRecord::to(&latency_topic).key(&acc).payload(&line), Duration::from_secs(5)));
+        let _ = futures::executor::block_on(p.send(
+            FutureRecord::to(&latency_topic).key(&acc).payload(&line),
+            Duration::from_secs(5),
+        ));
     };
-    let now_ms = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+    };
     std::thread::sleep(Duration::from_secs(8));
     reader.assign(&tpl).unwrap();
     let rate = (serve_rate / 2.0).clamp(100.0, 5_000.0);
