@@ -230,34 +230,21 @@ async fn transition(s: ApiState, peer: Peer, headers: HeaderMap, id: String, bod
     }
 }
 
-pub async fn ack(
+/// `POST /v1/incidents/{id}/ack|resolve|false-positive`.
+pub async fn change_status(
     State(s): State<ApiState>,
     peer: Peer,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Path((id, verb)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    transition(s, peer, headers, id, body, "acknowledged").await
-}
-
-pub async fn resolve(
-    State(s): State<ApiState>,
-    peer: Peer,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> Response {
-    transition(s, peer, headers, id, body, "resolved").await
-}
-
-pub async fn false_positive(
-    State(s): State<ApiState>,
-    peer: Peer,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> Response {
-    transition(s, peer, headers, id, body, "false_positive").await
+    let to = match verb.as_str() {
+        "ack" => "acknowledged",
+        "resolve" => "resolved",
+        "false-positive" => "false_positive",
+        _ => return error(StatusCode::NOT_FOUND, "expected ack, resolve or false-positive"),
+    };
+    transition(s, peer, headers, id, body, to).await
 }
 
 pub async fn affected_csv(
