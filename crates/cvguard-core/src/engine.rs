@@ -255,13 +255,7 @@ impl Engine {
         let sec = ev.ts.div_euclid(1000);
 
         // Intern the CV ids once for all keys; windows that keep one retain it.
-        let needs_cvs = KeyKind::ALL.iter().any(|k| {
-            rules.kind_mask(*k) & bit != 0
-                && rules
-                    .rules_of(*k)
-                    .iter()
-                    .any(|i| rules.rules[*i].measure == Measure::DistinctCvs && rules.rules[*i].action_mask & bit != 0)
-        });
+        let needs_cvs = rules.distinct_mask() & bit != 0;
         let mut cvs = std::mem::take(&mut self.scratch);
         cvs.clear();
         if needs_cvs {
@@ -272,7 +266,9 @@ impl Engine {
             if rules.kind_mask(kind) & bit == 0 {
                 continue;
             }
-            let Some(key) = rules.key_for(kind, ev) else { continue };
+            let Some(key) = rules.key_for_action(kind, ev, action) else {
+                continue;
+            };
             let slot = self.slot_for(rules, kind, key, &ev.account_id, sec);
             self.update_key(rules, kind, slot, ev, action, sec, now, &cvs, out);
         }

@@ -248,6 +248,8 @@ pub struct RuleSet {
     kind_mask: [u64; 4],
     /// For each key kind, its longest window in seconds (0 when it has no rules).
     max_window_secs: [i64; 4],
+    /// Actions (as a bit mask) counted by some `distinct_cvs` rule: only their CV ids are interned.
+    distinct_mask: u64,
     /// Identifies the rules and settings that shape engine state; a snapshot taken
     /// under other rules is not restored.
     fingerprint: u64,
@@ -368,6 +370,7 @@ impl RuleSet {
             by_kind: Default::default(),
             kind_mask: [0; 4],
             max_window_secs: [0; 4],
+            distinct_mask: 0,
             fingerprint,
         };
         set.index_rules();
@@ -378,7 +381,11 @@ impl RuleSet {
         self.by_kind = Default::default();
         self.kind_mask = [0; 4];
         self.max_window_secs = [0; 4];
+        self.distinct_mask = 0;
         for (i, rule) in self.rules.iter().enumerate() {
+            if rule.measure == Measure::DistinctCvs {
+                self.distinct_mask |= rule.action_mask;
+            }
             let k = rule.group_by.index();
             self.by_kind[k].push(i);
             self.kind_mask[k] |= rule.action_mask;
@@ -429,6 +436,16 @@ impl RuleSet {
     /// account, the org (from the event, else the account's profile), the user or the ip.
     pub fn key_for<'e>(&'e self, kind: KeyKind, event: &'e crate::event::Event<'_>) -> Option<&'e str> {
         let id = self.action_id(&event.action)?;
+        self.key_for_action(kind, event, id)
+    }
+
+    /// `key_for` when the event's action id is already known.
+    pub(crate) fn key_for_action<'e>(
+        &'e self,
+        kind: KeyKind,
+        event: &'e crate::event::Event<'_>,
+        id: u8,
+    ) -> Option<&'e str> {
         if self.kind_mask(kind) & (1u64 << id) == 0 {
             return None;
         }
@@ -461,6 +478,10 @@ impl RuleSet {
 
     pub(crate) fn rules_of(&self, kind: KeyKind) -> &[usize] {
         &self.by_kind[kind.index()]
+    }
+
+    pub(crate) fn distinct_mask(&self) -> u64 {
+        self.distinct_mask
     }
 
     pub(crate) fn kind_mask(&self, kind: KeyKind) -> u64 {
