@@ -263,12 +263,9 @@ pub async fn affected_csv(
     }
     match s.store.exposed_cvs(&id).await {
         Ok(rows) => {
-            let mut out = String::from("cv_id,first_access,action,visibility\n");
-            for r in rows {
-                out.push_str(&format!(
-                    "{},{},{},{}\n",
-                    r.cv_id, r.first_access, r.action, r.visibility
-                ));
+            let mut out = Vec::new();
+            if let Err(e) = cvguard_store::write_exposed_csv(&mut out, &rows) {
+                return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string());
             }
             (
                 [

@@ -111,3 +111,29 @@ pub struct IncidentFilter {
     pub limit: i64,
     pub offset: i64,
 }
+
+/// Writes the people to notify as CSV: a header, then one row per distinct CV. The one
+/// format for the CLI export, the API's affected.csv and the demo.
+pub fn write_exposed_csv(w: &mut impl std::io::Write, rows: &[ExposedCv]) -> std::io::Result<()> {
+    writeln!(w, "cv_id,first_access,action,visibility")?;
+    for r in rows {
+        writeln!(
+            w,
+            "{},{},{},{}",
+            csv_field(&r.cv_id),
+            r.first_access,
+            csv_field(&r.action),
+            r.visibility
+        )?;
+    }
+    Ok(())
+}
+
+/// Quotes a CSV field when it needs it (ids and actions come from events).
+fn csv_field(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\"")).into()
+    } else {
+        s.into()
+    }
+}

@@ -279,10 +279,7 @@ fn tell_incident(
     let rows = rt.block_on(store.exposed_cvs(&i.id))?;
     let export = dir.join(format!("notify-{}.csv", i.id));
     let mut f = BufWriter::new(File::create(&export)?);
-    writeln!(f, "cv_id,first_access,action,visibility")?;
-    for r in &rows {
-        writeln!(f, "{},{},{},{}", r.cv_id, r.first_access, r.action, r.visibility)?;
-    }
+    cvguard_store::write_exposed_csv(&mut f, &rows)?;
     f.flush()?;
     let c = &i.cvs_by_visibility;
     writeln!(

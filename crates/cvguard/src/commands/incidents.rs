@@ -181,34 +181,12 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
                 return Err(Failure::NoInput(format!("no incident {id}")));
             }
             let rows = rt.block_on(store.exposed_cvs(&id)).context("reading exposed CVs")?;
-            (|| {
-                writeln!(out, "cv_id,first_access,action,visibility")?;
-                for r in rows {
-                    writeln!(
-                        out,
-                        "{},{},{},{}",
-                        csv_field(&r.cv_id),
-                        r.first_access,
-                        csv_field(&r.action),
-                        r.visibility
-                    )?;
-                }
-                Ok(())
-            })()
+            cvguard_store::write_exposed_csv(&mut out, &rows)
         }
     };
     match result {
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
         Err(e) => Err(e.into()),
         Ok(()) => Ok(ExitCode::SUCCESS),
-    }
-}
-
-/// Quotes a CSV field when it needs it.
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
     }
 }
