@@ -3,7 +3,8 @@
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use cvguard_benches::{engine, single_cv_lines};
-use cvguard_core::window::{CountWindow, DistinctWindow};
+use cvguard_core::distinct::{Access, GroupPlan, GroupState};
+use cvguard_core::window::CountWindow;
 use cvguard_core::{parse_event, ParseLimits, Visibility};
 
 fn parsing(c: &mut Criterion) {
@@ -37,29 +38,41 @@ fn windows(c: &mut Criterion) {
             black_box(w.value())
         })
     });
-    // A huge key: 150,000 live CVs in a 48-hour window; each step adds one and expires one.
+    // The shipped account rules as one group: views and downloads over a long and a
+    // medium window, downloads over an hour.
+    let plan = GroupPlan::build(&[(0, 0b11, 150_000), (1, 0b10, 3600), (2, 0b11, 100_000)]).unwrap();
+    let access = |class, sec| Access {
+        class,
+        sec,
+        visibility: Visibility::Named,
+        action: class as u8,
+    };
+    // A huge key: 150,000 live CVs; each step advances a second, expires one and adds one.
     g.bench_function("distinct_add_expire_150k_live", |b| {
-        let mut w = DistinctWindow::default();
+        let mut w = GroupState::new(&plan);
         let live = 150_000u32;
         for cv in 0..live {
-            w.add(i64::from(cv), cv, Visibility::Named, 0);
+            let sec = i64::from(cv);
+            w.advance(&plan, sec, |_| {});
+            w.add(&plan, sec, access((cv % 2) as usize, sec), cv);
         }
         let mut next = live;
         b.iter(|| {
-            w.add(i64::from(next), next, Visibility::Named, 0);
-            w.expire(i64::from(next) - i64::from(live), |_| {});
+            let sec = i64::from(next);
+            w.advance(&plan, sec, |_| {});
+            w.add(&plan, sec, access((next % 2) as usize, sec), next);
             next += 1;
-            black_box(w.value())
+            black_box(w.value(0))
         })
     });
     g.bench_function("distinct_repeat_access_small_key", |b| {
-        let mut w = DistinctWindow::default();
+        let mut w = GroupState::new(&plan);
         let mut sec = 0i64;
         b.iter(|| {
             sec += 1;
-            w.add(sec, (sec % 50) as u32, Visibility::Anonymous, 0);
-            w.expire(sec - 3600, |_| {});
-            black_box(w.value())
+            w.advance(&plan, sec, |_| {});
+            w.add(&plan, sec, access(0, sec), (sec % 50) as u32);
+            black_box(w.value(0))
         })
     });
     g.finish();

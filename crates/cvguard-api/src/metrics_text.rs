@@ -12,8 +12,8 @@ use crate::ApiState;
 
 /// Bytes of window state per live (key, CV) pair and per tracked key, as measured by the
 /// benchmark (docs/PERFORMANCE.md); the gauge is an estimate from those figures.
-const BYTES_PER_PAIR: u64 = 64;
-const BYTES_PER_KEY: u64 = 400;
+const BYTES_PER_PAIR: u64 = 84;
+const BYTES_PER_KEY: u64 = 1000;
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("metric");
@@ -64,7 +64,7 @@ pub async fn metrics(State(s): State<ApiState>) -> impl IntoResponse {
     gauge(
         &scrape,
         "cvguard_live_cv_pairs",
-        "Live (key, CV) pairs in distinct windows.",
+        "Live (key, CV) pairs: CVs some distinct_cvs rule of a key counts, once per key.",
     )
     .set(size.cv_pairs as i64);
     gauge(

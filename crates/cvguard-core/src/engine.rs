@@ -5,15 +5,15 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
 
-use rustc_hash::FxHashMap;
-
 use crate::alert::{stable_hash, Alert, AlertAction, AlertReason, Evidence, VisibilityCounts, WindowValue};
+use crate::cvmap::{str_hash, StrIndex};
+use crate::distinct::{unstamp, Access, Added, GroupState, KindPlan};
 use crate::event::{parse_event, Event, RejectReason};
-use crate::interner::{CvInterner, CvRef};
+use crate::interner::{CvInterner, CvRef, Interner};
 use crate::recent::RecentSet;
 use crate::rules::{KeyKind, Measure, Response, Rule, RuleSet};
 use crate::timefmt::{format_rfc3339_ms, Millis};
-use crate::window::{CountWindow, DistinctWindow};
+use crate::window::CountWindow;
 
 /// How many users, IPs and user agents a key remembers for evidence.
 const EVIDENCE_CAP: usize = 64;
@@ -72,7 +72,8 @@ impl EngineStats {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StateSize {
     pub keys: u64,
-    /// Live (key, CV) pairs across all distinct windows.
+    /// Live (key, CV) pairs: CVs some `distinct_cvs` rule of a key still counts (once
+    /// per key, however many of its rules count it).
     pub cv_pairs: u64,
     pub interned_cvs: u64,
 }
@@ -85,31 +86,38 @@ impl StateSize {
     }
 }
 
-#[derive(Debug)]
-enum Window {
-    Count(CountWindow),
-    Distinct(DistinctWindow),
+/// Per rule of a key: its effective threshold and whether it is firing.
+#[derive(Debug, Clone, Copy)]
+struct RuleState {
+    threshold: u64,
+    /// While the rule is at or above its threshold: the id of the alert that opened
+    /// the incident (as a number; `alert_id` is its hex form).
+    firing: Option<u64>,
 }
 
-impl Window {
-    fn new(measure: Measure) -> Window {
-        match measure {
-            Measure::Events | Measure::Cvs => Window::Count(CountWindow::default()),
-            Measure::DistinctCvs => Window::Distinct(DistinctWindow::default()),
-        }
+/// The evidence a key keeps: who acted, from where, with what.
+#[derive(Debug, Default)]
+struct KeyEvidence {
+    users: RecentSet,
+    ips: RecentSet,
+    user_agents: RecentSet,
+    /// The accounts acting on an org, user or ip key.
+    accounts: RecentSet,
+}
+
+impl KeyEvidence {
+    fn truncated(&self) -> bool {
+        self.users.truncated() || self.ips.truncated() || self.user_agents.truncated() || self.accounts.truncated()
     }
 
-    fn value(&self) -> u64 {
-        match self {
-            Window::Count(w) => w.value(),
-            Window::Distinct(w) => w.value(),
-        }
-    }
-
-    fn oldest(&self) -> Option<i64> {
-        match self {
-            Window::Count(w) => w.oldest(),
-            Window::Distinct(w) => w.oldest(),
+    fn clear(&mut self, names: &mut Interner) {
+        for set in [
+            &mut self.users,
+            &mut self.ips,
+            &mut self.user_agents,
+            &mut self.accounts,
+        ] {
+            set.clear(names);
         }
     }
 }
@@ -119,31 +127,133 @@ struct KeyState {
     key: Box<str>,
     last_sec: i64,
     /// One per rule of this key kind, in `RuleSet::rules_of` order.
-    windows: Vec<Window>,
-    thresholds: Vec<u64>,
-    /// While a rule is at or above its threshold: the id of the alert that opened the
-    /// incident (as a number; `alert_id` is its hex form).
-    firing: Vec<Option<u64>>,
-    users: RecentSet,
-    ips: RecentSet,
-    user_agents: RecentSet,
-    accounts: RecentSet,
+    rules: Box<[RuleState]>,
+    /// One per `events`/`cvs` rule (see `KindLayout::count_place`).
+    counts: Box<[CountWindow]>,
+    /// One per group of `distinct_cvs` rules (see `KindPlan`).
+    groups: Box<[GroupState]>,
+    evidence: KeyEvidence,
+}
+
+impl KeyState {
+    fn value(&self, layout: &KindLayout, slot: usize) -> u64 {
+        match layout.plan.place[slot] {
+            Some((g, i)) => self.groups[g].value(i),
+            None => self.counts[layout.count_place[slot]].value(),
+        }
+    }
+
+    fn release_all(&mut self, cvs: &mut CvInterner, names: &mut Interner, pairs: &mut u64) {
+        for g in self.groups.iter_mut() {
+            g.clear(|cv| {
+                *pairs -= 1;
+                cvs.release(cv);
+            });
+        }
+        self.evidence.clear(names);
+    }
+}
+
+/// Where each rule of a key kind keeps its window.
+#[derive(Debug, Clone, Default)]
+struct KindLayout {
+    plan: KindPlan,
+    /// For each rule (in `rules_of` order): its index among the kind's count windows
+    /// (meaningless for `distinct_cvs` rules).
+    count_place: Vec<usize>,
+    counts: usize,
+}
+
+impl KindLayout {
+    fn new(rules: &RuleSet, kind: KeyKind) -> KindLayout {
+        let ids = rules.rules_of(kind);
+        let plan = KindPlan::build(rules, ids);
+        let mut counts = 0;
+        let count_place = plan
+            .place
+            .iter()
+            .map(|p| match p {
+                Some(_) => usize::MAX,
+                None => {
+                    counts += 1;
+                    counts - 1
+                }
+            })
+            .collect();
+        KindLayout {
+            plan,
+            count_place,
+            counts,
+        }
+    }
+
+    /// The distinct rule an alert of `slot` reports on: its own, else the kind's longest.
+    fn reported(&self, slot: usize) -> Option<(usize, usize)> {
+        self.plan.place[slot].or_else(|| self.plan.longest.and_then(|l| self.plan.place[l]))
+    }
 }
 
 /// All keys of one kind. Keys live in a slab; a min-heap of (expiry second, slot)
 /// frees a key once its newest event has left its longest window, without scanning.
 #[derive(Debug, Default)]
 struct KeyTable {
-    index: FxHashMap<Box<str>, u32>,
+    index: StrIndex,
     slots: Vec<Option<KeyState>>,
     free: Vec<u32>,
     expiry: BinaryHeap<Reverse<(i64, u32)>>,
 }
 
+impl KeyTable {
+    fn find(&self, key: &str) -> Option<u32> {
+        let slots = &self.slots;
+        self.index.find(str_hash(key), key, |s| {
+            slots[s as usize].as_ref().map_or("", |k| &k.key)
+        })
+    }
+
+    fn get(&self, key: &str) -> Option<&KeyState> {
+        self.find(key).and_then(|s| self.slots[s as usize].as_ref())
+    }
+
+    /// Puts a new key in a free slot and indexes it.
+    fn insert(&mut self, state: KeyState, expiry: i64) -> u32 {
+        let hash = str_hash(&state.key);
+        let slot = match self.free.pop() {
+            Some(s) => {
+                self.slots[s as usize] = Some(state);
+                s
+            }
+            None => {
+                self.slots.push(Some(state));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let slots = &self.slots;
+        self.index
+            .insert(hash, slot, |s| slots[s as usize].as_ref().map_or("", |k| &k.key));
+        self.expiry.push(Reverse((expiry, slot)));
+        slot
+    }
+
+    fn remove(&mut self, slot: u32) -> Option<KeyState> {
+        let state = self.slots[slot as usize].take()?;
+        self.index.remove(str_hash(&state.key), slot);
+        self.free.push(slot);
+        Some(state)
+    }
+
+    fn len(&self) -> usize {
+        self.index.len()
+    }
+}
+
 pub struct Engine {
     rules: Arc<RuleSet>,
+    layouts: [KindLayout; 4],
     tables: [KeyTable; 4],
     interner: CvInterner,
+    /// Users, IPs, user agents and accounts kept as evidence.
+    names: Interner,
     /// Newest event time accepted so far: the engine's notion of "now".
     max_ts: Option<Millis>,
     stats: EngineStats,
@@ -164,12 +274,34 @@ pub struct IncidentUpdate {
     pub cvs: Vec<Exposure>,
 }
 
+/// An event's evidence values with their hashes, computed once for all its keys.
+struct EventNames<'e> {
+    account: (u64, &'e str),
+    user: Option<(u64, &'e str)>,
+    ip: Option<(u64, &'e str)>,
+    user_agent: Option<(u64, &'e str)>,
+}
+
+impl<'e> EventNames<'e> {
+    fn of(ev: &'e Event<'_>) -> EventNames<'e> {
+        let hashed = |v: &'e str| (str_hash(v), v);
+        EventNames {
+            account: hashed(&ev.account_id),
+            user: ev.user_id.as_deref().map(hashed),
+            ip: ev.ip.as_deref().map(hashed),
+            user_agent: ev.user_agent.as_deref().map(hashed),
+        }
+    }
+}
+
 impl Engine {
     pub fn new(rules: Arc<RuleSet>) -> Engine {
         Engine {
+            layouts: KeyKind::ALL.map(|k| KindLayout::new(&rules, k)),
             rules,
             tables: Default::default(),
             interner: CvInterner::default(),
+            names: Interner::default(),
             max_ts: None,
             stats: EngineStats::default(),
             cv_pairs: 0,
@@ -194,7 +326,7 @@ impl Engine {
 
     pub fn state_size(&self) -> StateSize {
         StateSize {
-            keys: self.tables.iter().map(|t| t.index.len() as u64).sum(),
+            keys: self.tables.iter().map(|t| t.len() as u64).sum(),
             cv_pairs: self.cv_pairs,
             interned_cvs: self.interner.len() as u64,
         }
@@ -254,13 +386,14 @@ impl Engine {
         let bit = 1u64 << action;
         let sec = ev.ts.div_euclid(1000);
 
-        // Intern the CV ids once for all keys; windows that keep one retain it.
-        let needs_cvs = rules.distinct_mask() & bit != 0;
+        // Intern the CV ids once for all keys; windows that keep one retain it, the rest
+        // is freed below.
         let mut cvs = std::mem::take(&mut self.scratch);
         cvs.clear();
-        if needs_cvs {
+        if rules.distinct_mask() & bit != 0 {
             cvs.extend(ev.cv_ids.iter().map(|id| self.interner.intern(id)));
         }
+        let names = EventNames::of(ev);
 
         for kind in KeyKind::ALL {
             if rules.kind_mask(kind) & bit == 0 {
@@ -270,7 +403,7 @@ impl Engine {
                 continue;
             };
             let slot = self.slot_for(rules, kind, key, &ev.account_id, sec);
-            self.update_key(rules, kind, slot, ev, action, sec, now, &cvs, out);
+            self.update_key(rules, kind, slot, ev, &names, action, sec, now, &cvs, out);
         }
 
         for cv in &cvs {
@@ -281,38 +414,27 @@ impl Engine {
 
     fn slot_for(&mut self, rules: &RuleSet, kind: KeyKind, key: &str, account: &str, sec: i64) -> u32 {
         let table = &mut self.tables[kind.index()];
-        if let Some(slot) = table.index.get(key) {
-            return *slot;
+        if let Some(slot) = table.find(key) {
+            return slot;
         }
-        let rule_ids = rules.rules_of(kind);
+        let layout = &self.layouts[kind.index()];
         let hint = (kind == KeyKind::UserId).then_some(account);
         let state = KeyState {
             key: key.into(),
             last_sec: sec,
-            windows: rule_ids.iter().map(|i| Window::new(rules.rules[*i].measure)).collect(),
-            thresholds: rule_ids
+            rules: rules
+                .rules_of(kind)
                 .iter()
-                .map(|i| rules.effective_threshold(&rules.rules[*i], key, hint))
+                .map(|i| RuleState {
+                    threshold: rules.effective_threshold(&rules.rules[*i], key, hint),
+                    firing: None,
+                })
                 .collect(),
-            firing: vec![None; rule_ids.len()],
-            users: RecentSet::default(),
-            ips: RecentSet::default(),
-            user_agents: RecentSet::default(),
-            accounts: RecentSet::default(),
+            counts: (0..layout.counts).map(|_| CountWindow::default()).collect(),
+            groups: layout.plan.groups.iter().map(GroupState::new).collect(),
+            evidence: KeyEvidence::default(),
         };
-        let slot = match table.free.pop() {
-            Some(s) => {
-                table.slots[s as usize] = Some(state);
-                s
-            }
-            None => {
-                table.slots.push(Some(state));
-                (table.slots.len() - 1) as u32
-            }
-        };
-        table.index.insert(key.into(), slot);
-        table.expiry.push(Reverse((sec + rules.max_window_secs(kind), slot)));
-        slot
+        table.insert(state, sec + rules.max_window_secs(kind))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -322,6 +444,7 @@ impl Engine {
         kind: KeyKind,
         slot: u32,
         ev: &Event<'_>,
+        names: &EventNames<'_>,
         action: u8,
         sec: i64,
         now: i64,
@@ -331,64 +454,74 @@ impl Engine {
         let bit = 1u64 << action;
         let interner = &mut self.interner;
         let cv_pairs = &mut self.cv_pairs;
+        let layout = &self.layouts[kind.index()];
         let state = self.tables[kind.index()].slots[slot as usize]
             .as_mut()
             .expect("indexed key has a slot");
         state.last_sec = state.last_sec.max(sec);
 
         let evidence_cutoff = now - rules.max_window_secs(kind);
-        if let Some(user) = ev.user_id.as_deref() {
-            state.users.note(user, sec, EVIDENCE_CAP, evidence_cutoff);
-        }
-        if let Some(ip) = ev.ip.as_deref() {
-            state.ips.note(ip, sec, EVIDENCE_CAP, evidence_cutoff);
-        }
-        if let Some(ua) = ev.user_agent.as_deref() {
-            state.user_agents.note(ua, sec, EVIDENCE_CAP, evidence_cutoff);
-        }
-        if kind != KeyKind::AccountId {
-            state.accounts.note(&ev.account_id, sec, ACCOUNTS_CAP, evidence_cutoff);
+        let ev_sets = &mut state.evidence;
+        for (set, value, cap) in [
+            (&mut ev_sets.users, names.user, EVIDENCE_CAP),
+            (&mut ev_sets.ips, names.ip, EVIDENCE_CAP),
+            (&mut ev_sets.user_agents, names.user_agent, EVIDENCE_CAP),
+            (
+                &mut ev_sets.accounts,
+                (kind != KeyKind::AccountId).then_some(names.account),
+                ACCOUNTS_CAP,
+            ),
+        ] {
+            if let Some((hash, v)) = value {
+                set.note(hash, v, sec, cap, evidence_cutoff, &mut self.names);
+            }
         }
 
-        let rule_ids = rules.rules_of(kind);
-        for (w, &ri) in rule_ids.iter().enumerate() {
-            let rule = &rules.rules[ri];
-            let cutoff = now - rule.window_secs;
-            let counts = rule.action_mask & bit != 0 && sec > cutoff;
-            match &mut state.windows[w] {
-                Window::Count(win) => {
-                    win.expire(cutoff);
-                    if counts {
-                        let amount = match rule.measure {
-                            Measure::Events => 1,
-                            _ => ev.cv_ids.len() as u64,
-                        };
-                        win.add(sec, amount);
-                    }
-                }
-                Window::Distinct(win) => {
-                    win.expire(cutoff, |cv| {
-                        *cv_pairs -= 1;
-                        interner.release(cv);
-                    });
-                    if counts {
-                        for cv in cvs {
-                            if win.add(sec, *cv, ev.visibility, action) {
-                                *cv_pairs += 1;
-                                interner.retain(*cv);
-                            }
-                        }
-                    }
+        for (g, plan) in layout.plan.groups.iter().enumerate() {
+            let group = &mut state.groups[g];
+            group.advance(plan, now, |cv| {
+                *cv_pairs -= 1;
+                interner.release(cv);
+            });
+            let Some(class) = plan.class_of(action) else { continue };
+            let access = Access {
+                class,
+                sec,
+                visibility: ev.visibility,
+                action,
+            };
+            for cv in cvs {
+                if group.add(plan, now, access, *cv) == Added::New {
+                    *cv_pairs += 1;
+                    interner.retain(*cv);
                 }
             }
         }
 
+        let rule_ids = rules.rules_of(kind);
+        for (slot, &ri) in rule_ids.iter().enumerate() {
+            if layout.plan.place[slot].is_some() {
+                continue;
+            }
+            let rule = &rules.rules[ri];
+            let cutoff = now - rule.window_secs;
+            let win = &mut state.counts[layout.count_place[slot]];
+            win.expire(cutoff);
+            if rule.action_mask & bit != 0 && sec > cutoff {
+                let amount = match rule.measure {
+                    Measure::Events => 1,
+                    _ => ev.cv_ids.len() as u64,
+                };
+                win.add(sec, amount);
+            }
+        }
+
         for (w, &ri) in rule_ids.iter().enumerate() {
-            let value = state.windows[w].value();
-            let threshold = state.thresholds[w];
-            if value < threshold {
-                state.firing[w] = None;
-            } else if let Some(id) = state.firing[w] {
+            let value = state.value(layout, w);
+            let rs = state.rules[w];
+            if value < rs.threshold {
+                state.rules[w].firing = None;
+            } else if let Some(id) = rs.firing {
                 if self.track_exposure {
                     self.updates.push(IncidentUpdate {
                         incident_id: format!("{id:016x}"),
@@ -398,14 +531,23 @@ impl Engine {
                     });
                 }
             } else {
-                let (alert, id) = build_alert(rules, kind, state, w, &rules.rules[ri], ev, now);
-                state.firing[w] = Some(id);
+                let view = KeyView {
+                    rules,
+                    layout,
+                    kind,
+                    state,
+                    cvs: &self.interner,
+                    names: &self.names,
+                    now,
+                };
+                let (alert, id) = build_alert(&view, w, &rules.rules[ri], ev);
+                let exposure = self.track_exposure.then(|| view.exposure(w));
+                state.rules[w].firing = Some(id);
                 self.stats.alerts += 1;
                 if alert.action == AlertAction::Suspend {
                     self.stats.suspensions += 1;
                 }
-                if self.track_exposure {
-                    let mut cvs = window_exposure(rules, kind, state, w, &self.interner);
+                if let Some(mut cvs) = exposure {
                     if cvs.is_empty() {
                         cvs = event_exposure(ev, sec);
                     }
@@ -451,36 +593,40 @@ impl Engine {
                     table.expiry.push(Reverse((due, slot)));
                     continue;
                 }
-                let mut state = table.slots[slot as usize].take().expect("checked above");
-                table.index.remove(&state.key);
-                table.free.push(slot);
-                for window in &mut state.windows {
-                    if let Window::Distinct(win) = window {
-                        win.clear(|cv| {
-                            self.cv_pairs -= 1;
-                            self.interner.release(cv);
-                        });
-                    }
-                }
+                let mut state = table.remove(slot).expect("checked above");
+                state.release_all(&mut self.interner, &mut self.names, &mut self.cv_pairs);
             }
         }
+    }
+
+    fn view<'e>(&'e self, kind: KeyKind, key: &str) -> Option<KeyView<'e>> {
+        let state = self.tables[kind.index()].get(key)?;
+        Some(KeyView {
+            rules: &self.rules,
+            layout: &self.layouts[kind.index()],
+            kind,
+            state,
+            cvs: &self.interner,
+            names: &self.names,
+            now: self.max_ts.unwrap_or(0).div_euclid(1000),
+        })
     }
 
     /// The live value of every window of `key` against its effective threshold, as of
     /// the engine's newest event time. Reading changes nothing: entries older than
     /// their window are left out of the value, not dropped.
     pub fn key_values(&self, kind: KeyKind, key: &str) -> Vec<WindowValue> {
-        let table = &self.tables[kind.index()];
-        let Some(state) = table.index.get(key).and_then(|s| table.slots[*s as usize].as_ref()) else {
+        let Some(view) = self.view(kind, key) else {
             return Vec::new();
         };
-        let now = self.max_ts.unwrap_or(0).div_euclid(1000);
-        let mut values = window_values(&self.rules, kind, state);
+        let mut values = view.window_values();
         for (w, (value, &ri)) in values.iter_mut().zip(self.rules.rules_of(kind)).enumerate() {
-            let cutoff = now - self.rules.rules[ri].window_secs;
-            value.value = match &state.windows[w] {
-                Window::Count(w) => w.value_at(cutoff),
-                Window::Distinct(w) => w.value_at(cutoff),
+            value.value = match view.layout.plan.place[w] {
+                Some((g, i)) => view.members(g, i).count() as u64,
+                None => {
+                    let cutoff = view.now - self.rules.rules[ri].window_secs;
+                    view.state.counts[view.layout.count_place[w]].value_at(cutoff)
+                }
             };
         }
         values
@@ -490,15 +636,72 @@ impl Engine {
     /// window when the rule counts events), with their first access, first action and
     /// visibility: whose data was exposed.
     pub fn exposure(&self, kind: KeyKind, key: &str, rule: &str) -> Vec<Exposure> {
-        let table = &self.tables[kind.index()];
-        let Some(state) = table.index.get(key).and_then(|s| table.slots[*s as usize].as_ref()) else {
+        let Some(view) = self.view(kind, key) else {
             return Vec::new();
         };
         let rules = &self.rules;
         let Some(w) = rules.rules_of(kind).iter().position(|i| rules.rules[*i].name == rule) else {
             return Vec::new();
         };
-        window_exposure(rules, kind, state, w, &self.interner)
+        view.exposure(w)
+    }
+}
+
+/// One key's state with what is needed to read it.
+struct KeyView<'e> {
+    rules: &'e RuleSet,
+    layout: &'e KindLayout,
+    kind: KeyKind,
+    state: &'e KeyState,
+    cvs: &'e CvInterner,
+    names: &'e Interner,
+    now: i64,
+}
+
+impl KeyView<'_> {
+    fn members(&self, g: usize, i: usize) -> impl Iterator<Item = (CvRef, &crate::distinct::CvEntry)> + '_ {
+        self.state.groups[g].members(&self.layout.plan.groups[g], i, self.now)
+    }
+
+    fn window_values(&self) -> Vec<WindowValue> {
+        self.rules
+            .rules_of(self.kind)
+            .iter()
+            .enumerate()
+            .map(|(w, &ri)| {
+                let rule = &self.rules.rules[ri];
+                WindowValue {
+                    rule: rule.name.clone(),
+                    measure: rule.measure,
+                    window: rule.window_text.clone(),
+                    value: self.state.value(self.layout, w),
+                    threshold: self.state.rules[w].threshold,
+                }
+            })
+            .collect()
+    }
+
+    /// The CVs of the window an incident reports on: the rule's own distinct window,
+    /// else the key's longest distinct window; empty when the key has none.
+    fn exposure(&self, w: usize) -> Vec<Exposure> {
+        let Some((g, i)) = self.layout.reported(w) else {
+            return Vec::new();
+        };
+        let mut list: Vec<Exposure> = self
+            .members(g, i)
+            .map(|(cv, e)| Exposure {
+                cv_id: self.cvs.name(cv).to_string(),
+                first_access_ms: unstamp(e.first) * 1000,
+                action: self.rules.action_name(e.first_action).to_string(),
+                visibility: e.visibility,
+            })
+            .collect();
+        list.sort_by(|a, b| {
+            a.first_access_ms
+                .cmp(&b.first_access_ms)
+                .then_with(|| a.cv_id.cmp(&b.cv_id))
+        });
+        list
     }
 }
 
@@ -511,55 +714,40 @@ pub struct Exposure {
     pub visibility: crate::event::Visibility,
 }
 
-fn window_values(rules: &RuleSet, kind: KeyKind, state: &KeyState) -> Vec<WindowValue> {
-    rules
-        .rules_of(kind)
-        .iter()
-        .enumerate()
-        .map(|(w, &ri)| {
-            let rule = &rules.rules[ri];
-            WindowValue {
-                rule: rule.name.clone(),
-                measure: rule.measure,
-                window: rule.window_text.clone(),
-                value: state.windows[w].value(),
-                threshold: state.thresholds[w],
-            }
-        })
-        .collect()
-}
-
-fn build_alert(
-    rules: &RuleSet,
-    kind: KeyKind,
-    state: &KeyState,
-    w: usize,
-    rule: &Rule,
-    ev: &Event<'_>,
-    now: i64,
-) -> (Alert, u64) {
-    let evidence_cutoff = now - rules.max_window_secs(kind);
-    let accounts = match kind {
+fn build_alert(view: &KeyView<'_>, w: usize, rule: &Rule, ev: &Event<'_>) -> (Alert, u64) {
+    let rules = view.rules;
+    let state = view.state;
+    let evidence_cutoff = view.now - rules.max_window_secs(view.kind);
+    let accounts = match view.kind {
         KeyKind::AccountId => vec![state.key.to_string()],
-        _ => state.accounts.live(evidence_cutoff),
+        _ => state.evidence.accounts.live(evidence_cutoff, view.names),
     };
     let (action, reason, suspend_accounts) = decide(rules, rule, &accounts);
 
-    let distinct = reported_window(rules, kind, state, w);
-    let cvs_by_visibility = distinct.map(|win| {
-        let [unknown, anonymous, named] = win.by_visibility();
-        VisibilityCounts {
-            named,
-            anonymous,
-            unknown,
+    // The distinct window the alert reports on: visibility split and how far back its
+    // CVs go.
+    let reported = view.layout.reported(w).map(|(g, i)| {
+        let mut by_visibility = [0u64; 3];
+        let mut oldest = None::<i64>;
+        for (_, e) in view.members(g, i) {
+            by_visibility[e.visibility as usize] += 1;
+            let first = unstamp(e.first);
+            oldest = Some(oldest.map_or(first, |o| o.min(first)));
         }
+        (state.groups[g].value(i), by_visibility, oldest)
     });
-    let users = state.users.live(evidence_cutoff);
-    let ips = state.ips.live(evidence_cutoff);
-    let user_agents = state.user_agents.live(evidence_cutoff);
+    let cvs_by_visibility = reported.map(|(_, [unknown, anonymous, named], _)| VisibilityCounts {
+        named,
+        anonymous,
+        unknown,
+    });
+    let ev_sets = &state.evidence;
+    let users = ev_sets.users.live(evidence_cutoff, view.names);
+    let ips = ev_sets.ips.live(evidence_cutoff, view.names);
+    let user_agents = ev_sets.user_agents.live(evidence_cutoff, view.names);
     let evidence = Evidence {
-        windows: window_values(rules, kind, state),
-        distinct_cvs: distinct.map(|win| win.value()),
+        windows: view.window_values(),
+        distinct_cvs: reported.map(|(value, _, _)| value),
         cvs_by_visibility,
         distinct_users: users.len() as u64,
         distinct_ips: ips.len() as u64,
@@ -567,83 +755,44 @@ fn build_alert(
         users,
         ips,
         user_agents,
-        sets_truncated: state.users.truncated()
-            || state.ips.truncated()
-            || state.user_agents.truncated()
-            || state.accounts.truncated(),
+        sets_truncated: ev_sets.truncated(),
     };
 
     let event_id = ev.event_id.as_deref().unwrap_or("");
     let id = stable_hash(&[
         rule.name.as_bytes(),
-        &[kind.id_byte()],
+        &[view.kind.id_byte()],
         state.key.as_bytes(),
         &ev.ts.to_be_bytes(),
         event_id.as_bytes(),
     ]);
-    let first_seen_ms = state.windows[w].oldest().map_or(ev.ts, |s| s * 1000);
+    // When the activity began: the oldest access still inside the rule's window.
+    let window_start = view.now - rule.window_secs + 1;
+    let first_seen_sec = match view.layout.plan.place[w] {
+        Some(_) => reported.and_then(|(_, _, oldest)| oldest).map(|s| s.max(window_start)),
+        None => state.counts[view.layout.count_place[w]].oldest(),
+    };
     let alert = Alert {
         alert_id: format!("{id:016x}"),
         rule: rule.name.clone(),
         severity: rule.severity,
-        key_kind: kind,
+        key_kind: view.kind,
         key: state.key.to_string(),
         measure: rule.measure,
         window: rule.window_text.clone(),
-        value: state.windows[w].value(),
-        threshold: state.thresholds[w],
+        value: state.value(view.layout, w),
+        threshold: state.rules[w].threshold,
         action,
         reason,
         event_time: format_rfc3339_ms(ev.ts),
         event_id: ev.event_id.as_ref().map(|s| s.to_string()),
-        first_seen: format_rfc3339_ms(first_seen_ms),
+        first_seen: format_rfc3339_ms(first_seen_sec.map_or(ev.ts, |s| s * 1000)),
         accounts,
         suspend_accounts,
         evidence,
         event_time_ms: ev.ts,
     };
     (alert, id)
-}
-
-/// The distinct window an alert and its incident report on (visibility split, exposed
-/// CVs): the rule's own, else the key's longest distinct window.
-fn reported_window<'s>(rules: &RuleSet, kind: KeyKind, state: &'s KeyState, w: usize) -> Option<&'s DistinctWindow> {
-    match &state.windows[w] {
-        Window::Distinct(win) => Some(win),
-        Window::Count(_) => rules
-            .rules_of(kind)
-            .iter()
-            .enumerate()
-            .filter_map(|(i, &ri)| match &state.windows[i] {
-                Window::Distinct(win) => Some((rules.rules[ri].window_secs, win)),
-                Window::Count(_) => None,
-            })
-            .max_by_key(|(secs, _)| *secs)
-            .map(|(_, win)| win),
-    }
-}
-
-/// The CVs of the window an incident reports on: the rule's own distinct window, else
-/// the key's longest distinct window; empty when the key has none.
-fn window_exposure(rules: &RuleSet, kind: KeyKind, state: &KeyState, w: usize, interner: &CvInterner) -> Vec<Exposure> {
-    let Some(win) = reported_window(rules, kind, state, w) else {
-        return Vec::new();
-    };
-    let mut list: Vec<Exposure> = win
-        .accesses()
-        .map(|(cv, a)| Exposure {
-            cv_id: interner.name(cv).to_string(),
-            first_access_ms: a.first_sec * 1000,
-            action: rules.action_name(a.first_action).to_string(),
-            visibility: a.visibility,
-        })
-        .collect();
-    list.sort_by(|a, b| {
-        a.first_access_ms
-            .cmp(&b.first_access_ms)
-            .then_with(|| a.cv_id.cmp(&b.cv_id))
-    });
-    list
 }
 
 /// The CVs of one event, as exposures.

@@ -1,50 +1,69 @@
-//! CV ids, interned once for the whole engine and reference-counted by the windows
-//! that hold them, so a CV touched by many keys is stored once and freed when the
-//! last window lets it go.
+//! Strings (CV ids, and the users, IPs and user agents kept as evidence) interned once
+//! for the whole engine and reference-counted by whatever holds them, so a CV touched
+//! by many keys is stored once and freed when the last holder lets it go.
 
-use rustc_hash::FxHashMap;
+use crate::cvmap::{str_hash, StrIndex};
 
 /// A handle to an interned CV id.
 pub type CvRef = u32;
+/// A handle to any other interned string.
+pub type Sym = u32;
 
 #[derive(Debug, Default)]
-pub struct CvInterner {
-    ids: FxHashMap<Box<str>, CvRef>,
+pub struct Interner {
+    index: StrIndex,
     names: Vec<Option<Box<str>>>,
     refs: Vec<u32>,
-    free: Vec<CvRef>,
+    free: Vec<u32>,
 }
 
-impl CvInterner {
+/// The interner of CV ids.
+pub type CvInterner = Interner;
+
+impl Interner {
     /// Returns the handle for `id`, creating it with no references if needed.
     /// A handle with no references is freed by the next `release` that reaches zero,
     /// so callers `retain` right after `intern` when they keep it.
-    pub fn intern(&mut self, id: &str) -> CvRef {
-        if let Some(r) = self.ids.get(id) {
-            return *r;
+    pub fn intern(&mut self, id: &str) -> u32 {
+        let hash = str_hash(id);
+        let names = &self.names;
+        if let Some(r) = self
+            .index
+            .find(hash, id, |r| names[r as usize].as_deref().unwrap_or(""))
+        {
+            return r;
         }
         let boxed: Box<str> = id.into();
         let r = match self.free.pop() {
             Some(r) => {
-                self.names[r as usize] = Some(boxed.clone());
+                self.names[r as usize] = Some(boxed);
                 self.refs[r as usize] = 0;
                 r
             }
             None => {
-                self.names.push(Some(boxed.clone()));
+                self.names.push(Some(boxed));
                 self.refs.push(0);
-                (self.names.len() - 1) as CvRef
+                (self.names.len() - 1) as u32
             }
         };
-        self.ids.insert(boxed, r);
+        let names = &self.names;
+        self.index
+            .insert(hash, r, |r| names[r as usize].as_deref().unwrap_or(""));
         r
     }
 
-    pub fn retain(&mut self, r: CvRef) {
+    /// Interns and retains in one step: the caller keeps the handle.
+    pub fn intern_retained(&mut self, id: &str) -> u32 {
+        let r = self.intern(id);
+        self.retain(r);
+        r
+    }
+
+    pub fn retain(&mut self, r: u32) {
         self.refs[r as usize] += 1;
     }
 
-    pub fn release(&mut self, r: CvRef) {
+    pub fn release(&mut self, r: u32) {
         let count = &mut self.refs[r as usize];
         *count -= 1;
         if *count == 0 {
@@ -54,30 +73,38 @@ impl CvInterner {
 
     /// Frees a handle that was interned but never retained (every id of an event is
     /// interned before the windows decide whether they keep it).
-    pub fn release_if_unused(&mut self, r: CvRef) {
+    pub fn release_if_unused(&mut self, r: u32) {
         if self.refs[r as usize] == 0 && self.names[r as usize].is_some() {
             self.drop_handle(r);
         }
     }
 
-    fn drop_handle(&mut self, r: CvRef) {
+    fn drop_handle(&mut self, r: u32) {
         if let Some(name) = self.names[r as usize].take() {
-            self.ids.remove(&name);
+            self.index.remove(str_hash(&name), r);
             self.free.push(r);
         }
     }
 
-    pub fn name(&self, r: CvRef) -> &str {
+    pub fn name(&self, r: u32) -> &str {
         self.names[r as usize].as_deref().unwrap_or("")
     }
 
     /// Live interned ids.
     pub fn len(&self) -> usize {
-        self.ids.len()
+        self.index.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
+        self.index.is_empty()
+    }
+
+    /// Approximate heap bytes: the index, the handle arrays and the strings.
+    pub fn heap_bytes(&self) -> usize {
+        self.index.heap_bytes()
+            + self.names.capacity() * (std::mem::size_of::<Option<Box<str>>>() + 4)
+            + self.free.capacity() * 4
+            + self.names.iter().flatten().map(|n| n.len().max(8)).sum::<usize>()
     }
 }
 

@@ -5,6 +5,8 @@
 //! does IO or reads a clock: time comes from events, and adapters bring the rest.
 
 pub mod alert;
+pub mod cvmap;
+pub mod distinct;
 pub mod engine;
 pub mod event;
 pub mod interner;

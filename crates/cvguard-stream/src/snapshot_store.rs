@@ -1,7 +1,7 @@
 //! Snapshot files: one per partition (or shard), written atomically, in a versioned
 //! format that records the offset the state covers.
 //!
-//! Format: a first line of JSON header `{"format":"cvguard-snapshot","version":1,...}`,
+//! Format: a first line of JSON header `{"format":"cvguard-snapshot","version":2,...}`,
 //! then the engines as JSON. A file of another version, or taken under other rules, is
 //! ignored (and the state rebuilt from Kafka), never half-read.
 
@@ -13,7 +13,8 @@ use cvguard_core::engine::EngineSnapshot;
 use serde::{Deserialize, Serialize};
 
 pub const FORMAT: &str = "cvguard-snapshot";
-pub const VERSION: u32 = 1;
+/// 2: distinct state per key and group of rules, not per rule (cvguard 0.1, issue 6).
+pub const VERSION: u32 = 2;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotHeader {
@@ -155,7 +156,7 @@ mod tests {
         let path = store.path("cv-events/3");
         let text = fs::read_to_string(&path)
             .unwrap()
-            .replace("\"version\":1", "\"version\":99");
+            .replace("\"version\":2", "\"version\":99");
         fs::write(&path, text).unwrap();
         assert!(matches!(
             store.load("cv-events/3"),

@@ -2,15 +2,29 @@
 //!
 //! A rule whose name, key kind, measure, window and actions are unchanged keeps its
 //! window and its firing state; a changed threshold, segment or per-vacancy figure takes
-//! effect at once (effective thresholds are recomputed for every key). A rule whose
-//! window, measure or actions changed starts an empty window, as does a new rule: it
-//! counts from the reload on. A removed rule's window is dropped.
+//! effect at once (effective thresholds are recomputed for every key). A removed rule's
+//! window is dropped.
+//!
+//! An `events` or `cvs` rule whose window, measure or actions changed starts an empty
+//! window, as does a new one: it counts from the reload on. A `distinct_cvs` rule, new
+//! or changed, is computed at once from the CVs each key still holds, which reach back
+//! as far as the key kind's longest `distinct_cvs` window before the reload: an analyst
+//! sees the effect of a new threshold on current traffic immediately. Keys remember
+//! the latest access per action while a group of rules counts at most two actions (the
+//! shipped rules do); beyond that, actions counted by the same rules share a class, and
+//! a reload that separates them cannot tell which action a CV's latest access was:
+//! such accesses are left out (rules undercount until the window refills, never
+//! overcount into a false alert).
 
 use std::sync::Arc;
 
-use super::{Engine, KeyState, Window};
+use rustc_hash::FxHashMap;
+
+use super::{Engine, KindLayout, RuleState};
+use crate::distinct::{CvEntry, GroupState, CLASS_SLOTS};
+use crate::interner::CvRef;
 use crate::rules::{KeyKind, Rule, RuleSet};
-use crate::window::DistinctWindow;
+use crate::window::CountWindow;
 
 fn same_shape(a: &Rule, b: &Rule) -> bool {
     a.name == b.name && a.group_by == b.group_by && a.measure == b.measure && a.window_secs == b.window_secs && {
@@ -50,85 +64,118 @@ impl Engine {
             .collect();
 
         // Action ids may be numbered differently under the new rules.
-        let remap: Vec<u8> = (0..64u8)
-            .map(|id| new.action_id(old.action_name(id)).unwrap_or(0))
-            .collect();
+        let remap: Vec<Option<u8>> = (0..64u8).map(|id| new.action_id(old.action_name(id))).collect();
+        let remap_mask = |mask: u64| {
+            (0..64u8)
+                .filter(|a| mask & (1u64 << a) != 0)
+                .filter_map(|a| remap[a as usize])
+                .fold(0u64, |m, a| m | 1u64 << a)
+        };
+        let now = self.max_ts.unwrap_or(0).div_euclid(1000);
 
         for kind in KeyKind::ALL {
             let old_ids = old.rules_of(kind).to_vec();
             let new_ids = new.rules_of(kind).to_vec();
+            let old_layout = std::mem::replace(&mut self.layouts[kind.index()], KindLayout::new(&new, kind));
+            let new_layout = &self.layouts[kind.index()];
             let table = &mut self.tables[kind.index()];
-            let mut released = Vec::new();
-            for slot in table.slots.iter_mut() {
-                let Some(state) = slot.as_mut() else { continue };
-                let mut old_windows: Vec<Option<Window>> =
-                    std::mem::take(&mut state.windows).into_iter().map(Some).collect();
-                let mut windows = Vec::with_capacity(new_ids.len());
-                let mut firing = Vec::with_capacity(new_ids.len());
-                for &ni in &new_ids {
-                    let rule = &new.rules[ni];
-                    let kept = old_ids
-                        .iter()
-                        .position(|&oi| same_shape(&old.rules[oi], rule))
-                        .and_then(|w| old_windows[w].take().map(|win| (win, state.firing[w])));
-                    match kept {
-                        Some((mut win, f)) => {
-                            if let Window::Distinct(d) = &mut win {
-                                d.remap_actions(&remap);
-                            }
-                            windows.push(win);
-                            firing.push(f);
-                        }
-                        None => {
-                            windows.push(Window::new(rule.measure));
-                            firing.push(None);
-                        }
-                    }
-                }
-                for win in old_windows.into_iter().flatten() {
-                    if let Window::Distinct(mut d) = win {
-                        d.clear(|cv| released.push(cv));
-                    }
-                }
-                let hint = state.accounts.entries().first().map(|(a, _)| a.clone());
-                state.thresholds = new_ids
-                    .iter()
-                    .map(|&i| new.effective_threshold(&new.rules[i], &state.key, hint.as_deref()))
-                    .collect();
-                state.windows = windows;
-                state.firing = firing;
-            }
-            for cv in released {
-                self.cv_pairs -= 1;
-                self.interner.release(cv);
-            }
             if new_ids.is_empty() {
-                let table = &mut self.tables[kind.index()];
-                for state in table.slots.iter_mut().filter_map(Option::take) {
-                    drop_state(state, &mut self.interner, &mut self.cv_pairs);
+                for slot in 0..table.slots.len() as u32 {
+                    if let Some(mut state) = table.remove(slot) {
+                        state.release_all(&mut self.interner, &mut self.names, &mut self.cv_pairs);
+                    }
                 }
                 *table = Default::default();
+                continue;
+            }
+            // For each old group and class: its actions under the new numbering.
+            let old_classes: Vec<[u64; CLASS_SLOTS]> = old_layout
+                .plan
+                .groups
+                .iter()
+                .map(|g| std::array::from_fn(|c| remap_mask(g.class_actions(c))))
+                .collect();
+
+            for state in table.slots.iter_mut().flatten() {
+                let mut rules = Vec::with_capacity(new_ids.len());
+                let mut counts: Vec<CountWindow> = Vec::with_capacity(new_layout.counts);
+                let hint = state
+                    .evidence
+                    .accounts
+                    .entries(&self.names)
+                    .first()
+                    .map(|(a, _)| a.clone());
+                for (ns, &ni) in new_ids.iter().enumerate() {
+                    let rule = &new.rules[ni];
+                    let kept = old_ids.iter().position(|&oi| same_shape(&old.rules[oi], rule));
+                    rules.push(RuleState {
+                        threshold: new.effective_threshold(rule, &state.key, hint.as_deref()),
+                        firing: kept.and_then(|os| state.rules[os].firing),
+                    });
+                    if new_layout.plan.place[ns].is_none() {
+                        let window = kept
+                            .filter(|os| old_layout.plan.place[*os].is_none())
+                            .map(|os| std::mem::take(&mut state.counts[old_layout.count_place[os]]));
+                        counts.push(window.unwrap_or_default());
+                    }
+                }
+
+                // Re-file every CV the key holds under the new groups and classes.
+                let mut groups = Vec::with_capacity(new_layout.plan.groups.len());
+                for plan in &new_layout.plan.groups {
+                    let mut merged: FxHashMap<CvRef, CvEntry> = FxHashMap::default();
+                    for (og, old_group) in state.groups.iter().enumerate() {
+                        for (cv, e) in old_group.entries() {
+                            let mut last = [0; CLASS_SLOTS];
+                            for (nc, l) in last.iter_mut().enumerate() {
+                                let actions = plan.class_actions(nc);
+                                for (oc, old_actions) in old_classes[og].iter().enumerate() {
+                                    if *old_actions != 0 && actions & old_actions == *old_actions {
+                                        *l = (*l).max(e.last[oc]);
+                                    }
+                                }
+                            }
+                            let mapped = CvEntry {
+                                last,
+                                first_action: remap[e.first_action as usize].unwrap_or(0),
+                                ..*e
+                            };
+                            merged
+                                .entry(cv)
+                                .and_modify(|m| {
+                                    for (a, b) in m.last.iter_mut().zip(mapped.last) {
+                                        *a = (*a).max(b);
+                                    }
+                                    m.visibility = m.visibility.max(mapped.visibility);
+                                    if mapped.first < m.first {
+                                        m.first = mapped.first;
+                                        m.first_action = mapped.first_action;
+                                    }
+                                })
+                                .or_insert(mapped);
+                        }
+                    }
+                    merged.retain(|_, e| e.last.iter().any(|l| *l != 0));
+                    let mut entries: Vec<(CvRef, CvEntry)> = merged.into_iter().collect();
+                    entries.sort_unstable_by_key(|(cv, _)| *cv);
+                    for (cv, _) in &entries {
+                        self.interner.retain(*cv);
+                        self.cv_pairs += 1;
+                    }
+                    groups.push(GroupState::rebuild(plan, entries, now));
+                }
+                for g in state.groups.iter_mut() {
+                    g.clear(|cv| {
+                        self.cv_pairs -= 1;
+                        self.interner.release(cv);
+                    });
+                }
+                state.rules = rules.into_boxed_slice();
+                state.counts = counts.into_boxed_slice();
+                state.groups = groups.into_boxed_slice();
             }
         }
         self.rules = new;
         report
-    }
-}
-
-fn drop_state(mut state: KeyState, interner: &mut crate::interner::CvInterner, pairs: &mut u64) {
-    for w in &mut state.windows {
-        if let Window::Distinct(d) = w {
-            d.clear(|cv| {
-                *pairs -= 1;
-                interner.release(cv);
-            });
-        }
-    }
-}
-
-impl DistinctWindow {
-    /// Renumbers first-action ids after a rule change.
-    pub(crate) fn remap_actions(&mut self, remap: &[u8]) {
-        self.remap_first_actions(|id| remap.get(id as usize).copied().unwrap_or(0));
     }
 }

@@ -2,15 +2,14 @@
 //! without re-reading days of events. The encoding (file format, versioning) is the
 //! adapter's; this is only the shape.
 
-use std::cmp::Reverse;
-
 use serde::{Deserialize, Serialize};
 
-use super::{Engine, KeyState, KeyTable, Window};
+use super::{Engine, KeyEvidence, KeyState, RuleState};
+use crate::distinct::{stamp, unstamp, CvEntry, GroupState, CLASS_SLOTS};
 use crate::event::Visibility;
 use crate::recent::RecentSet;
 use crate::rules::{KeyKind, RuleSet};
-use crate::window::{CountWindow, CvAccess, DistinctWindow};
+use crate::window::CountWindow;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EngineSnapshot {
@@ -32,6 +31,10 @@ pub struct StatsSnapshot {
     pub suspensions: u64,
 }
 
+/// One CV of a key: (cv id, first second, latest second per action class, visibility,
+/// first action id).
+pub type CvSnapshot = (String, i64, [Option<i64>; CLASS_SLOTS], u8, u8);
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KeySnapshot {
     pub kind: KeyKind,
@@ -39,19 +42,15 @@ pub struct KeySnapshot {
     pub last_sec: i64,
     /// Per rule: the alert id (as a number) of the incident open while at or above.
     pub firing: Vec<Option<u64>>,
-    pub windows: Vec<WindowSnapshot>,
+    /// Per `events`/`cvs` rule, in rule order: its (second, amount) buckets.
+    pub counts: Vec<Vec<(i64, u64)>>,
+    /// Per group of `distinct_cvs` rules: the CVs it holds, sorted by id.
+    pub groups: Vec<Vec<CvSnapshot>>,
     pub users: Vec<(String, i64)>,
     pub ips: Vec<(String, i64)>,
     pub user_agents: Vec<(String, i64)>,
     pub accounts: Vec<(String, i64)>,
     pub truncated: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum WindowSnapshot {
-    Count(Vec<(i64, u64)>),
-    /// (cv id, first second, last second, visibility, first action id)
-    Distinct(Vec<(String, i64, i64, u8, u8)>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -71,42 +70,38 @@ impl Engine {
             let mut slots: Vec<&KeyState> = table.slots.iter().flatten().collect();
             slots.sort_by(|a, b| a.key.cmp(&b.key));
             for state in slots {
+                let ev = &state.evidence;
                 keys.push(KeySnapshot {
                     kind,
                     key: state.key.to_string(),
                     last_sec: state.last_sec,
-                    firing: state.firing.clone(),
-                    windows: state
-                        .windows
+                    firing: state.rules.iter().map(|r| r.firing).collect(),
+                    counts: state.counts.iter().map(|c| c.buckets().collect()).collect(),
+                    groups: state
+                        .groups
                         .iter()
-                        .map(|w| match w {
-                            Window::Count(c) => WindowSnapshot::Count(c.buckets().collect()),
-                            Window::Distinct(d) => {
-                                let mut v: Vec<_> = d
-                                    .accesses()
-                                    .map(|(cv, a)| {
-                                        (
-                                            self.interner.name(cv).to_string(),
-                                            a.first_sec,
-                                            a.last_sec,
-                                            a.visibility as u8,
-                                            a.first_action,
-                                        )
-                                    })
-                                    .collect();
-                                v.sort_unstable();
-                                WindowSnapshot::Distinct(v)
-                            }
+                        .map(|g| {
+                            let mut v: Vec<CvSnapshot> = g
+                                .entries()
+                                .map(|(cv, e)| {
+                                    (
+                                        self.interner.name(cv).to_string(),
+                                        unstamp(e.first),
+                                        e.last.map(|l| (l != 0).then(|| unstamp(l))),
+                                        e.visibility as u8,
+                                        e.first_action,
+                                    )
+                                })
+                                .collect();
+                            v.sort_unstable();
+                            v
                         })
                         .collect(),
-                    users: state.users.entries(),
-                    ips: state.ips.entries(),
-                    user_agents: state.user_agents.entries(),
-                    accounts: state.accounts.entries(),
-                    truncated: state.users.truncated()
-                        || state.ips.truncated()
-                        || state.user_agents.truncated()
-                        || state.accounts.truncated(),
+                    users: ev.users.entries(&self.names),
+                    ips: ev.ips.entries(&self.names),
+                    user_agents: ev.user_agents.entries(&self.names),
+                    accounts: ev.accounts.entries(&self.names),
+                    truncated: ev.truncated(),
                 });
             }
         }
@@ -138,6 +133,7 @@ impl Engine {
         }
         let mut engine = Engine::new(rules.clone());
         engine.max_ts = snap.max_ts;
+        let now = snap.max_ts.unwrap_or(0).div_euclid(1000);
         let st = &snap.stats;
         engine.stats.events = st.events;
         engine.stats.accepted = st.accepted;
@@ -151,59 +147,62 @@ impl Engine {
 
         for k in &snap.keys {
             let rule_ids = rules.rules_of(k.kind);
-            if k.windows.len() != rule_ids.len() || k.firing.len() != rule_ids.len() {
+            let layout = &engine.layouts[k.kind.index()];
+            if k.firing.len() != rule_ids.len()
+                || k.counts.len() != layout.counts
+                || k.groups.len() != layout.plan.groups.len()
+            {
                 return Err(SnapshotError::Inconsistent(format!(
-                    "key {} has {} windows",
+                    "key {} has {} rules, {} count windows and {} groups",
                     k.key,
-                    k.windows.len()
+                    k.firing.len(),
+                    k.counts.len(),
+                    k.groups.len()
                 )));
             }
-            let mut windows = Vec::with_capacity(k.windows.len());
-            for w in &k.windows {
-                windows.push(match w {
-                    WindowSnapshot::Count(b) => Window::Count(CountWindow::from_buckets(b.iter().copied())),
-                    WindowSnapshot::Distinct(entries) => {
-                        let mut d = DistinctWindow::default();
-                        for (name, first, last, vis, action) in entries {
-                            let cv = engine.interner.intern(name);
-                            engine.interner.retain(cv);
-                            engine.cv_pairs += 1;
-                            d.restore(
-                                cv,
-                                CvAccess {
-                                    first_sec: *first,
-                                    last_sec: *last,
-                                    visibility: Visibility::from_u8(*vis),
-                                    first_action: *action,
-                                },
-                            );
-                        }
-                        Window::Distinct(d)
-                    }
-                });
+            let mut groups = Vec::with_capacity(k.groups.len());
+            for (plan, entries) in layout.plan.groups.iter().zip(&k.groups) {
+                let mut cvs = Vec::with_capacity(entries.len());
+                for (name, first, last, vis, action) in entries {
+                    let cv = engine.interner.intern_retained(name);
+                    engine.cv_pairs += 1;
+                    let entry = CvEntry {
+                        first: stamp(*first),
+                        last: last.map(|l| l.map_or(0, stamp)),
+                        first_action: *action,
+                        visibility: Visibility::from_u8(*vis),
+                    };
+                    cvs.push((cv, entry));
+                }
+                groups.push(GroupState::rebuild(plan, cvs, now));
             }
             let hint = k.accounts.first().map(|(a, _)| a.as_str());
+            let names = &mut engine.names;
             let state = KeyState {
                 key: k.key.as_str().into(),
                 last_sec: k.last_sec,
-                thresholds: rule_ids
+                rules: rule_ids
                     .iter()
-                    .map(|i| rules.effective_threshold(&rules.rules[*i], &k.key, hint))
+                    .zip(&k.firing)
+                    .map(|(i, firing)| RuleState {
+                        threshold: rules.effective_threshold(&rules.rules[*i], &k.key, hint),
+                        firing: *firing,
+                    })
                     .collect(),
-                windows,
-                firing: k.firing.clone(),
-                users: RecentSet::from_entries(k.users.clone(), k.truncated),
-                ips: RecentSet::from_entries(k.ips.clone(), k.truncated),
-                user_agents: RecentSet::from_entries(k.user_agents.clone(), k.truncated),
-                accounts: RecentSet::from_entries(k.accounts.clone(), k.truncated),
+                counts: k
+                    .counts
+                    .iter()
+                    .map(|b| CountWindow::from_buckets(b.iter().copied()))
+                    .collect(),
+                groups: groups.into_boxed_slice(),
+                evidence: KeyEvidence {
+                    users: RecentSet::from_entries(&k.users, k.truncated, names),
+                    ips: RecentSet::from_entries(&k.ips, k.truncated, names),
+                    user_agents: RecentSet::from_entries(&k.user_agents, k.truncated, names),
+                    accounts: RecentSet::from_entries(&k.accounts, k.truncated, names),
+                },
             };
-            let table: &mut KeyTable = &mut engine.tables[k.kind.index()];
-            let slot = table.slots.len() as u32;
-            table.slots.push(Some(state));
-            table.index.insert(k.key.as_str().into(), slot);
-            table
-                .expiry
-                .push(Reverse((k.last_sec + rules.max_window_secs(k.kind), slot)));
+            engine.tables[k.kind.index()].insert(state, k.last_sec + rules.max_window_secs(k.kind));
         }
         Ok(engine)
     }

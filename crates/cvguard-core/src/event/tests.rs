@@ -82,6 +82,8 @@ fn invalid_ts() {
         "[1]",
         r#"{"a":1}"#,
         "99999999999999999",
+        r#""2107-01-01T00:00:00Z""#,
+        "4294967296000",
     ] {
         let line = format!(r#"{{"ts":{ts},"account_id":"a","action":"x"}}"#);
         assert_eq!(rejected(&line), RejectReason::InvalidTs, "{line}");

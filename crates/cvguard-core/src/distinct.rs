@@ -1,0 +1,494 @@
+//! `distinct_cvs` for all the rules of one key at once.
+//!
+//! A key (an account, say) typically has several `distinct_cvs` rules: a day, an hour of
+//! downloads, two days. Keeping one exact set per rule would store, hash and expire every
+//! CV once per rule. Instead the rules of a key share one table of the CVs it touched,
+//! each entry holding the latest access per *class* of actions (one class per action
+//! while they fit in an entry, as views and downloads do in the shipped config; else
+//! actions counted by the same rules share a class). A rule's value is kept
+//! incrementally:
+//!
+//! - a CV joins a rule when it is accessed by one of the rule's classes and its latest
+//!   access of those classes was outside the rule's window;
+//! - it leaves when the rule's *cursor* passes its latest access of those classes. Each
+//!   class has one time-ordered queue of accesses, shared by the rules of that class;
+//!   every rule walks its own cursor along it, the longest window drops the front and
+//!   frees entries nobody counts any more.
+//!
+//! So an access costs one hash lookup and one queue push per key, however many rules
+//! the key has; nothing ever scans a whole table on the event path. Times are stored
+//! as `u32` stamps (second + 1; 0 means "never").
+
+use std::collections::VecDeque;
+
+use crate::cvmap::CvMap;
+use crate::event::Visibility;
+use crate::interner::CvRef;
+use crate::rules::{Measure, RuleSet};
+
+/// How many action classes one group of rules can have (the width of an entry).
+pub const CLASS_SLOTS: usize = 2;
+
+/// A second as stored: `sec + 1`, so that 0 can mean "never". Event time is limited
+/// to what fits (up to 2106), see `timefmt::MAX_EPOCH_MS`.
+pub type Stamp = u32;
+const NEVER: Stamp = 0;
+const NO_CLASS: u8 = u8::MAX;
+
+pub fn stamp(sec: i64) -> Stamp {
+    (sec + 1).clamp(0, Stamp::MAX as i64) as Stamp
+}
+
+pub fn unstamp(s: Stamp) -> i64 {
+    s as i64 - 1
+}
+
+/// What a key remembers of one CV while any of its rules still counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CvEntry {
+    /// First access since the key's table last held this CV.
+    pub first: Stamp,
+    /// Latest access per class of the group; `NEVER` once it has left every window of
+    /// that class.
+    pub last: [Stamp; CLASS_SLOTS],
+    /// Action id of the first access.
+    pub first_action: u8,
+    /// Most revealing visibility seen.
+    pub visibility: Visibility,
+}
+
+impl CvEntry {
+    fn is_dead(&self) -> bool {
+        self.last.iter().all(|l| *l == NEVER)
+    }
+
+    /// Latest access by any class in `classes` (a bit mask).
+    fn latest(&self, classes: u8) -> Stamp {
+        let mut best = NEVER;
+        for (c, l) in self.last.iter().enumerate() {
+            if classes & (1 << c) != 0 {
+                best = best.max(*l);
+            }
+        }
+        best
+    }
+
+    /// The class holding the latest access among `classes` (lowest index on ties):
+    /// the one whose queue entry takes the CV out of a rule, so it leaves once.
+    fn owner(&self, classes: u8) -> usize {
+        let mut owner = 0;
+        let mut best = None;
+        for (c, l) in self.last.iter().enumerate() {
+            if classes & (1 << c) != 0 && best.is_none_or(|b| *l > b) {
+                best = Some(*l);
+                owner = c;
+            }
+        }
+        owner
+    }
+}
+
+/// One `distinct_cvs` rule inside a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanRule {
+    /// Position of the rule in `RuleSet::rules_of(kind)`.
+    pub slot: usize,
+    pub window_secs: i64,
+    /// The classes the rule counts (bit mask).
+    pub classes: u8,
+}
+
+/// Rules of one key kind that share a table: at most `CLASS_SLOTS` classes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupPlan {
+    pub rules: Vec<PlanRule>,
+    class_of_action: [u8; 64],
+    /// Per class, the actions it covers (bit mask); 0 for unused slots.
+    class_actions: [u64; CLASS_SLOTS],
+    /// Per class, the longest window of a rule counting it: how long accesses are kept.
+    retention: [i64; CLASS_SLOTS],
+}
+
+impl GroupPlan {
+    /// A group of `(slot, action mask, window seconds)` rules; `None` when their actions
+    /// need more than `CLASS_SLOTS` classes.
+    pub fn build(members: &[(usize, u64, i64)]) -> Option<GroupPlan> {
+        // One class per action while they fit: exact across reloads that regroup
+        // actions. Beyond that, actions counted by exactly the same rules share a class.
+        let union = members.iter().fold(0u64, |m, r| m | r.1);
+        let per_action = union.count_ones() as usize <= CLASS_SLOTS;
+        let mut class_sigs: Vec<u64> = Vec::new();
+        let mut class_of_action = [NO_CLASS; 64];
+        let mut class_actions = [0u64; CLASS_SLOTS];
+        for action in 0..64u8 {
+            if union & (1u64 << action) == 0 {
+                continue;
+            }
+            let sig = if per_action {
+                1u64 << 63 | u64::from(action)
+            } else {
+                members
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| r.1 & (1u64 << action) != 0)
+                    .fold(0u64, |s, (i, _)| s | 1 << i)
+            };
+            let class = match class_sigs.iter().position(|s| *s == sig) {
+                Some(c) => c,
+                None => {
+                    class_sigs.push(sig);
+                    class_sigs.len() - 1
+                }
+            };
+            if class >= CLASS_SLOTS {
+                return None;
+            }
+            class_of_action[action as usize] = class as u8;
+            class_actions[class] |= 1u64 << action;
+        }
+        let mut retention = [0i64; CLASS_SLOTS];
+        let rules = members
+            .iter()
+            .map(|&(slot, mask, window_secs)| {
+                let mut classes = 0u8;
+                for (c, actions) in class_actions.iter().enumerate() {
+                    if actions & mask != 0 {
+                        classes |= 1 << c;
+                        retention[c] = retention[c].max(window_secs);
+                    }
+                }
+                PlanRule {
+                    slot,
+                    window_secs,
+                    classes,
+                }
+            })
+            .collect();
+        Some(GroupPlan {
+            rules,
+            class_of_action,
+            class_actions,
+            retention,
+        })
+    }
+
+    pub fn class_of(&self, action: u8) -> Option<usize> {
+        match self.class_of_action.get(action as usize) {
+            Some(&c) if c != NO_CLASS => Some(c as usize),
+            _ => None,
+        }
+    }
+
+    pub fn class_actions(&self, class: usize) -> u64 {
+        self.class_actions[class]
+    }
+
+    fn classes(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..CLASS_SLOTS).filter(|c| self.class_actions[*c] != 0)
+    }
+}
+
+/// How the `distinct_cvs` rules of one key kind are laid out in groups.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KindPlan {
+    pub groups: Vec<GroupPlan>,
+    /// For each rule of the kind (in `rules_of` order): (group, index in group) when
+    /// it is a `distinct_cvs` rule.
+    pub place: Vec<Option<(usize, usize)>>,
+    /// The kind's longest `distinct_cvs` rule (its `rules_of` position): what a count
+    /// rule's alert reports exposure from.
+    pub longest: Option<usize>,
+}
+
+impl KindPlan {
+    pub fn build(rules: &RuleSet, rule_ids: &[usize]) -> KindPlan {
+        let mut members: Vec<Vec<(usize, u64, i64)>> = Vec::new();
+        let mut place = vec![None; rule_ids.len()];
+        let mut longest: Option<(i64, usize)> = None;
+        for (slot, &ri) in rule_ids.iter().enumerate() {
+            let rule = &rules.rules[ri];
+            if rule.measure != Measure::DistinctCvs {
+                continue;
+            }
+            if longest.is_none_or(|(w, _)| rule.window_secs > w) {
+                longest = Some((rule.window_secs, slot));
+            }
+            let me = (slot, rule.action_mask, rule.window_secs);
+            // Greedy: join the first group that stays within CLASS_SLOTS classes.
+            let joined = members.iter_mut().enumerate().find_map(|(g, m)| {
+                let mut with = m.clone();
+                with.push(me);
+                GroupPlan::build(&with).map(|_| {
+                    m.push(me);
+                    (g, m.len() - 1)
+                })
+            });
+            place[slot] = Some(joined.unwrap_or_else(|| {
+                members.push(vec![me]);
+                (members.len() - 1, 0)
+            }));
+        }
+        let groups = members
+            .iter()
+            .map(|m| GroupPlan::build(m).expect("every group was built within CLASS_SLOTS"))
+            .collect();
+        KindPlan {
+            groups,
+            place,
+            longest: longest.map(|(_, slot)| slot),
+        }
+    }
+}
+
+/// Per rule of a group: its value and where its cursor is in each class queue.
+#[derive(Debug, Clone, Default)]
+struct RuleProgress {
+    count: u64,
+    /// Absolute queue positions (see `GroupState::heads`).
+    cursor: [u64; CLASS_SLOTS],
+}
+
+/// The shared state of one group for one key.
+#[derive(Debug, Default)]
+pub struct GroupState {
+    table: CvMap<CvEntry>,
+    /// Per class: (stamp, cv) of accesses that moved a CV's latest access, by stamp.
+    queues: [VecDeque<(Stamp, CvRef)>; CLASS_SLOTS],
+    /// Per class: the absolute position of the queue's front.
+    heads: [u64; CLASS_SLOTS],
+    rules: Vec<RuleProgress>,
+}
+
+/// One access to a CV: when, by which action (and its class), seeing what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Access {
+    pub class: usize,
+    pub sec: i64,
+    pub visibility: Visibility,
+    pub action: u8,
+}
+
+/// What an access did to the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Added {
+    /// The CV was new to the table: the caller retains one reference to it.
+    New,
+    Known,
+    /// Too old for every window of its class: ignored.
+    Ignored,
+}
+
+impl GroupState {
+    pub fn new(plan: &GroupPlan) -> GroupState {
+        GroupState {
+            rules: vec![RuleProgress::default(); plan.rules.len()],
+            ..Default::default()
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.table.len() == 0
+    }
+
+    pub fn value(&self, rule: usize) -> u64 {
+        self.rules[rule].count
+    }
+
+    /// Moves every rule's window to end at second `now`; CVs no rule counts any more are
+    /// removed and handed to `released`.
+    pub fn advance(&mut self, plan: &GroupPlan, now: i64, mut released: impl FnMut(CvRef)) {
+        for (progress, rule) in self.rules.iter_mut().zip(&plan.rules) {
+            let cutoff = stamp(now - rule.window_secs);
+            for c in 0..CLASS_SLOTS {
+                if rule.classes & (1 << c) == 0 {
+                    continue;
+                }
+                let queue = &self.queues[c];
+                loop {
+                    let at = (progress.cursor[c] - self.heads[c]) as usize;
+                    let Some(&(s, cv)) = queue.get(at) else { break };
+                    if s > cutoff {
+                        break;
+                    }
+                    progress.cursor[c] += 1;
+                    if let Some(e) = self.table.get(cv) {
+                        if e.last[c] == s && e.owner(rule.classes) == c {
+                            progress.count -= 1;
+                        }
+                    }
+                }
+            }
+        }
+        for c in plan.classes() {
+            let cutoff = stamp(now - plan.retention[c]);
+            while let Some(&(s, cv)) = self.queues[c].front() {
+                if s > cutoff {
+                    break;
+                }
+                self.queues[c].pop_front();
+                self.heads[c] += 1;
+                let dead = match self.table.get_mut(cv) {
+                    Some(e) if e.last[c] == s => {
+                        e.last[c] = NEVER;
+                        e.is_dead()
+                    }
+                    _ => false,
+                };
+                if dead {
+                    self.table.remove(cv);
+                    released(cv);
+                }
+            }
+        }
+    }
+
+    /// Records `access` to `cv`, with the group advanced to `now` first.
+    pub fn add(&mut self, plan: &GroupPlan, now: i64, access: Access, cv: CvRef) -> Added {
+        let Access {
+            class,
+            sec,
+            visibility,
+            action,
+        } = access;
+        let s = stamp(sec);
+        if s <= stamp(now - plan.retention[class]) {
+            return Added::Ignored;
+        }
+        let (entry, new) = self.table.entry_or_insert(
+            cv,
+            CvEntry {
+                first: s,
+                last: [NEVER; CLASS_SLOTS],
+                first_action: action,
+                visibility,
+            },
+        );
+        for (progress, rule) in self.rules.iter_mut().zip(&plan.rules) {
+            if rule.classes & (1 << class) == 0 {
+                continue;
+            }
+            let cutoff = stamp(now - rule.window_secs);
+            if s > cutoff && entry.latest(rule.classes) <= cutoff {
+                progress.count += 1;
+            }
+        }
+        if visibility > entry.visibility {
+            entry.visibility = visibility;
+        }
+        if s < entry.first {
+            entry.first = s;
+            entry.first_action = action;
+        }
+        if s > entry.last[class] {
+            entry.last[class] = s;
+            self.push(plan, now, class, s, cv);
+        }
+        if new {
+            Added::New
+        } else {
+            Added::Known
+        }
+    }
+
+    fn push(&mut self, plan: &GroupPlan, now: i64, class: usize, s: Stamp, cv: CvRef) {
+        let queue = &mut self.queues[class];
+        if queue.back().is_none_or(|(last, _)| *last <= s) {
+            queue.push_back((s, cv));
+            return;
+        }
+        // A late access (within the allowed lateness): keep the queue ordered, and move
+        // the cursors of rules whose window it is already outside past it.
+        let at = queue.partition_point(|(t, _)| *t <= s);
+        queue.insert(at, (s, cv));
+        for (progress, rule) in self.rules.iter_mut().zip(&plan.rules) {
+            if rule.classes & (1 << class) != 0 && s <= stamp(now - rule.window_secs) {
+                progress.cursor[class] += 1;
+            }
+        }
+    }
+
+    /// Drops everything, handing each CV to `released`.
+    pub fn clear(&mut self, mut released: impl FnMut(CvRef)) {
+        for (cv, _) in self.table.iter() {
+            released(cv);
+        }
+        *self = GroupState {
+            rules: vec![RuleProgress::default(); self.rules.len()],
+            ..Default::default()
+        };
+    }
+
+    /// The CVs `rule` counts as of second `now`, with what the key knows of them. Reads
+    /// only: correct whether or not the group was advanced to `now`.
+    pub fn members<'s>(
+        &'s self,
+        plan: &'s GroupPlan,
+        rule: usize,
+        now: i64,
+    ) -> impl Iterator<Item = (CvRef, &'s CvEntry)> + 's {
+        let classes = plan.rules[rule].classes;
+        let cutoff = stamp(now - plan.rules[rule].window_secs);
+        self.table.iter().filter(move |(_, e)| e.latest(classes) > cutoff)
+    }
+
+    /// Every entry, in no particular order: what a snapshot keeps.
+    pub fn entries(&self) -> impl Iterator<Item = (CvRef, &CvEntry)> + '_ {
+        self.table.iter()
+    }
+
+    /// Rebuilds the queues, cursors and values from entries (a snapshot, or the state
+    /// of other rules after a reload), as of second `now`. The caller has retained one
+    /// reference per entry.
+    pub fn rebuild(plan: &GroupPlan, entries: impl IntoIterator<Item = (CvRef, CvEntry)>, now: i64) -> GroupState {
+        let mut state = GroupState::new(plan);
+        for (cv, entry) in entries {
+            if entry.is_dead() {
+                continue;
+            }
+            state.table.entry_or_insert(cv, entry);
+        }
+        let mut queues: [Vec<(Stamp, CvRef)>; CLASS_SLOTS] = Default::default();
+        for (cv, e) in state.table.iter() {
+            for (c, q) in queues.iter_mut().enumerate() {
+                if e.last[c] != NEVER {
+                    q.push((e.last[c], cv));
+                }
+            }
+        }
+        for (c, mut q) in queues.into_iter().enumerate() {
+            q.sort_unstable();
+            state.queues[c] = q.into();
+        }
+        for (progress, rule) in state.rules.iter_mut().zip(&plan.rules) {
+            let cutoff = stamp(now - rule.window_secs);
+            for c in 0..CLASS_SLOTS {
+                progress.cursor[c] = state.queues[c].partition_point(|(t, _)| *t <= cutoff) as u64;
+            }
+        }
+        let counts: Vec<u64> = (0..plan.rules.len())
+            .map(|r| state.members(plan, r, now).count() as u64)
+            .collect();
+        for (progress, count) in state.rules.iter_mut().zip(counts) {
+            progress.count = count;
+        }
+        state
+    }
+
+    /// Approximate heap bytes, for the state-size metric.
+    pub fn heap_bytes(&self) -> usize {
+        self.table.heap_bytes()
+            + self
+                .queues
+                .iter()
+                .map(|q| q.capacity() * std::mem::size_of::<(Stamp, CvRef)>())
+                .sum::<usize>()
+            + self.rules.capacity() * std::mem::size_of::<RuleProgress>()
+    }
+}
+
+#[cfg(test)]
+mod tests;
