@@ -139,6 +139,118 @@ fn serve(config: &Path) -> std::process::Child {
         .unwrap()
 }
 
+/// Produce-to-alert latency under load: ordinary single-CV traffic at `rate` events/s
+/// under the shipped rules, time-stamped as it is sent, and every 10 ms a probe event
+/// for a fresh account that a threshold-1 rule turns into an alert. The latency is the
+/// probe's, from just before it is produced to its alert being read back.
+fn latency(rules: &str, rate: f64, port: u16) -> (Histogram<u64>, usize) {
+    let latency_topic = unique("latency");
+    create(&latency_topic);
+    let dir2 = tempfile::tempdir().unwrap();
+    let group2 = unique("latency");
+    let probe_rule = "[[rules]]\nname = \"probe\"\nactions = [\"latency_probe\"]\ngroup_by = \"account_id\"\nmeasure = \"events\"\nwindow = \"1h\"\nthreshold = 1\n";
+    let cfg2 = config(
+        dir2.path(),
+        &latency_topic,
+        &group2,
+        port,
+        &format!("{rules}\n{probe_rule}"),
+    );
+    let alerts_topic = std::fs::read_to_string(&cfg2)
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("alerts_topic = \"")
+                .map(|s| s.trim_end_matches('"').to_string())
+        })
+        .unwrap();
+    let mut child = serve(&cfg2);
+    // The platform's producer sends each event at once (no linger): what is measured is
+    // cvguard's part of the delay.
+    let p: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", BOOTSTRAP)
+        .set("linger.ms", "0")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .unwrap();
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", BOOTSTRAP)
+        .set("group.id", unique("reader"))
+        .set("fetch.wait.max.ms", "10")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for part in 0..PARTITIONS {
+        tpl.add_partition_offset(&alerts_topic, part, Offset::Beginning)
+            .unwrap();
+    }
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+    };
+    let mut in_flight = Vec::new();
+    let mut send = |acc: &str, line: String| {
+        if let Ok(f) = p.send_result(FutureRecord::to(&latency_topic).key(acc).payload(&line)) {
+            in_flight.push(f);
+        }
+        if in_flight.len() > 100_000 {
+            in_flight.clear();
+        }
+    };
+    // Let the group form before measuring.
+    std::thread::sleep(Duration::from_secs(8));
+    reader.assign(&tpl).unwrap();
+    let seconds = 10.0;
+    let total = (rate * seconds) as usize;
+    let mut r = Xorshift(99);
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000, 3).unwrap();
+    let start = Instant::now();
+    let (mut sent, mut probes) = (0usize, 0usize);
+    while start.elapsed() < Duration::from_secs_f64(seconds + 10.0) {
+        let due = ((start.elapsed().as_secs_f64() * rate) as usize).min(total);
+        while sent < due {
+            let ms = now_ms();
+            let acc = format!("emp-{}", r.next_u64() % 20_000);
+            let line = format!(
+                r#"{{"ts":{ms},"account_id":"{acc}","action":"cv_view","cv_id":"cv-{}","ip":"10.0.{}.{}"}}"#,
+                r.next_u64() % 1_000_000,
+                r.next_u64() % 200,
+                r.next_u64() % 250
+            );
+            send(&acc, line);
+            sent += 1;
+        }
+        let probes_due = ((start.elapsed().as_secs_f64() * 100.0) as usize).min((seconds * 100.0) as usize);
+        while probes < probes_due {
+            let acc = format!("probe-{probes}");
+            let ms = now_ms();
+            send(
+                &acc,
+                format!(r#"{{"ts":{ms},"account_id":"{acc}","action":"latency_probe","event_id":"{ms}"}}"#),
+            );
+            probes += 1;
+        }
+        while let Some(Ok(m)) = reader.poll(Duration::ZERO) {
+            let a: serde_json::Value = serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or_default();
+            if a["rule"] != "probe" {
+                continue;
+            }
+            if let Some(sent_ms) = a["event_id"].as_str().and_then(|s| s.parse::<u128>().ok()) {
+                let _ = hist.record((now_ms().saturating_sub(sent_ms)) as u64);
+            }
+        }
+        if hist.len() as usize >= probes && sent >= total && probes >= (seconds * 100.0) as usize {
+            break;
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    (hist, probes)
+}
+
 fn main() {
     if std::net::TcpStream::connect(BOOTSTRAP).is_err() {
         println!("SKIPPED: no broker on {BOOTSTRAP}; run scripts/kafka-up.sh (make bench does)");
@@ -182,85 +294,25 @@ fn main() {
     let _ = child.kill();
     let _ = child.wait();
 
-    // Produce-to-alert: one alert per event (a rule with threshold 1 over fresh accounts), at
-    // half the serve drain rate, for five seconds.
-    let latency_topic = unique("latency");
-    create(&latency_topic);
-    let dir2 = tempfile::tempdir().unwrap();
-    let group2 = unique("latency");
-    let rule = "[[rules]]\nname = \"every\"\nactions = [\"cv_view\"]\ngroup_by = \"account_id\"\nmeasure = \"events\"\nwindow = \"1h\"\nthreshold = 1\n";
-    let cfg2 = config(dir2.path(), &latency_topic, &group2, 18_189, rule);
-    let alerts_topic = std::fs::read_to_string(&cfg2)
-        .unwrap()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("alerts_topic = \"")
-                .map(|s| s.trim_end_matches('"').to_string())
-        })
-        .unwrap();
-    let mut child = serve(&cfg2);
-    // Wait for the group to form: the first event's alert marks readiness.
-    let p = producer();
-    let reader: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", BOOTSTRAP)
-        .set("group.id", unique("reader"))
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for part in 0..PARTITIONS {
-        tpl.add_partition_offset(&alerts_topic, part, Offset::Beginning)
-            .unwrap();
-    }
-    let send = |acc: String, sent_ms: u128| {
-        let line = format!(r#"{{"ts":{sent_ms},"account_id":"{acc}","action":"cv_view","event_id":"{sent_ms}"}}"#);
-        let _ = futures::executor::block_on(p.send(
-            FutureRecord::to(&latency_topic).key(&acc).payload(&line),
-            Duration::from_secs(5),
-        ));
-    };
-    let now_ms = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis()
-    };
-    std::thread::sleep(Duration::from_secs(8));
-    reader.assign(&tpl).unwrap();
-    let rate = (serve_rate / 2.0).clamp(100.0, 5_000.0);
-    let total = (rate * 5.0) as usize;
-    let gap = Duration::from_secs_f64(1.0 / rate);
-    let mut r = Xorshift(99);
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000, 3).unwrap();
-    let start = Instant::now();
-    let mut sent = 0usize;
-    while sent < total || start.elapsed() < Duration::from_secs(20) {
-        if sent < total && start.elapsed() >= gap * sent as u32 {
-            send(format!("lat-{}-{}", sent, r.next_u64() % 1000), now_ms());
-            sent += 1;
-        }
-        while let Some(Ok(m)) = reader.poll(Duration::ZERO) {
-            let a: serde_json::Value = serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or_default();
-            if let Some(sent_ms) = a["event_id"].as_str().and_then(|s| s.parse::<u128>().ok()) {
-                let _ = hist.record((now_ms().saturating_sub(sent_ms)) as u64);
-            }
-        }
-        if hist.len() as usize >= total {
-            break;
-        }
-        std::thread::sleep(Duration::from_micros(200));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+    // Produce-to-alert at half the drain rate (what the issue asks), and at 5,000 events/s
+    // (ten times a national job board's daily average).
+    let half = (serve_rate / 2.0).max(100.0);
+    let runs: Vec<(f64, (Histogram<u64>, usize))> = [(half, 18_189), (5_000.0, 18_190)]
+        .into_iter()
+        .map(|(rate, port)| (rate, latency(rules, rate, port)))
+        .collect();
 
     println!("| figure | value |");
     println!("|---|---|");
     println!("| bare librdkafka consumer drain, {PARTITIONS} partitions | {bare:.0} messages/s |");
     println!("| cvguard serve (shipped rules, SQLite store) drain of the same topic | {serve_rate:.0} messages/s ({:.0}% of bare) |", serve_rate * 100.0 / bare);
-    println!(
-        "| produce-to-alert latency at {rate:.0} events/s: p50 / p99 / max ({} of {total} alerts seen) | {} / {} / {} ms |",
-        hist.len(),
-        hist.value_at_quantile(0.5),
-        hist.value_at_quantile(0.99),
-        hist.max()
-    );
+    for (rate, (hist, probes)) in &runs {
+        println!(
+            "| produce-to-alert latency of probe alerts (100/s) amid {rate:.0} events/s: p50 / p99 / max ({} of {probes} seen) | {} / {} / {} ms |",
+            hist.len(),
+            hist.value_at_quantile(0.5),
+            hist.value_at_quantile(0.99),
+            hist.max()
+        );
+    }
 }

@@ -566,12 +566,23 @@ fn a_distinct_rule_added_by_a_reload_counts_what_its_keys_already_hold() {
     }
     let mut downloads = rule("dl", KeyKind::AccountId, Measure::DistinctCvs, "1h", 4);
     downloads.actions = vec!["cv_download".into()];
-    let new_rules = vec![rule("all", KeyKind::AccountId, Measure::DistinctCvs, "1h", 100), downloads];
+    let new_rules = vec![
+        rule("all", KeyKind::AccountId, Measure::DistinctCvs, "1h", 100),
+        downloads,
+    ];
     let set = Arc::new(RuleSet::compile(&EngineSpec::default(), &new_rules, Profiles::default(), &[]).unwrap());
     let report = e.reload(set);
     assert_eq!((report.kept.len(), report.added.len()), (1, 1));
-    assert_eq!(value_of(&e, KeyKind::AccountId, "a", "all"), 8, "views and downloads stay exact");
-    assert_eq!(value_of(&e, KeyKind::AccountId, "a", "dl"), 3, "only the downloads count for the new rule");
+    assert_eq!(
+        value_of(&e, KeyKind::AccountId, "a", "all"),
+        8,
+        "views and downloads stay exact"
+    );
+    assert_eq!(
+        value_of(&e, KeyKind::AccountId, "a", "dl"),
+        3,
+        "only the downloads count for the new rule"
+    );
     assert!(send(&mut e, 20, "a", "cv_view", &["v-new"]).is_empty());
     let fired = send(&mut e, 21, "a", "cv_download", &["d-new"]);
     assert_eq!(

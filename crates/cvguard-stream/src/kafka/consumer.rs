@@ -40,6 +40,11 @@ struct Shared {
     floors: Mutex<HashMap<Tp, i64>>,
     /// Offsets reported durable and not yet committed.
     durable: Mutex<HashMap<Tp, i64>>,
+    /// Messages polled and not yet handed to their worker, one batch per worker. Handing
+    /// over a batch instead of each message spares a thread wake-up per message; a
+    /// rebalance flushes them first, so a worker sees a partition's messages before its
+    /// revocation.
+    outbox: Mutex<Vec<Vec<InMsg>>>,
 }
 
 impl Shared {
@@ -47,12 +52,38 @@ impl Shared {
         self.kinds.read().expect("kinds").clone()
     }
 
-    fn worker_for(&self, tp: &Tp) -> &SyncSender<ToWorker> {
+    /// Partitions of a topic go round-robin to workers (from a per-topic start), so six
+    /// input and six repartition partitions split three and three over two workers.
+    fn worker_index(&self, tp: &Tp) -> usize {
         let mut h = rustc_hash::FxHasher::default();
-        tp.hash(&mut h);
-        &self.workers[(h.finish() as usize) % self.workers.len()]
+        tp.topic.hash(&mut h);
+        (h.finish() as usize).wrapping_add(tp.partition.max(0) as usize) % self.workers.len()
+    }
+
+    fn worker_for(&self, tp: &Tp) -> &SyncSender<ToWorker> {
+        &self.workers[self.worker_index(tp)]
+    }
+
+    /// Queues a polled message for its worker; sent by `flush_outbox`.
+    fn queue(&self, msg: InMsg) -> usize {
+        let w = self.worker_index(&msg.tp);
+        let mut outbox = self.outbox.lock().expect("outbox");
+        outbox[w].push(msg);
+        outbox[w].len()
+    }
+
+    fn flush_outbox(&self) {
+        let mut outbox = self.outbox.lock().expect("outbox");
+        for (w, batch) in outbox.iter_mut().enumerate() {
+            if !batch.is_empty() {
+                let _ = self.workers[w].send(ToWorker::Msgs(std::mem::take(batch)));
+            }
+        }
     }
 }
+
+/// Most messages handed to a worker at once.
+const HANDOFF: usize = 512;
 
 struct Ctx {
     shared: Arc<Shared>,
@@ -105,6 +136,7 @@ fn tps(tpl: &TopicPartitionList) -> Vec<Tp> {
 /// Revocation: each worker finishes the partition's in-flight work and snapshots it;
 /// then its offset is committed and its state dropped.
 fn revoke(shared: &Shared, consumer: &BaseConsumer<Ctx>, tpl: &TopicPartitionList) {
+    shared.flush_outbox();
     let (tx, rx) = mpsc::channel();
     let list = tps(tpl);
     for tp in &list {
@@ -375,6 +407,7 @@ pub fn start(opts: KafkaOptions, stats: PartitionStats) -> Result<KafkaHandle, K
     drop(durable_tx);
 
     let shared = Arc::new(Shared {
+        outbox: Mutex::new((0..senders.len()).map(|_| Vec::new()).collect()),
         workers: senders,
         kinds: std::sync::RwLock::new(kinds),
         store: opts.store.clone(),
@@ -396,6 +429,12 @@ pub fn start(opts: KafkaOptions, stats: PartitionStats) -> Result<KafkaHandle, K
     }
     if config.get("statistics.interval.ms").is_none() {
         config.set("statistics.interval.ms", "5000");
+    }
+    if config.get("fetch.wait.max.ms").is_none() {
+        // librdkafka's 500 ms default is how long a fetch may wait on a quiet partition;
+        // tansu holds a fetch for that long even when data arrives, which put half a
+        // second between an event and its alert.
+        config.set("fetch.wait.max.ms", "10");
     }
     let consumer: BaseConsumer<Ctx> = config.create_with_context(Ctx {
         shared: shared.clone(),
@@ -433,20 +472,32 @@ fn consume(
     while !opts.shutdown.load(Ordering::Relaxed) {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
-                summary.messages += 1;
-                let tp = Tp {
-                    topic: Arc::from(m.topic()),
-                    partition: m.partition(),
-                };
-                let msg = InMsg {
-                    received: Instant::now(),
-                    offset: m.offset(),
-                    timestamp: m.timestamp().to_millis(),
-                    key: m.key().map(<[u8]>::to_vec),
-                    payload: m.payload().map(<[u8]>::to_vec),
-                    tp,
-                };
-                let _ = shared.worker_for(&msg.tp).send(ToWorker::Msg(msg));
+                // Take what else is already fetched, without waiting, then hand it over.
+                let mut next = Some(Ok(m));
+                while let Some(polled) = next.take() {
+                    match polled {
+                        Ok(m) => {
+                            summary.messages += 1;
+                            let msg = InMsg {
+                                received: Instant::now(),
+                                offset: m.offset(),
+                                timestamp: m.timestamp().to_millis(),
+                                key: m.key().map(<[u8]>::to_vec),
+                                payload: m.payload().map(<[u8]>::to_vec),
+                                tp: Tp {
+                                    topic: Arc::from(m.topic()),
+                                    partition: m.partition(),
+                                },
+                            };
+                            if shared.queue(msg) >= HANDOFF {
+                                break;
+                            }
+                        }
+                        Err(e) => warn!(message = "Consumer error.", error = %e),
+                    }
+                    next = consumer.poll(Duration::ZERO);
+                }
+                shared.flush_outbox();
             }
             Some(Err(e)) => warn!(message = "Consumer error.", error = %e),
             None => {}
@@ -465,6 +516,7 @@ fn consume(
 
     info!(message = "Draining: finishing in-flight work, snapshotting, committing.");
     opts.health.draining.store(true, Ordering::Relaxed);
+    shared.flush_outbox();
     let (tx, rx) = mpsc::channel();
     for w in &shared.workers {
         let _ = w.send(ToWorker::Flush(tx.clone()));

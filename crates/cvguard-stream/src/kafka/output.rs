@@ -41,6 +41,10 @@ impl Pending {
     pub fn is_empty(&self) -> bool {
         self.futures.is_empty()
     }
+
+    pub fn len(&self) -> usize {
+        self.futures.len()
+    }
 }
 
 impl Outputs {

@@ -53,7 +53,8 @@ pub struct PartWork {
 
 pub enum ToWorker {
     Assign(Tp, Box<PartWork>),
-    Msg(InMsg),
+    /// Messages in partition order (several partitions may be mixed).
+    Msgs(Vec<InMsg>),
     /// Finish the partition's in-flight work, snapshot it, drop it, reply its next offset.
     Revoke(Tp, Sender<(Tp, Option<i64>)>),
     /// Finish everything in flight and snapshot every partition; reply their offsets.
@@ -110,8 +111,14 @@ struct Live {
     counters: WorkerCounters,
 }
 
-/// How many messages a worker handles before it waits for acknowledgements.
+/// How many messages a worker handles before it looks at its timers.
 const BATCH: usize = 2048;
+/// Deliveries a worker lets pile up before it waits for their acknowledgements.
+const MAX_PENDING: usize = 50_000;
+/// How long a worker lets deliveries pile up (when no alert is among them). Waiting for
+/// acknowledgements after every batch stalled the engine for a producer linger and a
+/// broker round trip each time; offsets are committed on `commit_interval` anyway.
+const SETTLE_EVERY: Duration = Duration::from_millis(100);
 
 impl Worker {
     pub fn run(mut self) {
@@ -120,6 +127,7 @@ impl Worker {
         let mut owed = Owed::default();
         let mut touched: HashMap<Tp, bool> = HashMap::new();
         let mut alerts = Vec::new();
+        let mut last_settle = Instant::now();
         loop {
             let first = match self.rx.recv_timeout(Duration::from_millis(200)) {
                 Ok(m) => Some(m),
@@ -133,14 +141,22 @@ impl Worker {
             let _batch = batch.enter();
             while let Some(msg) = next.take() {
                 match msg {
-                    ToWorker::Msg(m) => {
-                        if let Some(live) = parts.get_mut(&m.tp) {
-                            let _partition =
-                                tracing::debug_span!("partition", topic = %m.tp.topic, partition = m.tp.partition)
-                                    .entered();
-                            let urgent = self.process(live, &m, &mut alerts, &mut pending, &mut owed);
-                            *touched.entry(m.tp.clone()).or_default() |= urgent;
+                    ToWorker::Msgs(batch) => {
+                        for m in &batch {
+                            if let Some(live) = parts.get_mut(&m.tp) {
+                                let _partition =
+                                    tracing::debug_span!("partition", topic = %m.tp.topic, partition = m.tp.partition)
+                                        .entered();
+                                let urgent = self.process(live, m, &mut alerts, &mut pending, &mut owed);
+                                match touched.get_mut(&m.tp) {
+                                    Some(u) => *u |= urgent,
+                                    None => {
+                                        touched.insert(m.tp.clone(), urgent);
+                                    }
+                                }
+                            }
                         }
+                        handled += batch.len().saturating_sub(1);
                     }
                     ToWorker::Assign(tp, mut work) => {
                         let track = self.responder.is_some();
@@ -237,7 +253,14 @@ impl Worker {
                     next = self.rx.try_recv().ok();
                 }
             }
-            self.settle(&mut pending, &mut owed, &mut touched, &parts);
+            // Acknowledgements are collected in bulk, alerts included: the store already
+            // keeps an alert from going out twice, so committing its offset a few
+            // milliseconds later costs nothing, while waiting after each one would stall
+            // detection whenever alerts are frequent.
+            if pending.len() >= MAX_PENDING || last_settle.elapsed() >= SETTLE_EVERY {
+                self.settle(&mut pending, &mut owed, &mut touched, &parts);
+                last_settle = Instant::now();
+            }
             self.publish_stats(&parts);
             for (tp, live) in parts.iter_mut() {
                 if live.changed && live.last_snapshot.elapsed() >= self.snapshot_interval {
