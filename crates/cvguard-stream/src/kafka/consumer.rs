@@ -503,12 +503,12 @@ fn consume(
             None => {}
         }
         urgent |= collect_durable(&shared, &durable_rx);
+        // Offsets after alerts go out early, but asynchronously: the store keeps an alert
+        // from being published twice, and a synchronous commit held up polling for a
+        // broker round trip after every batch with an alert (seconds of delay for the
+        // alerts behind it when alerts are frequent).
         if urgent || last_commit.elapsed() >= opts.commit_interval {
-            commit(
-                &shared,
-                &consumer,
-                if urgent { CommitMode::Sync } else { CommitMode::Async },
-            );
+            commit(&shared, &consumer, CommitMode::Async);
             last_commit = Instant::now();
             urgent = false;
         }
