@@ -43,6 +43,10 @@ impl RecentSet {
                 return;
             }
         }
+        if self.items.capacity() == 0 {
+            // Most keys only ever see one user, IP and user agent: room for one, not four.
+            self.items.reserve_exact(1);
+        }
         self.items.push((hash, names.intern_retained(value), s));
     }
 

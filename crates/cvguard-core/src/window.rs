@@ -30,7 +30,12 @@ impl CountWindow {
                     Err(i) => self.buckets.insert(i, (sec, amount)),
                 }
             }
-            _ => self.buckets.push_back((sec, amount)),
+            _ => {
+                if self.buckets.capacity() == 0 {
+                    self.buckets.reserve_exact(1);
+                }
+                self.buckets.push_back((sec, amount))
+            }
         }
     }
 

@@ -362,7 +362,12 @@ pub fn start(opts: KafkaOptions, stats: PartitionStats) -> Result<KafkaHandle, K
     ensure_topics(&opts.section)?;
     let section = &opts.section;
     let mut producer_config = client_config_without_consumer_keys(section);
-    producer_config.set("enable.idempotence", "true").set("linger.ms", "5");
+    producer_config.set("enable.idempotence", "true");
+    if producer_config.get("linger.ms").is_none() {
+        // Alerts leave within a millisecond; under load the producer still batches the
+        // re-keyed events, as their rate fills a batch within that time.
+        producer_config.set("linger.ms", "1");
+    }
     if producer_config.get("message.timeout.ms").is_none() {
         // A delivery that cannot complete is reported (and sent again) after 30 s instead
         // of librdkafka's 5 minutes, so a stuck broker shows in the logs quickly.
