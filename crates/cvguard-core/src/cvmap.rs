@@ -87,6 +87,38 @@ impl<V> CvMap<V> {
         }
     }
 
+    /// Applies `f` to the value of `cv`, if any, and removes it when `f` says so, with
+    /// one lookup. Returns whether it was removed.
+    pub fn update_or_remove(&mut self, cv: CvRef, f: impl FnOnce(&mut V) -> bool) -> bool {
+        use std::collections::hash_map::Entry;
+        let map = match self {
+            CvMap::One(m) => m,
+            CvMap::Sharded(s) => &mut s[shard_of(cv)],
+            CvMap::Small(v) => {
+                return match v.iter().position(|(k, _)| *k == cv) {
+                    Some(i) => {
+                        let remove = f(&mut v[i].1);
+                        if remove {
+                            v.swap_remove(i);
+                        }
+                        remove
+                    }
+                    None => false,
+                };
+            }
+        };
+        match map.entry(cv) {
+            Entry::Occupied(mut o) => {
+                let remove = f(o.get_mut());
+                if remove {
+                    o.remove();
+                }
+                remove
+            }
+            Entry::Vacant(_) => false,
+        }
+    }
+
     pub fn remove(&mut self, cv: CvRef) -> Option<V> {
         match self {
             CvMap::Small(v) => v.iter().position(|(k, _)| *k == cv).map(|i| v.swap_remove(i).1),
@@ -251,8 +283,19 @@ mod tests {
         assert_eq!(m.remove(1234), Some(1234 * 3 + 1));
         assert_eq!(m.get(1234), None);
         assert_eq!(m.iter().count(), 9_999);
+        assert!(!m.update_or_remove(77, |v| {
+            *v = 0;
+            false
+        }));
+        assert_eq!(m.get(77), Some(&0));
+        assert!(m.update_or_remove(77, |_| true));
+        assert!(!m.update_or_remove(77, |_| true), "already gone");
+        assert_eq!(m.iter().count(), 9_998);
         let sum: u64 = m.iter().map(|(_, v)| *v).sum();
-        assert_eq!(sum, (0..10_000u64).map(|c| c * 3 + 1).sum::<u64>() - (1234 * 3 + 1));
+        assert_eq!(
+            sum,
+            (0..10_000u64).map(|c| c * 3 + 1).sum::<u64>() - (1234 * 3 + 1) - (77 * 3 + 1)
+        );
     }
 
     #[test]

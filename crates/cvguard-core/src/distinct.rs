@@ -345,23 +345,24 @@ impl GroupState {
                 }
                 self.queues[c].pop_front();
                 self.heads[c] += 1;
-                let dead = match self.table.get_mut(cv) {
-                    Some(e) if e.last[c] == s => {
-                        e.last[c] = NEVER;
-                        // A front rule loses the CV when the last of its classes lets it
-                        // go: all of them share the rule's window, so they are dropped in
-                        // the same advance, whatever order the classes come in.
-                        for (progress, rule) in self.rules.iter_mut().zip(&plan.rules) {
-                            if rule.front && rule.classes & (1 << c) != 0 && e.latest(rule.classes) == NEVER {
-                                progress.count -= 1;
-                            }
-                        }
-                        e.is_dead()
+                let rules = &mut self.rules;
+                let dead = self.table.update_or_remove(cv, |e| {
+                    if e.last[c] != s {
+                        // A later access of this class moved the CV further back.
+                        return false;
                     }
-                    _ => false,
-                };
+                    e.last[c] = NEVER;
+                    // A front rule loses the CV when the last of its classes lets it go:
+                    // all of them share the rule's window, so they are dropped in the
+                    // same advance, whatever order the classes come in.
+                    for (progress, rule) in rules.iter_mut().zip(&plan.rules) {
+                        if rule.front && rule.classes & (1 << c) != 0 && e.latest(rule.classes) == NEVER {
+                            progress.count -= 1;
+                        }
+                    }
+                    e.is_dead()
+                });
                 if dead {
-                    self.table.remove(cv);
                     released(cv);
                 }
             }
