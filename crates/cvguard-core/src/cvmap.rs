@@ -3,8 +3,9 @@
 //!
 //! A hash table that doubles rehashes every entry at once: for one key holding 150,000
 //! CVs, or an interner holding millions of ids, that is tens of milliseconds in which
-//! no event is decided. Both structures here split into 64 independent shards once
-//! they are large, so a doubling moves at most a sixty-fourth of the entries.
+//! no event is decided. Both structures here split into independent shards (64 for a
+//! key's CVs once it holds 4,096; 256 for the string indexes), so a doubling moves a
+//! small part of the entries.
 
 use hashbrown::HashTable;
 use rustc_hash::{FxHashMap, FxHasher};
@@ -13,6 +14,9 @@ use std::hash::{Hash, Hasher};
 use crate::interner::CvRef;
 
 const SHARDS: usize = 64;
+/// String indexes hold millions of entries (every CV id): more shards, so one shard's
+/// doubling rehashes a few thousand strings.
+const STR_SHARDS: usize = 256;
 /// Up to this many entries a map is a plain vector, searched linearly: most keys touch
 /// one or two CVs, and a vector of them costs a fraction of a hash table.
 const SMALL: usize = 8;
@@ -188,7 +192,7 @@ fn insert_into<V>(m: &mut FxHashMap<CvRef, V>, cv: CvRef, value: V) -> (&mut V, 
 }
 
 /// An index from strings to dense `u32` ids whose strings the caller keeps (so each
-/// string is stored once), in 64 shards.
+/// string is stored once), in 256 shards.
 #[derive(Debug)]
 pub struct StrIndex {
     shards: Box<[HashTable<u32>]>,
@@ -198,7 +202,7 @@ pub struct StrIndex {
 impl Default for StrIndex {
     fn default() -> Self {
         StrIndex {
-            shards: (0..SHARDS).map(|_| HashTable::new()).collect(),
+            shards: (0..STR_SHARDS).map(|_| HashTable::new()).collect(),
             len: 0,
         }
     }
@@ -220,7 +224,7 @@ pub fn str_hash(s: &str) -> u64 {
 /// The shard from middle bits: hashbrown places entries by the low bits and filters
 /// candidates by the top seven, so neither may be constant within a shard.
 fn shard_of_hash(hash: u64) -> usize {
-    ((hash >> 32) as usize) % SHARDS
+    ((hash >> 32) as usize) % STR_SHARDS
 }
 
 impl StrIndex {

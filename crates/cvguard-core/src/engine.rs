@@ -6,6 +6,7 @@ use std::collections::BinaryHeap;
 use std::sync::Arc;
 
 use crate::alert::{stable_hash, Alert, AlertAction, AlertReason, Evidence, VisibilityCounts, WindowValue};
+use crate::chunked::ChunkedVec;
 use crate::cvmap::{str_hash, StrIndex};
 use crate::distinct::{unstamp, Access, Added, GroupState, KindPlan};
 use crate::event::{parse_event, Event, RejectReason};
@@ -198,7 +199,7 @@ impl KindLayout {
 #[derive(Debug, Default)]
 struct KeyTable {
     index: StrIndex,
-    slots: Vec<Option<KeyState>>,
+    slots: ChunkedVec<Option<KeyState>>,
     free: Vec<u32>,
     expiry: BinaryHeap<Reverse<(i64, u32)>>,
 }

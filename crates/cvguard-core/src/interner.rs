@@ -2,6 +2,7 @@
 //! for the whole engine and reference-counted by whatever holds them, so a CV touched
 //! by many keys is stored once and freed when the last holder lets it go.
 
+use crate::chunked::ChunkedVec;
 use crate::cvmap::{str_hash, StrIndex};
 
 /// A handle to an interned CV id.
@@ -12,8 +13,8 @@ pub type Sym = u32;
 #[derive(Debug, Default)]
 pub struct Interner {
     index: StrIndex,
-    names: Vec<Option<Box<str>>>,
-    refs: Vec<u32>,
+    names: ChunkedVec<Option<Box<str>>>,
+    refs: ChunkedVec<u32>,
     free: Vec<u32>,
 }
 
@@ -102,7 +103,8 @@ impl Interner {
     /// Approximate heap bytes: the index, the handle arrays and the strings.
     pub fn heap_bytes(&self) -> usize {
         self.index.heap_bytes()
-            + self.names.capacity() * (std::mem::size_of::<Option<Box<str>>>() + 4)
+            + self.names.heap_bytes()
+            + self.refs.heap_bytes()
             + self.free.capacity() * 4
             + self.names.iter().flatten().map(|n| n.len().max(8)).sum::<usize>()
     }

@@ -5,6 +5,7 @@
 //! does IO or reads a clock: time comes from events, and adapters bring the rest.
 
 pub mod alert;
+pub mod chunked;
 pub mod cvmap;
 pub mod distinct;
 pub mod engine;
