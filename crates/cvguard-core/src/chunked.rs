@@ -48,11 +48,6 @@ impl<T> ChunkedVec<T> {
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut T> + '_ {
         self.chunks.iter_mut().flatten()
     }
-
-    /// Bytes allocated for elements.
-    pub fn heap_bytes(&self) -> usize {
-        self.chunks.len() * CHUNK * std::mem::size_of::<T>()
-    }
 }
 
 impl<T> Index<usize> for ChunkedVec<T> {

@@ -63,14 +63,6 @@ impl<V> CvMap<V> {
         }
     }
 
-    pub fn get_mut(&mut self, cv: CvRef) -> Option<&mut V> {
-        match self {
-            CvMap::Small(v) => v.iter_mut().find(|(k, _)| *k == cv).map(|(_, x)| x),
-            CvMap::One(m) => m.get_mut(&cv),
-            CvMap::Sharded(s) => s[shard_of(cv)].get_mut(&cv),
-        }
-    }
-
     /// The value for `cv`, inserting `value` if absent; true when it was inserted.
     pub fn entry_or_insert(&mut self, cv: CvRef, value: V) -> (&mut V, bool) {
         self.grow_if_full();
@@ -123,14 +115,6 @@ impl<V> CvMap<V> {
         }
     }
 
-    pub fn remove(&mut self, cv: CvRef) -> Option<V> {
-        match self {
-            CvMap::Small(v) => v.iter().position(|(k, _)| *k == cv).map(|i| v.swap_remove(i).1),
-            CvMap::One(m) => m.remove(&cv),
-            CvMap::Sharded(s) => s[shard_of(cv)].remove(&cv),
-        }
-    }
-
     pub fn iter(&self) -> impl Iterator<Item = (CvRef, &V)> + '_ {
         type Parts<'a, V> = (&'a [(CvRef, V)], &'a [FxHashMap<CvRef, V>]);
         let (small, maps): Parts<'_, V> = match self {
@@ -142,25 +126,6 @@ impl<V> CvMap<V> {
             .iter()
             .map(|(k, v)| (*k, v))
             .chain(maps.iter().flat_map(|m| m.iter().map(|(k, v)| (*k, v))))
-    }
-
-    /// Approximate heap bytes (entries, control bytes, shard headers).
-    pub fn heap_bytes(&self) -> usize {
-        let entry = std::mem::size_of::<(CvRef, V)>();
-        let table = |m: &FxHashMap<CvRef, V>| {
-            if m.capacity() == 0 {
-                0
-            } else {
-                m.capacity() * 8 / 7 * (entry + 1)
-            }
-        };
-        match self {
-            CvMap::Small(v) => v.capacity() * entry,
-            CvMap::One(m) => table(m),
-            CvMap::Sharded(s) => {
-                s.iter().map(table).sum::<usize>() + s.len() * std::mem::size_of::<FxHashMap<CvRef, V>>()
-            }
-        }
     }
 
     fn grow_if_full(&mut self) {
@@ -255,11 +220,6 @@ impl StrIndex {
             self.len -= 1;
         }
     }
-
-    pub fn heap_bytes(&self) -> usize {
-        self.shards.iter().map(|t| t.capacity() * 8 / 7 * 5).sum::<usize>()
-            + self.shards.len() * std::mem::size_of::<HashTable<u32>>()
-    }
 }
 
 #[cfg(test)]
@@ -284,7 +244,7 @@ mod tests {
         assert_eq!(m.len(), 10_000);
         assert_eq!(m.get(1234), Some(&(1234 * 3 + 1)));
         assert!(!m.entry_or_insert(1234, 0).1);
-        assert_eq!(m.remove(1234), Some(1234 * 3 + 1));
+        assert!(m.update_or_remove(1234, |_| true));
         assert_eq!(m.get(1234), None);
         assert_eq!(m.iter().count(), 9_999);
         assert!(!m.update_or_remove(77, |v| {

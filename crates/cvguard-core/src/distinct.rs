@@ -500,17 +500,6 @@ impl GroupState {
         }
         state
     }
-
-    /// Approximate heap bytes, for the state-size metric.
-    pub fn heap_bytes(&self) -> usize {
-        self.table.heap_bytes()
-            + self
-                .queues
-                .iter()
-                .map(|q| q.capacity() * std::mem::size_of::<(Stamp, CvRef)>())
-                .sum::<usize>()
-            + self.rules.capacity() * std::mem::size_of::<RuleProgress>()
-    }
 }
 
 #[cfg(test)]

@@ -99,15 +99,6 @@ impl Interner {
     pub fn is_empty(&self) -> bool {
         self.index.is_empty()
     }
-
-    /// Approximate heap bytes: the index, the handle arrays and the strings.
-    pub fn heap_bytes(&self) -> usize {
-        self.index.heap_bytes()
-            + self.names.heap_bytes()
-            + self.refs.heap_bytes()
-            + self.free.capacity() * 4
-            + self.names.iter().flatten().map(|n| n.len().max(8)).sum::<usize>()
-    }
 }
 
 #[cfg(test)]

@@ -102,10 +102,6 @@ impl RecentSet {
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }
-
-    pub fn heap_bytes(&self) -> usize {
-        self.items.capacity() * std::mem::size_of::<(u64, Sym, Stamp)>()
-    }
 }
 
 #[cfg(test)]
