@@ -6,6 +6,8 @@
 //! and user agent a key has seen before (nearly all of them) never touches the large
 //! engine-wide table, only the key's own short vector.
 
+use rustc_hash::FxHashMap;
+
 use crate::cvmap::str_hash;
 use crate::distinct::{stamp, unstamp, Stamp};
 use crate::interner::{Interner, Sym};
@@ -14,9 +16,15 @@ use crate::interner::{Interner, Sym};
 pub struct RecentSet {
     /// (hash of the value, value, latest stamp seen).
     items: Vec<(u64, Sym, Stamp)>,
+    /// Position of each value by hash once the set is past `INDEX_FROM` values (an IP or
+    /// org can have up to `cap` accounts): searching is then one lookup, not a scan.
+    index: Option<Box<FxHashMap<u64, u32>>>,
     /// Set once a value could not be stored because the set was full.
     truncated: bool,
 }
+
+/// Up to this many values a set is searched linearly.
+const INDEX_FROM: usize = 16;
 
 impl RecentSet {
     /// Records `value` (whose `str_hash` is `hash`) at `sec`. When the set is full,
@@ -24,8 +32,8 @@ impl RecentSet {
     /// truncated. A stored value holds one reference in `names`.
     pub fn note(&mut self, hash: u64, value: &str, sec: i64, cap: usize, cutoff: i64, names: &mut Interner) {
         let s = stamp(sec);
-        // Most events repeat the previous event's user, IP and user agent.
-        if let Some(item) = self.items.iter_mut().rev().find(|(h, _, _)| *h == hash) {
+        if let Some(i) = self.position(hash) {
+            let item = &mut self.items[i];
             item.2 = item.2.max(s);
             return;
         }
@@ -38,6 +46,7 @@ impl RecentSet {
                 }
                 keep
             });
+            self.reindex();
             if self.items.len() >= cap {
                 self.truncated = true;
                 return;
@@ -48,6 +57,33 @@ impl RecentSet {
             self.items.reserve_exact(1);
         }
         self.items.push((hash, names.intern_retained(value), s));
+        match &mut self.index {
+            Some(index) => {
+                index.insert(hash, (self.items.len() - 1) as u32);
+            }
+            None if self.items.len() > INDEX_FROM => self.reindex(),
+            None => {}
+        }
+    }
+
+    fn position(&self, hash: u64) -> Option<usize> {
+        match &self.index {
+            Some(index) => index.get(&hash).map(|i| *i as usize),
+            // Most events repeat the previous event's user, IP and user agent.
+            None => self.items.iter().rposition(|(h, _, _)| *h == hash),
+        }
+    }
+
+    fn reindex(&mut self) {
+        self.index = (self.items.len() > INDEX_FROM).then(|| {
+            Box::new(
+                self.items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (h, _, _))| (*h, i as u32))
+                    .collect(),
+            )
+        });
     }
 
     /// Values seen after `cutoff`, sorted.
@@ -75,13 +111,16 @@ impl RecentSet {
     }
 
     pub fn from_entries(entries: &[(String, i64)], truncated: bool, names: &mut Interner) -> RecentSet {
-        RecentSet {
+        let mut set = RecentSet {
             items: entries
                 .iter()
                 .map(|(k, s)| (str_hash(k), names.intern_retained(k), stamp(*s)))
                 .collect(),
+            index: None,
             truncated,
-        }
+        };
+        set.reindex();
+        set
     }
 
     /// Drops every value, releasing its reference.
@@ -89,6 +128,7 @@ impl RecentSet {
         for (_, v, _) in self.items.drain(..) {
             names.release(v);
         }
+        self.index = None;
     }
 
     pub fn truncated(&self) -> bool {
@@ -127,5 +167,27 @@ mod tests {
         assert_eq!(s.live(35, &names), vec!["b"]);
         s.clear(&mut names);
         assert!(names.is_empty());
+    }
+
+    #[test]
+    fn a_large_set_finds_its_values_through_the_index_after_making_room() {
+        let mut names = Interner::default();
+        let mut s = RecentSet::default();
+        let value = |i: i64| format!("acc-{i}");
+        for i in 0..100 {
+            s.note(str_hash(&value(i)), &value(i), i, 100, 0, &mut names);
+        }
+        assert!(s.index.is_some());
+        s.note(str_hash(&value(5)), &value(5), 500, 100, 0, &mut names);
+        assert_eq!(s.len(), 100, "a known value is not added again");
+        // Full: the values at or before second 49 make room for a new one.
+        s.note(str_hash("new"), "new", 501, 100, 49, &mut names);
+        assert_eq!(s.len(), 52);
+        assert!(!s.truncated());
+        s.note(str_hash(&value(60)), &value(60), 502, 100, 49, &mut names);
+        s.note(str_hash("new"), "new", 503, 100, 49, &mut names);
+        assert_eq!(s.len(), 52, "found again after the index was rebuilt");
+        assert_eq!(s.live(501, &names), vec!["acc-60", "new"]);
+        assert_eq!(names.len(), 52);
     }
 }
