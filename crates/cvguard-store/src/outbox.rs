@@ -68,18 +68,7 @@ impl Store {
             .bind(&row.incident_id)
             .execute(&mut *tx)
             .await?;
-        action(
-            &mut tx,
-            &row.incident_id,
-            now,
-            &row.kind,
-            &row.account_id,
-            "delivered",
-            detail,
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        finish_call(tx, row, now, "delivered", detail).await
     }
 
     /// The call failed and may be tried again at `next_attempt_at`.
@@ -114,18 +103,7 @@ impl Store {
         .bind(row.id)
         .execute(&mut *tx)
         .await?;
-        action(
-            &mut tx,
-            &row.incident_id,
-            now,
-            &row.kind,
-            &row.account_id,
-            "failed",
-            error,
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        finish_call(tx, row, now, "failed", error).await
     }
 
     /// Suspend calls queued since `since` (for the blast-radius limit).
@@ -174,4 +152,26 @@ impl Store {
             .collect::<Result<Vec<_>, sqlx::Error>>()
             .map_err(Into::into)
     }
+}
+
+/// Records the call's outcome in the incident's action log and commits its transaction.
+async fn finish_call(
+    mut tx: sqlx::Transaction<'_, sqlx::Any>,
+    row: &OutboxRow,
+    now: i64,
+    outcome: &str,
+    detail: &str,
+) -> Result<(), StoreError> {
+    action(
+        &mut tx,
+        &row.incident_id,
+        now,
+        &row.kind,
+        &row.account_id,
+        outcome,
+        detail,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
 }
