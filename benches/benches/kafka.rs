@@ -36,6 +36,16 @@ fn create(topic: &str) {
     futures::executor::block_on(admin.create_topics([&t], &AdminOptions::new())).unwrap();
 }
 
+/// A consumer that commits nothing.
+fn consumer_config(group: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", BOOTSTRAP)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false");
+    config
+}
+
 fn producer() -> FutureProducer {
     ClientConfig::new()
         .set("bootstrap.servers", BOOTSTRAP)
@@ -67,12 +77,7 @@ fn fill(topic: &str, lines: &[&[u8]]) {
 }
 
 fn bare_drain(topic: &str, n: usize) -> f64 {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", BOOTSTRAP)
-        .set("group.id", unique("bare"))
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
+    let c: BaseConsumer = consumer_config(&unique("bare")).create().unwrap();
     let mut tpl = TopicPartitionList::new();
     for p in 0..PARTITIONS {
         tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
@@ -91,11 +96,7 @@ fn bare_drain(topic: &str, n: usize) -> f64 {
 }
 
 fn committed(group: &str, topic: &str) -> i64 {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", BOOTSTRAP)
-        .set("group.id", group)
-        .create()
-        .unwrap();
+    let c: BaseConsumer = consumer_config(group).create().unwrap();
     let mut tpl = TopicPartitionList::new();
     for p in 0..PARTITIONS {
         tpl.add_partition(topic, p);
@@ -173,15 +174,9 @@ fn latency(rules: &str, rate: f64, port: u16) -> Latency {
         })
         .unwrap();
     let mut child = serve(&cfg2);
-    let p: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", BOOTSTRAP)
-        .set("linger.ms", "5")
-        .set("queue.buffering.max.messages", "1000000")
-        .create()
-        .unwrap();
-    let reader: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", BOOTSTRAP)
-        .set("group.id", unique("reader"))
+    let p = producer();
+    // Not letting the broker hold a fetch: the reader's own delay stays out of the figure.
+    let reader: BaseConsumer = consumer_config(&unique("reader"))
         .set("fetch.wait.max.ms", "10")
         .create()
         .unwrap();
