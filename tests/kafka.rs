@@ -288,6 +288,35 @@ fn an_organisation_spread_over_partitions_and_instances_is_alerted_once() {
 }
 
 #[test]
+fn re_keyed_events_in_the_one_event_form_from_before_packing_are_still_counted() {
+    // An upgrade must not lose re-keyed events already on the repartition topic: before
+    // they were packed, each was its own message keyed `org_id|<org>`.
+    let s = setup("legacy");
+    let svc = s.start(0);
+    let producer = Producer::new();
+    for batch in 0..80u32 {
+        let ids: Vec<String> = (0..100).map(|k| format!("\"cv-{:05}\"", batch * 100 + k)).collect();
+        let line = format!(
+            r#"{{"ts":{},"account_id":"old-{}","org_id":"org-legacy","action":"cv_view","cv_ids":[{}]}}"#,
+            cvguard_tests::kafka::HARVEST_T0 + i64::from(batch) * 60_000,
+            batch % 4,
+            ids.join(",")
+        );
+        producer.send(&s.names.repartition, Some(2), "org_id|org-legacy", line.as_bytes());
+    }
+    let mut alerts = Reader::new(&s.names.alerts, PARTITIONS);
+    assert!(
+        alerts.until(LONG, |seen| seen.iter().any(|r| r.json()["key"] == "org-legacy")),
+        "no org alert; log:\n{}",
+        svc.log_text()
+    );
+    let all = alerts.json();
+    let org = alerts_about(&all, "org-legacy", "org-harvest-24h");
+    assert_eq!(org.len(), 1, "{all:?}");
+    assert_eq!(org[0]["value"], 8000);
+}
+
+#[test]
 fn a_poison_message_goes_to_the_dead_letter_topic_and_the_partition_moves_on() {
     let s = setup("poison");
     let _svc = s.start(0);

@@ -374,6 +374,7 @@ pub fn start(opts: KafkaOptions, stats: PartitionStats) -> Result<KafkaHandle, K
         producer_config.set("message.timeout.ms", "30000");
     }
     let producer: FutureProducer = producer_config.create()?;
+    let repartition_partitions = super::partition_count(&producer, &section.repartition_topic)?;
     let kinds = Arc::new(Kinds::new(&opts.rules));
     let outputs = Arc::new(Outputs {
         producer,
@@ -381,6 +382,7 @@ pub fn start(opts: KafkaOptions, stats: PartitionStats) -> Result<KafkaHandle, K
         incidents_topic: section.incidents_topic.clone(),
         dead_letter_topic: section.dead_letter_topic.clone(),
         repartition_topic: section.repartition_topic.clone(),
+        repartition_partitions,
         sinks: opts.sinks.clone(),
     });
 

@@ -10,6 +10,7 @@
 mod consumer;
 pub mod incident_feed;
 pub mod output;
+pub mod regroup;
 mod worker;
 
 use std::collections::HashMap;
@@ -136,6 +137,19 @@ fn client_config_without_consumer_keys(section: &KafkaSection) -> ClientConfig {
         }
     }
     c
+}
+
+/// The repartition topic's partition count, which decides where each re-keyed key goes.
+fn partition_count(producer: &rdkafka::producer::FutureProducer, topic: &str) -> Result<i32, KafkaRunError> {
+    use rdkafka::producer::Producer;
+    let metadata = producer.client().fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    match metadata.topics().first().map(|t| (t.error(), t.partitions().len())) {
+        Some((None, n)) if n > 0 => Ok(n as i32),
+        other => Err(KafkaRunError::Topic {
+            topic: topic.to_string(),
+            message: format!("no partitions in its metadata ({other:?})"),
+        }),
+    }
 }
 
 /// Creates the topics cvguard writes to when they are missing. The incidents topic is

@@ -11,6 +11,7 @@ use cvguard_core::{parse_event, Alert, Engine, KeyKind, Outcome, RejectReason};
 use tracing::{info, warn};
 
 use super::output::{repartition_kind, Outputs, Pending};
+use super::regroup::{self, Packer, PACKED_KEY};
 use super::{Kinds, Tp};
 use crate::health::Health;
 use crate::snapshot_store::SnapshotStore;
@@ -127,6 +128,7 @@ impl Worker {
         let mut owed = Owed::default();
         let mut touched: HashMap<Tp, bool> = HashMap::new();
         let mut alerts = Vec::new();
+        let mut packer = Packer::new(self.outputs.repartition_partitions);
         let mut last_settle = Instant::now();
         loop {
             let first = match self.rx.recv_timeout(Duration::from_millis(200)) {
@@ -147,7 +149,7 @@ impl Worker {
                                 let _partition =
                                     tracing::debug_span!("partition", topic = %m.tp.topic, partition = m.tp.partition)
                                         .entered();
-                                let urgent = self.process(live, m, &mut alerts, &mut pending, &mut owed);
+                                let urgent = self.process(live, m, &mut alerts, &mut packer, &mut pending, &mut owed);
                                 match touched.get_mut(&m.tp) {
                                     Some(u) => *u |= urgent,
                                     None => {
@@ -155,6 +157,12 @@ impl Worker {
                                     }
                                 }
                             }
+                        }
+                        // Re-keyed events leave with the batch that accepted them: nothing
+                        // waits in the packer past this point, so a revocation or a
+                        // settle never commits an input offset ahead of them.
+                        for p in packer.filled() {
+                            self.outputs.repartition(p, packer.take(p), &mut pending);
                         }
                         handled += batch.len().saturating_sub(1);
                     }
@@ -334,6 +342,7 @@ impl Worker {
         live: &mut Live,
         m: &InMsg,
         alerts: &mut Vec<Alert>,
+        packer: &mut Packer,
         pending: &mut Pending,
         owed: &mut Owed,
     ) -> bool {
@@ -362,7 +371,9 @@ impl Worker {
                         if outcome == Outcome::Accepted && !replaying {
                             for (kind, rules) in &self.kinds.cross {
                                 if let Some(key) = rules.key_for(*kind, &ev) {
-                                    self.outputs.repartition(*kind, key, payload, m.timestamp, pending);
+                                    if let Some(due) = packer.push(*kind, key, payload, m.timestamp) {
+                                        self.outputs.repartition(due, packer.take(due), pending);
+                                    }
                                     live.counters.repartitioned += 1;
                                 }
                             }
@@ -375,13 +386,30 @@ impl Worker {
                 }
             }
             Stage::Repartition(engines) => {
-                let kind = m.key.as_deref().and_then(repartition_kind);
-                match engines.iter_mut().find(|(k, _)| Some(*k) == kind) {
-                    Some((_, engine)) => {
-                        engine.process_bytes(payload, m.timestamp, alerts);
+                if m.key.as_deref() == Some(PACKED_KEY) {
+                    for record in regroup::records(payload) {
+                        match record {
+                            Ok(r) => match engines.iter_mut().find(|(k, _)| *k == r.kind) {
+                                Some((_, engine)) => {
+                                    engine.process_bytes(r.payload, r.timestamp, alerts);
+                                }
+                                None => no_rules_for(m, r.kind.as_str()),
+                            },
+                            Err(e) => {
+                                warn!(message = "Malformed packed repartition message; the rest of it is skipped.",
+                                topic = %m.tp.topic, partition = m.tp.partition, offset = m.offset, at = e.at, reason = e.why)
+                            }
+                        }
                     }
-                    None => warn!(message = "Repartitioned event for a key kind with no rules; skipped.",
-                        topic = %m.tp.topic, partition = m.tp.partition, offset = m.offset),
+                } else {
+                    // One event per message, as written before events were packed.
+                    let kind = m.key.as_deref().and_then(repartition_kind);
+                    match engines.iter_mut().find(|(k, _)| Some(*k) == kind) {
+                        Some((_, engine)) => {
+                            engine.process_bytes(payload, m.timestamp, alerts);
+                        }
+                        None => no_rules_for(m, kind.map_or("none", KeyKind::as_str)),
+                    }
                 }
             }
         }
@@ -444,6 +472,13 @@ impl Worker {
             counters.dead_lettered += 1;
         }
     }
+}
+
+/// Re-keyed events of a kind this instance has no rules for (another instance's config,
+/// or a reload that removed them) are skipped.
+fn no_rules_for(m: &InMsg, kind: &str) {
+    warn!(message = "Repartitioned event for a key kind with no rules; skipped.",
+        topic = %m.tp.topic, partition = m.tp.partition, offset = m.offset, key_kind = kind);
 }
 
 /// Retries a store operation until it succeeds: a partition stops rather than commit

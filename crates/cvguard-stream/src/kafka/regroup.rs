@@ -1,0 +1,251 @@
+//! The repartition topic's record format: accepted events re-keyed by org, user or ip,
+//! packed many to a Kafka message.
+//!
+//! Producing each re-keyed event as a message of its own tripled the messages the
+//! broker and both librdkafka clients handle (the shipped rules re-key every event twice),
+//! and that, not detection, bounded `serve`. A worker instead packs what one batch of
+//! input re-keys into one message per repartition partition. The partition is chosen
+//! here, by a stable hash of the key, so every instance and version sends a key to the
+//! same partition; order within a source partition is kept, as before.
+//!
+//! A packed message has the key [`PACKED_KEY`] and a payload of records, each
+//! `kind (u8, index in KeyKind::ALL) | timestamp (i64 LE, i64::MIN for none) |
+//! length (u32 LE) | the event's JSON, unchanged`.
+
+use cvguard_core::KeyKind;
+
+/// The Kafka key of a packed message; also how a reader tells it from the older one
+/// event per message form (`org_id|<org>` keys), which it still reads.
+pub const PACKED_KEY: &[u8] = b"cvguard-packed-v1";
+
+/// Flush a partition's buffer once it holds this much, well under the broker's default
+/// message size limit (1 MB).
+pub const FLUSH_BYTES: usize = 256 * 1024;
+
+const HEADER: usize = 1 + 8 + 4;
+const NO_TIMESTAMP: i64 = i64::MIN;
+
+/// The repartition partition of a key: FNV-1a of `kind|key`. Part of the wire contract
+/// between instances: changing it would split a key's state over two partitions.
+pub fn partition_of(kind: KeyKind, key: &str, partitions: i32) -> i32 {
+    let bytes = kind.as_str().bytes().chain(std::iter::once(b'|')).chain(key.bytes());
+    (fnv1a(bytes) % partitions.max(1) as u64) as i32
+}
+
+/// 64-bit FNV-1a: simple, stable, and specified outside this code.
+fn fnv1a(bytes: impl Iterator<Item = u8>) -> u64 {
+    bytes.fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Re-keyed events waiting to be produced, one buffer per repartition partition.
+pub struct Packer {
+    buffers: Vec<Packed>,
+}
+
+/// One partition's buffer.
+#[derive(Default)]
+pub struct Packed {
+    pub bytes: Vec<u8>,
+    pub records: usize,
+    /// The earliest timestamp among the records: the message's own, so a look-back by
+    /// time on the repartition topic never starts after one of them.
+    pub timestamp: Option<i64>,
+}
+
+impl Packer {
+    pub fn new(partitions: i32) -> Packer {
+        Packer {
+            buffers: (0..partitions.max(1)).map(|_| Packed::default()).collect(),
+        }
+    }
+
+    /// Appends an event for `key`; returns its partition when that buffer is due.
+    pub fn push(&mut self, kind: KeyKind, key: &str, payload: &[u8], timestamp: Option<i64>) -> Option<i32> {
+        let partition = partition_of(kind, key, self.buffers.len() as i32);
+        let buf = &mut self.buffers[partition as usize];
+        encode(&mut buf.bytes, kind, timestamp, payload);
+        buf.records += 1;
+        buf.timestamp = match (buf.timestamp, timestamp) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        (buf.bytes.len() >= FLUSH_BYTES).then_some(partition)
+    }
+
+    /// Takes one partition's buffer, leaving it empty.
+    pub fn take(&mut self, partition: i32) -> Packed {
+        std::mem::take(&mut self.buffers[partition as usize])
+    }
+
+    /// The partitions that hold records.
+    pub fn filled(&self) -> Vec<i32> {
+        (0..self.buffers.len() as i32)
+            .filter(|p| self.buffers[*p as usize].records > 0)
+            .collect()
+    }
+}
+
+fn encode(out: &mut Vec<u8>, kind: KeyKind, timestamp: Option<i64>, payload: &[u8]) {
+    let index = KeyKind::ALL.iter().position(|k| *k == kind).expect("a key kind") as u8;
+    out.reserve(HEADER + payload.len());
+    out.push(index);
+    out.extend_from_slice(&timestamp.unwrap_or(NO_TIMESTAMP).to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// One record of a packed message.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Record<'a> {
+    pub kind: KeyKind,
+    pub timestamp: Option<i64>,
+    pub payload: &'a [u8],
+}
+
+/// A packed message that does not parse: where, and why.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Malformed {
+    pub at: usize,
+    pub why: &'static str,
+}
+
+/// The records of a packed message, in order; stops at the first malformed one.
+pub fn records(mut bytes: &[u8]) -> impl Iterator<Item = Result<Record<'_>, Malformed>> {
+    let total = bytes.len();
+    std::iter::from_fn(move || {
+        if bytes.is_empty() {
+            return None;
+        }
+        let at = total - bytes.len();
+        let fail = |why| Some(Err(Malformed { at, why }));
+        if bytes.len() < HEADER {
+            bytes = &[];
+            return fail("truncated record header");
+        }
+        let Some(kind) = KeyKind::ALL.get(bytes[0] as usize).copied() else {
+            bytes = &[];
+            return fail("unknown key kind");
+        };
+        let ts = i64::from_le_bytes(bytes[1..9].try_into().expect("8 bytes"));
+        let len = u32::from_le_bytes(bytes[9..13].try_into().expect("4 bytes")) as usize;
+        let rest = &bytes[HEADER..];
+        if rest.len() < len {
+            bytes = &[];
+            return fail("truncated record payload");
+        }
+        let (payload, tail) = rest.split_at(len);
+        bytes = tail;
+        Some(Ok(Record {
+            kind,
+            timestamp: (ts != NO_TIMESTAMP).then_some(ts),
+            payload,
+        }))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_come_back_in_order_with_their_kind_and_timestamp() {
+        let mut p = Packer::new(1);
+        assert_eq!(p.push(KeyKind::OrgId, "org-1", br#"{"a":1}"#, Some(5)), None);
+        assert_eq!(p.push(KeyKind::Ip, "10.0.0.1", b"", None), None);
+        assert_eq!(p.push(KeyKind::UserId, "u", b"xyz", Some(-3)), None);
+        let packed = p.take(0);
+        assert_eq!(packed.records, 3);
+        assert_eq!(packed.timestamp, Some(-3));
+        let got: Vec<_> = records(&packed.bytes).collect::<Result<_, _>>().unwrap();
+        assert_eq!(
+            got,
+            vec![
+                Record {
+                    kind: KeyKind::OrgId,
+                    timestamp: Some(5),
+                    payload: br#"{"a":1}"#
+                },
+                Record {
+                    kind: KeyKind::Ip,
+                    timestamp: None,
+                    payload: b""
+                },
+                Record {
+                    kind: KeyKind::UserId,
+                    timestamp: Some(-3),
+                    payload: b"xyz"
+                },
+            ]
+        );
+        assert!(p.filled().is_empty(), "take empties the buffer");
+    }
+
+    #[test]
+    fn a_truncated_or_unknown_record_is_reported_where_it_starts() {
+        let mut p = Packer::new(1);
+        p.push(KeyKind::OrgId, "o", b"0123456789", None);
+        p.push(KeyKind::OrgId, "o", b"abc", None);
+        let bytes = p.take(0).bytes;
+        let first_len = HEADER + 10;
+        let cut: Vec<_> = records(&bytes[..bytes.len() - 1]).collect();
+        assert!(cut[0].is_ok());
+        assert_eq!(
+            cut[1],
+            Err(Malformed {
+                at: first_len,
+                why: "truncated record payload"
+            })
+        );
+        let mut bad = bytes.clone();
+        bad[first_len] = 200;
+        let got: Vec<_> = records(&bad).collect();
+        assert_eq!(got.len(), 2);
+        assert_eq!(
+            got[1],
+            Err(Malformed {
+                at: first_len,
+                why: "unknown key kind"
+            })
+        );
+        assert_eq!(
+            records(&bytes[..5]).collect::<Vec<_>>(),
+            vec![Err(Malformed {
+                at: 0,
+                why: "truncated record header"
+            })]
+        );
+    }
+
+    #[test]
+    fn a_key_always_lands_on_one_partition_and_keys_spread() {
+        let a = partition_of(KeyKind::OrgId, "org-7", 6);
+        assert_eq!(a, partition_of(KeyKind::OrgId, "org-7", 6));
+        // The same text under another kind is another key.
+        let spread: std::collections::HashSet<i32> = (0..600)
+            .map(|i| partition_of(KeyKind::Ip, &format!("10.0.{}.{}", i / 256, i % 256), 6))
+            .collect();
+        assert_eq!(spread.len(), 6);
+        // Instances of different versions must agree on where a key goes: the hash is
+        // FNV-1a, checked against the published test vectors.
+        assert_eq!(fnv1a(b"".iter().copied()), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a".iter().copied()), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a(b"foobar".iter().copied()), 0x8594_4171_f739_67e8);
+        let whole = fnv1a(b"org_id|org-7".iter().copied());
+        assert_eq!(
+            partition_of(KeyKind::OrgId, "org-7", 1_000_003),
+            (whole % 1_000_003) as i32
+        );
+    }
+
+    #[test]
+    fn a_buffer_is_due_once_it_passes_the_flush_size() {
+        let mut p = Packer::new(2);
+        let big = vec![b'x'; FLUSH_BYTES / 2];
+        let part = partition_of(KeyKind::OrgId, "o", 2);
+        assert_eq!(p.push(KeyKind::OrgId, "o", &big, None), None);
+        assert_eq!(p.push(KeyKind::OrgId, "o", &big, None), Some(part));
+        assert_eq!(p.filled(), vec![part]);
+    }
+}
