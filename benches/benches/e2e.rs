@@ -63,19 +63,40 @@ fn plain_parse_rate(lines: &[&[u8]]) -> f64 {
 struct Run {
     events: u64,
     secs: f64,
+    /// Every event's decision time, and the same split by the event's size: one CV
+    /// (views, reveals, searches) or many (batch downloads, whose one decision covers
+    /// up to 200 CVs).
     latency: Histogram<u64>,
+    single: Histogram<u64>,
+    batch: Histogram<u64>,
+    /// The slowest decisions: nanoseconds, the event's CV count, its index.
+    slowest: Vec<(u64, usize, usize)>,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).expect("bounds")
 }
 
 fn replay(rules: Arc<RuleSet>, lines: &[&[u8]], measure_latency: bool) -> (Run, Engine) {
     let mut engine = Engine::new(rules);
     let mut out = Vec::new();
-    let mut latency = Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).expect("bounds");
+    let (mut latency, mut single, mut batch) = (histogram(), histogram(), histogram());
+    let mut slowest: Vec<(u64, usize, usize)> = Vec::new();
     let t = Instant::now();
-    for l in lines {
+    for (i, l) in lines.iter().enumerate() {
         if measure_latency {
+            // The CV count is read outside the timed part.
+            let cvs = cvguard_core::parse_event(l, &Default::default()).map_or(0, |e| e.cv_ids.len());
             let s = Instant::now();
             engine.process_bytes(l, None, &mut out);
-            let _ = latency.record((s.elapsed().as_nanos() as u64).max(1));
+            let ns = (s.elapsed().as_nanos() as u64).max(1);
+            let _ = latency.record(ns);
+            let _ = if cvs > 1 { batch.record(ns) } else { single.record(ns) };
+            if slowest.len() < 5 || ns > slowest[slowest.len() - 1].0 {
+                slowest.push((ns, cvs, i));
+                slowest.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+                slowest.truncate(5);
+            }
         } else {
             engine.process_bytes(l, None, &mut out);
         }
@@ -87,9 +108,39 @@ fn replay(rules: Arc<RuleSet>, lines: &[&[u8]], measure_latency: bool) -> (Run, 
             events: lines.len() as u64,
             secs,
             latency,
+            single,
+            batch,
+            slowest,
         },
         engine,
     )
+}
+
+/// Prints the latency rows of a measured run.
+fn print_latency(run: &Run) {
+    for (what, h) in [
+        ("every event", &run.latency),
+        ("single-CV events", &run.single),
+        ("multi-CV events (batch downloads)", &run.batch),
+    ] {
+        if h.is_empty() {
+            continue;
+        }
+        println!(
+            "| decision latency, {what} ({}): p50 / p99 / p99.99 / max | {:.2} / {:.2} / {:.1} / {:.0} us |",
+            h.len(),
+            us(h.value_at_quantile(0.5)),
+            us(h.value_at_quantile(0.99)),
+            us(h.value_at_quantile(0.9999)),
+            us(h.max())
+        );
+    }
+    let slowest: Vec<String> = run
+        .slowest
+        .iter()
+        .map(|(ns, cvs, i)| format!("{:.0} us ({cvs} CVs, event {i})", us(*ns)))
+        .collect();
+    println!("| the five slowest decisions | {} |", slowest.join(", "));
 }
 
 /// Two threads, split by account as Kafka partitions are: each runs the account rules
@@ -158,14 +209,7 @@ fn main() {
         "| replay, 2 threads, account rules split by account | {:.0} events/s |",
         two
     );
-    let h = &lat.latency;
-    println!(
-        "| decision latency p50 / p99 / p99.99 / max | {:.2} / {:.2} / {:.1} / {:.0} us |",
-        us(h.value_at_quantile(0.5)),
-        us(h.value_at_quantile(0.99)),
-        us(h.value_at_quantile(0.9999)),
-        us(h.max())
-    );
+    print_latency(&lat);
     let size = engine.state_size();
     println!(
         "| state at the end: keys / live (key, CV) pairs / interned CVs | {} / {} / {} |",
@@ -198,6 +242,8 @@ fn main() {
         "| replay, 1 thread, all 7 rules | {:.0} events/s |",
         run.events as f64 / run.secs
     );
+    let (lat, _) = replay(rules.clone(), &single_lines, true);
+    print_latency(&lat);
     let (acc, _) = replay(Arc::new(rules.restricted_to(KeyKind::AccountId)), &single_lines, false);
     println!(
         "| replay, 1 thread, account rules only | {:.0} events/s |",
