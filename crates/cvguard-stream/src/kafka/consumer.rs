@@ -12,12 +12,13 @@ use std::time::{Duration, Instant};
 
 use cvguard_core::{Engine, KeyKind};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::BorrowedMessage;
 use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tracing::{error, info, warn};
 
 use super::output::Outputs;
-use super::worker::{wall_clock_ms, Durable, InMsg, PartWork, Stage, ToWorker, Worker};
+use super::worker::{wall_clock_ms, Durable, InBatch, PartWork, Stage, ToWorker, Worker};
 use super::{
     base_config, client_config_without_consumer_keys, ensure_topics, KafkaOptions, KafkaRunError, Kinds,
     PartitionStats, Tp,
@@ -44,7 +45,7 @@ struct Shared {
     /// over a batch instead of each message spares a thread wake-up per message; a
     /// rebalance flushes them first, so a worker sees a partition's messages before its
     /// revocation.
-    outbox: Mutex<Vec<Vec<InMsg>>>,
+    outbox: Mutex<Vec<InBatch>>,
 }
 
 impl Shared {
@@ -64,12 +65,25 @@ impl Shared {
         &self.workers[self.worker_index(tp)]
     }
 
-    /// Queues a polled message for its worker; sent by `flush_outbox`.
-    fn queue(&self, msg: InMsg) -> usize {
-        let w = self.worker_index(&msg.tp);
+    /// Queues a polled message for its worker; sent by `flush_outbox`. Returns how many
+    /// that worker has waiting.
+    fn queue(&self, tp: Tp, m: &BorrowedMessage<'_>) -> usize {
+        let w = self.worker_index(&tp);
         let mut outbox = self.outbox.lock().expect("outbox");
-        outbox[w].push(msg);
-        outbox[w].len()
+        let batch = &mut outbox[w];
+        if batch.is_empty() {
+            // Handed over and replaced by an empty one: allocate room for the next.
+            *batch = InBatch::with_capacity(HANDOFF);
+        }
+        batch.push(
+            tp,
+            Instant::now(),
+            m.offset(),
+            m.timestamp().to_millis(),
+            m.key(),
+            m.payload(),
+        );
+        batch.len()
     }
 
     fn flush_outbox(&self) {
@@ -414,7 +428,7 @@ pub fn start(opts: KafkaOptions, stats: PartitionStats) -> Result<KafkaHandle, K
     drop(durable_tx);
 
     let shared = Arc::new(Shared {
-        outbox: Mutex::new((0..senders.len()).map(|_| Vec::new()).collect()),
+        outbox: Mutex::new((0..senders.len()).map(|_| InBatch::default()).collect()),
         workers: senders,
         kinds: std::sync::RwLock::new(kinds),
         store: opts.store.clone(),
@@ -474,6 +488,7 @@ fn consume(
     handles: Vec<thread::JoinHandle<()>>,
 ) -> RunSummary {
     let mut summary = RunSummary::default();
+    let mut partitions = Partitions::default();
     let mut last_commit = Instant::now();
     let mut urgent = false;
     while !opts.shutdown.load(Ordering::Relaxed) {
@@ -485,18 +500,8 @@ fn consume(
                     match polled {
                         Ok(m) => {
                             summary.messages += 1;
-                            let msg = InMsg {
-                                received: Instant::now(),
-                                offset: m.offset(),
-                                timestamp: m.timestamp().to_millis(),
-                                key: m.key().map(<[u8]>::to_vec),
-                                payload: m.payload().map(<[u8]>::to_vec),
-                                tp: Tp {
-                                    topic: Arc::from(m.topic()),
-                                    partition: m.partition(),
-                                },
-                            };
-                            if shared.queue(msg) >= HANDOFF {
+                            let tp = partitions.get(m.topic(), m.partition());
+                            if shared.queue(tp, &m) >= HANDOFF {
                                 break;
                             }
                         }
@@ -546,6 +551,24 @@ fn consume(
         let _ = h.join();
     }
     summary
+}
+
+/// One shared `Tp` per partition, so routing a message allocates nothing.
+#[derive(Default)]
+struct Partitions(Vec<Tp>);
+
+impl Partitions {
+    fn get(&mut self, topic: &str, partition: i32) -> Tp {
+        if let Some(tp) = self.0.iter().find(|t| t.partition == partition && *t.topic == *topic) {
+            return tp.clone();
+        }
+        let tp = Tp {
+            topic: Arc::from(topic),
+            partition,
+        };
+        self.0.push(tp.clone());
+        tp
+    }
 }
 
 fn collect_durable(shared: &Shared, rx: &Receiver<Durable>) -> bool {

@@ -16,15 +16,95 @@ use super::{Kinds, Tp};
 use crate::health::Health;
 use crate::snapshot_store::SnapshotStore;
 
-/// One consumed message, copied out of librdkafka's buffers.
+/// Consumed messages on their way to a worker, copied out of librdkafka's buffers into
+/// one byte buffer: two allocations per message, made on the consumer thread and freed
+/// on a worker, cost more than the copy.
+#[derive(Default)]
+pub struct InBatch {
+    bytes: Vec<u8>,
+    msgs: Vec<InMsg>,
+}
+
+/// One consumed message; its key and payload are ranges of its batch's bytes.
 pub struct InMsg {
     pub tp: Tp,
     /// When cvguard received it, for the decision-latency histogram.
     pub received: Instant,
     pub offset: i64,
     pub timestamp: Option<i64>,
-    pub key: Option<Vec<u8>>,
-    pub payload: Option<Vec<u8>>,
+    key: Option<std::ops::Range<usize>>,
+    payload: Option<std::ops::Range<usize>>,
+}
+
+/// A message of a batch, as the worker reads it.
+pub struct Msg<'a> {
+    pub tp: &'a Tp,
+    pub received: Instant,
+    pub offset: i64,
+    pub timestamp: Option<i64>,
+    pub key: Option<&'a [u8]>,
+    pub payload: Option<&'a [u8]>,
+}
+
+impl InBatch {
+    /// Room for a poll's worth of small messages up front, so the buffer rarely grows
+    /// (and stays under glibc's default mmap threshold of 128 KiB when they are small).
+    pub fn with_capacity(messages: usize) -> InBatch {
+        InBatch {
+            bytes: Vec::with_capacity(messages * 120),
+            msgs: Vec::with_capacity(messages),
+        }
+    }
+
+    pub fn push(
+        &mut self,
+        tp: Tp,
+        received: Instant,
+        offset: i64,
+        timestamp: Option<i64>,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+    ) {
+        let mut copy = |b: &[u8]| {
+            let start = self.bytes.len();
+            self.bytes.extend_from_slice(b);
+            start..self.bytes.len()
+        };
+        let key = key.map(&mut copy);
+        let payload = payload.map(&mut copy);
+        self.msgs.push(InMsg {
+            tp,
+            received,
+            offset,
+            timestamp,
+            key,
+            payload,
+        });
+    }
+
+    pub fn len(&self) -> usize {
+        self.msgs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.msgs.is_empty()
+    }
+
+    /// The messages in order, in runs of one partition each.
+    fn runs(&self) -> impl Iterator<Item = &[InMsg]> {
+        self.msgs.chunk_by(|a, b| a.tp == b.tp)
+    }
+
+    fn view<'a>(&'a self, m: &'a InMsg) -> Msg<'a> {
+        Msg {
+            tp: &m.tp,
+            received: m.received,
+            offset: m.offset,
+            timestamp: m.timestamp,
+            key: m.key.clone().map(|r| &self.bytes[r]),
+            payload: m.payload.clone().map(|r| &self.bytes[r]),
+        }
+    }
 }
 
 /// What a partition is: an input topic (account rules) or the repartition topic
@@ -55,7 +135,7 @@ pub struct PartWork {
 pub enum ToWorker {
     Assign(Tp, Box<PartWork>),
     /// Messages in partition order (several partitions may be mixed).
-    Msgs(Vec<InMsg>),
+    Msgs(InBatch),
     /// Finish the partition's in-flight work, snapshot it, drop it, reply its next offset.
     Revoke(Tp, Sender<(Tp, Option<i64>)>),
     /// Finish everything in flight and snapshot every partition; reply their offsets.
@@ -144,17 +224,23 @@ impl Worker {
             while let Some(msg) = next.take() {
                 match msg {
                     ToWorker::Msgs(batch) => {
-                        for m in &batch {
-                            if let Some(live) = parts.get_mut(&m.tp) {
-                                let _partition =
-                                    tracing::debug_span!("partition", topic = %m.tp.topic, partition = m.tp.partition)
-                                        .entered();
-                                let urgent = self.process(live, m, &mut alerts, &mut packer, &mut pending, &mut owed);
-                                match touched.get_mut(&m.tp) {
-                                    Some(u) => *u |= urgent,
-                                    None => {
-                                        touched.insert(m.tp.clone(), urgent);
-                                    }
+                        // A partition's state and span are looked up once per run of its
+                        // messages, not per message.
+                        for run in batch.runs() {
+                            let tp = &run[0].tp;
+                            let Some(live) = parts.get_mut(tp) else { continue };
+                            let _partition =
+                                tracing::debug_span!("partition", topic = %tp.topic, partition = tp.partition)
+                                    .entered();
+                            let mut urgent = false;
+                            for m in run {
+                                let m = batch.view(m);
+                                urgent |= self.process(live, &m, &mut alerts, &mut packer, &mut pending, &mut owed);
+                            }
+                            match touched.get_mut(tp) {
+                                Some(u) => *u |= urgent,
+                                None => {
+                                    touched.insert(tp.clone(), urgent);
                                 }
                             }
                         }
@@ -340,7 +426,7 @@ impl Worker {
     fn process(
         &self,
         live: &mut Live,
-        m: &InMsg,
+        m: &Msg<'_>,
         alerts: &mut Vec<Alert>,
         packer: &mut Packer,
         pending: &mut Pending,
@@ -352,7 +438,7 @@ impl Worker {
             return false;
         }
         let replaying = m.offset < work.suppress_below;
-        let payload = m.payload.as_deref().unwrap_or_default();
+        let payload = m.payload.unwrap_or_default();
         let source = (m.tp.topic.as_ref(), m.tp.partition, m.offset);
         alerts.clear();
         match &mut work.stage {
@@ -386,7 +472,7 @@ impl Worker {
                 }
             }
             Stage::Repartition(engines) => {
-                if m.key.as_deref() == Some(PACKED_KEY) {
+                if m.key == Some(PACKED_KEY) {
                     for record in regroup::records(payload) {
                         match record {
                             Ok(r) => match engines.iter_mut().find(|(k, _)| *k == r.kind) {
@@ -403,7 +489,7 @@ impl Worker {
                     }
                 } else {
                     // One event per message, as written before events were packed.
-                    let kind = m.key.as_deref().and_then(repartition_kind);
+                    let kind = m.key.and_then(repartition_kind);
                     match engines.iter_mut().find(|(k, _)| Some(*k) == kind) {
                         Some((_, engine)) => {
                             engine.process_bytes(payload, m.timestamp, alerts);
@@ -460,15 +546,14 @@ impl Worker {
     fn dead_letter(
         &self,
         source: (&str, i32, i64),
-        m: &InMsg,
+        m: &Msg<'_>,
         payload: &[u8],
         reason: RejectReason,
         pending: &mut Pending,
         counters: &mut WorkerCounters,
     ) {
         if self.outputs.dead_letter_topic.is_some() {
-            self.outputs
-                .dead_letter(source, m.key.as_deref(), payload, reason, pending);
+            self.outputs.dead_letter(source, m.key, payload, reason, pending);
             counters.dead_lettered += 1;
         }
     }
@@ -476,7 +561,7 @@ impl Worker {
 
 /// Re-keyed events of a kind this instance has no rules for (another instance's config,
 /// or a reload that removed them) are skipped.
-fn no_rules_for(m: &InMsg, kind: &str) {
+fn no_rules_for(m: &Msg<'_>, kind: &str) {
     warn!(message = "Repartitioned event for a key kind with no rules; skipped.",
         topic = %m.tp.topic, partition = m.tp.partition, offset = m.offset, key_kind = kind);
 }
