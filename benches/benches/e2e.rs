@@ -94,7 +94,7 @@ fn replay(rules: Arc<RuleSet>, lines: &[&[u8]], measure_latency: bool) -> (Run, 
             let _ = if cvs > 1 { batch.record(ns) } else { single.record(ns) };
             if slowest.len() < 5 || ns > slowest[slowest.len() - 1].0 {
                 slowest.push((ns, cvs, i));
-                slowest.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+                slowest.sort_unstable_by_key(|s| std::cmp::Reverse(s.0));
                 slowest.truncate(5);
             }
         } else {
