@@ -229,9 +229,7 @@ impl KeyTable {
                 (self.slots.len() - 1) as u32
             }
         };
-        let slots = &self.slots;
-        self.index
-            .insert(hash, slot, |s| slots[s as usize].as_ref().map_or("", |k| &k.key));
+        self.index.insert(hash, slot);
         self.expiry.push(Reverse((expiry, slot)));
         slot
     }

@@ -47,9 +47,7 @@ impl Interner {
                 (self.names.len() - 1) as u32
             }
         };
-        let names = &self.names;
-        self.index
-            .insert(hash, r, |r| names[r as usize].as_deref().unwrap_or(""));
+        self.index.insert(hash, r);
         r
     }
 
