@@ -113,6 +113,23 @@ fn events_produced_to_kafka_are_detected_and_sigterm_commits_and_exits_0() {
     });
     assert!(acked, "the incidents topic did not get the acknowledged state");
 
+    // The workers' metrics reach /metrics (they are added up once per batch).
+    let value = |name: &str| {
+        let (code, text) = cvguard_tests::service::http(svc.port, "GET", "/metrics", b"").unwrap();
+        assert_eq!(code, 200);
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse::<f64>().ok()))
+            .unwrap_or(0.0)
+    };
+    let downloads = "cvguard_events_by_action_total{action=\"cv_download\"}";
+    let deadline = std::time::Instant::now() + LONG;
+    while value(downloads) < 25.0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(value(downloads), 25.0);
+    // One decision per input event, and one per packed message of re-keyed events.
+    assert!(value("cvguard_decision_latency_seconds_count") >= 25.0);
+
     // SIGTERM: drain, commit everything consumed, exit 0.
     let status = svc.sigterm(Duration::from_secs(30));
     assert!(status.success(), "exit {status}; log:\n{}", svc.log_text());

@@ -178,6 +178,16 @@ pub struct Worker {
     pub metrics: Arc<crate::Metrics>,
 }
 
+/// What processing a batch produces and owes, kept by the worker between batches.
+struct BatchOut {
+    /// The current message's alerts.
+    alerts: Vec<Alert>,
+    packer: Packer,
+    pending: Pending,
+    owed: Owed,
+    meter: crate::metrics::LocalMeter,
+}
+
 /// What a batch owes the store before its offsets may be committed.
 #[derive(Default)]
 struct Owed {
@@ -204,11 +214,14 @@ const SETTLE_EVERY: Duration = Duration::from_millis(100);
 impl Worker {
     pub fn run(mut self) {
         let mut parts: HashMap<Tp, Live> = HashMap::new();
-        let mut pending = Pending::default();
-        let mut owed = Owed::default();
+        let mut out = BatchOut {
+            alerts: Vec::new(),
+            packer: Packer::new(self.outputs.repartition_partitions),
+            pending: Pending::default(),
+            owed: Owed::default(),
+            meter: self.metrics.local(),
+        };
         let mut touched: HashMap<Tp, bool> = HashMap::new();
-        let mut alerts = Vec::new();
-        let mut packer = Packer::new(self.outputs.repartition_partitions);
         let mut last_settle = Instant::now();
         loop {
             let first = match self.rx.recv_timeout(Duration::from_millis(200)) {
@@ -235,7 +248,7 @@ impl Worker {
                             let mut urgent = false;
                             for m in run {
                                 let m = batch.view(m);
-                                urgent |= self.process(live, &m, &mut alerts, &mut packer, &mut pending, &mut owed);
+                                urgent |= self.process(live, &m, &mut out);
                             }
                             match touched.get_mut(tp) {
                                 Some(u) => *u |= urgent,
@@ -247,9 +260,10 @@ impl Worker {
                         // Re-keyed events leave with the batch that accepted them: nothing
                         // waits in the packer past this point, so a revocation or a
                         // settle never commits an input offset ahead of them.
-                        for p in packer.filled() {
-                            self.outputs.repartition(p, packer.take(p), &mut pending);
+                        for p in out.packer.filled() {
+                            self.outputs.repartition(p, out.packer.take(p), &mut out.pending);
                         }
+                        out.meter.flush(&self.metrics);
                         handled += batch.len().saturating_sub(1);
                     }
                     ToWorker::Assign(tp, mut work) => {
@@ -274,7 +288,7 @@ impl Worker {
                         );
                     }
                     ToWorker::Revoke(tp, reply) => {
-                        self.settle(&mut pending, &mut owed, &mut touched, &parts);
+                        self.settle(&mut out.pending, &mut out.owed, &mut touched, &parts);
                         let next = parts.remove(&tp).and_then(|live| {
                             if live.work.rebuilding {
                                 self.health.rebuilding.fetch_sub(1, Ordering::Relaxed);
@@ -329,7 +343,7 @@ impl Worker {
                         let _ = reply.send(found);
                     }
                     ToWorker::Flush(reply) => {
-                        self.settle(&mut pending, &mut owed, &mut touched, &parts);
+                        self.settle(&mut out.pending, &mut out.owed, &mut touched, &parts);
                         let mut offsets = Vec::new();
                         for (tp, live) in parts.iter_mut() {
                             self.snapshot(tp, live);
@@ -351,8 +365,8 @@ impl Worker {
             // keeps an alert from going out twice, so committing its offset a few
             // milliseconds later costs nothing, while waiting after each one would stall
             // detection whenever alerts are frequent.
-            if pending.len() >= MAX_PENDING || last_settle.elapsed() >= SETTLE_EVERY {
-                self.settle(&mut pending, &mut owed, &mut touched, &parts);
+            if out.pending.len() >= MAX_PENDING || last_settle.elapsed() >= SETTLE_EVERY {
+                self.settle(&mut out.pending, &mut out.owed, &mut touched, &parts);
                 last_settle = Instant::now();
             }
             self.publish_stats(&parts);
@@ -423,15 +437,14 @@ impl Worker {
     }
 
     /// Processes one message; returns true when it published an alert.
-    fn process(
-        &self,
-        live: &mut Live,
-        m: &Msg<'_>,
-        alerts: &mut Vec<Alert>,
-        packer: &mut Packer,
-        pending: &mut Pending,
-        owed: &mut Owed,
-    ) -> bool {
+    fn process(&self, live: &mut Live, m: &Msg<'_>, out: &mut BatchOut) -> bool {
+        let BatchOut {
+            alerts,
+            packer,
+            pending,
+            owed,
+            meter,
+        } = out;
         let work = &mut live.work;
         if work.next_offset.is_some_and(|n| m.offset < n) {
             // Already processed (a re-delivery after a seek): skip.
@@ -441,6 +454,8 @@ impl Worker {
         let payload = m.payload.unwrap_or_default();
         let source = (m.tp.topic.as_ref(), m.tp.partition, m.offset);
         alerts.clear();
+        // Events decided: one per message, or each record of a packed one.
+        let mut decisions = 1;
         match &mut work.stage {
             Stage::Input(engine) => {
                 let limits = engine.rules().settings.limits;
@@ -449,10 +464,7 @@ impl Worker {
                     Ok(ev) => {
                         let outcome = engine.process(&ev, m.timestamp, alerts);
                         if outcome == Outcome::Accepted && !replaying {
-                            self.metrics
-                                .events_by_action
-                                .with_label_values(&[crate::metrics::action_label(engine.rules(), &ev.action)])
-                                .inc();
+                            meter.accepted(crate::metrics::action_label(engine.rules(), &ev.action));
                         }
                         if outcome == Outcome::Accepted && !replaying {
                             for (kind, rules) in &self.kinds.cross {
@@ -473,7 +485,9 @@ impl Worker {
             }
             Stage::Repartition(engines) => {
                 if m.key == Some(PACKED_KEY) {
+                    decisions = 0;
                     for record in regroup::records(payload) {
+                        decisions += 1;
                         match record {
                             Ok(r) => match engines.iter_mut().find(|(k, _)| *k == r.kind) {
                                 Some((_, engine)) => {
@@ -507,7 +521,10 @@ impl Worker {
             }
         }
         if !replaying {
-            self.metrics.decided(m.received.elapsed());
+            let latency = m.received.elapsed();
+            for _ in 0..decisions {
+                meter.decided(latency);
+            }
         }
         work.next_offset = Some(m.offset + 1);
         live.changed = true;
