@@ -212,11 +212,11 @@ impl StrIndex {
         self.len == 0
     }
 
-    /// The id of `s` (hashed as `hash`), where `name` gives each id's string.
-    pub fn find<'n>(&self, hash: u64, s: &str, name: impl Fn(u32) -> &'n str) -> Option<u32> {
+    /// The id of `s` (hashed as `hash`), where `name` gives each id's string as bytes.
+    pub fn find<'n>(&self, hash: u64, s: &str, name: impl Fn(u32) -> &'n [u8]) -> Option<u32> {
         let low = hash as u32;
         self.shards[shard_of_hash(hash)]
-            .find(table_hash(low), |&(id, l)| l == low && name(id) == s)
+            .find(table_hash(low), |&(id, l)| l == low && name(id) == s.as_bytes())
             .map(|&(id, _)| id)
     }
 
@@ -279,7 +279,7 @@ mod tests {
     #[test]
     fn a_string_index_finds_inserts_and_removes() {
         let names: Vec<String> = (0..5000).map(|i| format!("cv-{i}")).collect();
-        let name = |id: u32| names[id as usize].as_str();
+        let name = |id: u32| names[id as usize].as_bytes();
         let mut idx = StrIndex::default();
         for (i, n) in names.iter().enumerate() {
             assert_eq!(idx.find(str_hash(n), n, name), None);

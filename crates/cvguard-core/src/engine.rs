@@ -13,6 +13,7 @@ use crate::event::{parse_event, Event, RejectReason};
 use crate::interner::{CvInterner, CvRef, Interner};
 use crate::recent::RecentSet;
 use crate::rules::{KeyKind, Measure, Response, Rule, RuleSet};
+use crate::smallstr::SmallStr;
 use crate::timefmt::{format_rfc3339_ms, Millis};
 use crate::window::CountWindow;
 
@@ -125,7 +126,7 @@ impl KeyEvidence {
 
 #[derive(Debug)]
 struct KeyState {
-    key: Box<str>,
+    key: SmallStr,
     last_sec: i64,
     /// One per rule of this key kind, in `RuleSet::rules_of` order.
     rules: Box<[RuleState]>,
@@ -208,7 +209,7 @@ impl KeyTable {
     fn find(&self, key: &str) -> Option<u32> {
         let slots = &self.slots;
         self.index.find(str_hash(key), key, |s| {
-            slots[s as usize].as_ref().map_or("", |k| &k.key)
+            slots[s as usize].as_ref().map_or(&[], |k| k.key.as_bytes())
         })
     }
 
@@ -419,7 +420,7 @@ impl Engine {
         let layout = &self.layouts[kind.index()];
         let hint = (kind == KeyKind::UserId).then_some(account);
         let state = KeyState {
-            key: key.into(),
+            key: SmallStr::new(key),
             last_sec: sec,
             rules: rules
                 .rules_of(kind)

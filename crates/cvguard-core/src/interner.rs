@@ -4,6 +4,7 @@
 
 use crate::chunked::ChunkedVec;
 use crate::cvmap::{str_hash, StrIndex};
+use crate::smallstr::SmallStr;
 
 /// A handle to an interned CV id.
 pub type CvRef = u32;
@@ -13,7 +14,7 @@ pub type Sym = u32;
 #[derive(Debug, Default)]
 pub struct Interner {
     index: StrIndex,
-    names: ChunkedVec<Option<Box<str>>>,
+    names: ChunkedVec<Option<SmallStr>>,
     refs: ChunkedVec<u32>,
     free: Vec<u32>,
 }
@@ -30,11 +31,11 @@ impl Interner {
         let names = &self.names;
         if let Some(r) = self
             .index
-            .find(hash, id, |r| names[r as usize].as_deref().unwrap_or(""))
+            .find(hash, id, |r| names[r as usize].as_ref().map_or(&[], SmallStr::as_bytes))
         {
             return r;
         }
-        let boxed: Box<str> = id.into();
+        let boxed = SmallStr::new(id);
         let r = match self.free.pop() {
             Some(r) => {
                 self.names[r as usize] = Some(boxed);
@@ -86,7 +87,7 @@ impl Interner {
     }
 
     pub fn name(&self, r: u32) -> &str {
-        self.names[r as usize].as_deref().unwrap_or("")
+        self.names[r as usize].as_ref().map_or("", SmallStr::as_str)
     }
 
     /// Live interned ids.

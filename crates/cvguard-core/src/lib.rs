@@ -14,6 +14,7 @@ pub mod interner;
 pub mod profiles;
 pub mod recent;
 pub mod rules;
+pub mod smallstr;
 pub mod timefmt;
 pub mod window;
 

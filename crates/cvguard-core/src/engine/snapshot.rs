@@ -9,6 +9,7 @@ use crate::distinct::{stamp, unstamp, CvEntry, GroupState, CLASS_SLOTS};
 use crate::event::Visibility;
 use crate::recent::RecentSet;
 use crate::rules::{KeyKind, RuleSet};
+use crate::smallstr::SmallStr;
 use crate::window::CountWindow;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -179,7 +180,7 @@ impl Engine {
             let hint = k.accounts.first().map(|(a, _)| a.as_str());
             let names = &mut engine.names;
             let state = KeyState {
-                key: k.key.as_str().into(),
+                key: SmallStr::new(&k.key),
                 last_sec: k.last_sec,
                 rules: rule_ids
                     .iter()
