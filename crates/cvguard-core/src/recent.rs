@@ -12,10 +12,71 @@ use crate::cvmap::str_hash;
 use crate::distinct::{stamp, unstamp, Stamp};
 use crate::interner::{Interner, Sym};
 
+/// (hash of the value, value, latest stamp seen).
+type Item = (u64, Sym, Stamp);
+
+/// A set's values: most keys only ever see one user, one IP and one user agent, so the
+/// first value is kept in the key itself. A vector for it cost an allocation per set
+/// (three or four per key) and a pointer to follow on every event.
+#[derive(Debug, Clone)]
+enum Items {
+    One(Option<Item>),
+    Many(Vec<Item>),
+}
+
+impl Default for Items {
+    fn default() -> Self {
+        Items::One(None)
+    }
+}
+
+impl std::ops::Deref for Items {
+    type Target = [Item];
+    fn deref(&self) -> &[Item] {
+        match self {
+            Items::One(one) => one.as_slice(),
+            Items::Many(v) => v,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Items {
+    fn deref_mut(&mut self) -> &mut [Item] {
+        match self {
+            Items::One(one) => one.as_mut_slice(),
+            Items::Many(v) => v,
+        }
+    }
+}
+
+impl Items {
+    fn push(&mut self, item: Item) {
+        match self {
+            Items::One(None) => *self = Items::One(Some(item)),
+            Items::One(Some(first)) => *self = Items::Many(vec![*first, item]),
+            Items::Many(v) => v.push(item),
+        }
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&Item) -> bool) {
+        match self {
+            Items::One(one) => {
+                if one.as_ref().is_some_and(|i| !keep(i)) {
+                    *one = None;
+                }
+            }
+            Items::Many(v) => v.retain(keep),
+        }
+    }
+
+    fn take(&mut self) -> Items {
+        std::mem::take(self)
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct RecentSet {
-    /// (hash of the value, value, latest stamp seen).
-    items: Vec<(u64, Sym, Stamp)>,
+    items: Items,
     /// Position of each value by hash once the set is past `INDEX_FROM` values (an IP or
     /// org can have up to `cap` accounts): searching is then one lookup, not a scan.
     index: Option<Box<FxHashMap<u64, u32>>>,
@@ -51,10 +112,6 @@ impl RecentSet {
                 self.truncated = true;
                 return;
             }
-        }
-        if self.items.capacity() == 0 {
-            // Most keys only ever see one user, IP and user agent: room for one, not four.
-            self.items.reserve_exact(1);
         }
         self.items.push((hash, names.intern_retained(value), s));
         match &mut self.index {
@@ -111,11 +168,12 @@ impl RecentSet {
     }
 
     pub fn from_entries(entries: &[(String, i64)], truncated: bool, names: &mut Interner) -> RecentSet {
+        let mut items = Items::default();
+        for (k, s) in entries {
+            items.push((str_hash(k), names.intern_retained(k), stamp(*s)));
+        }
         let mut set = RecentSet {
-            items: entries
-                .iter()
-                .map(|(k, s)| (str_hash(k), names.intern_retained(k), stamp(*s)))
-                .collect(),
+            items,
             index: None,
             truncated,
         };
@@ -125,8 +183,8 @@ impl RecentSet {
 
     /// Drops every value, releasing its reference.
     pub fn clear(&mut self, names: &mut Interner) {
-        for (_, v, _) in self.items.drain(..) {
-            names.release(v);
+        for (_, v, _) in self.items.take().iter() {
+            names.release(*v);
         }
         self.index = None;
     }
