@@ -40,13 +40,30 @@ fn setup(test: &str) -> Setup {
 impl Setup {
     /// Starts instance `i` with its own state folder and port.
     fn start(&self, i: usize) -> Service {
+        self.start_with(i, "")
+    }
+
+    /// Starts instance `i` with extra `[kafka.properties]` lines.
+    fn start_with(&self, i: usize, properties: &str) -> Service {
         let port = free_port();
         let config = self.dir.path().join(format!("cvguard-{i}.toml"));
         let state = self.dir.path().join(format!("state-{i}"));
-        write_config(&config, &self.names, port, &state, PARTITIONS, "");
+        write_config(&config, &self.names, port, &state, PARTITIONS, properties);
         let mut s = Service::start(&config, port, &self.dir.path().join(format!("serve-{i}.log")));
         s.wait_ready(LONG);
         s
+    }
+}
+
+/// Sends `n` 200-CV batch downloads by harvester-1 to one partition of the events topic.
+fn send_harvest(s: &Setup, producer: &Producer, partition: i32, n: u32) {
+    for i in 0..n {
+        producer.send(
+            &s.names.events,
+            Some(partition),
+            "harvester-1",
+            harvest_batch("harvester-1", i).as_bytes(),
+        );
     }
 }
 
@@ -59,14 +76,7 @@ fn events_produced_to_kafka_are_detected_and_sigterm_commits_and_exits_0() {
     let s = setup("e2e");
     let mut svc = s.start(0);
     let producer = Producer::new();
-    for i in 0..25 {
-        producer.send(
-            &s.names.events,
-            Some(2),
-            "harvester-1",
-            harvest_batch("harvester-1", i).as_bytes(),
-        );
-    }
+    send_harvest(&s, &producer, 2, 25);
     let mut alerts = Reader::new(&s.names.alerts, PARTITIONS);
     let found = alerts.until(LONG, |seen| seen.iter().any(|r| r.json()["action"] == "suspend"));
     assert!(found, "no suspension; log:\n{}", svc.log_text());
@@ -305,6 +315,32 @@ fn an_organisation_spread_over_partitions_and_instances_is_alerted_once() {
 }
 
 #[test]
+fn an_event_too_large_to_re_key_is_logged_and_the_partition_moves_on() {
+    // The producer refuses messages over its `message.max.bytes`; sending one again can
+    // never succeed, so it must not hold up the events behind it.
+    let s = setup("too-large");
+    let svc = s.start_with(0, r#""message.max.bytes" = "12000""#);
+    let producer = Producer::new();
+    let ids: Vec<String> = (0..1000).map(|k| format!("\"cv-giant-{k:05}\"")).collect();
+    let giant = format!(
+        r#"{{"ts":{},"account_id":"giant-1","action":"cv_view","cv_ids":[{}],"ip":"203.0.113.9"}}"#,
+        cvguard_tests::kafka::HARVEST_T0,
+        ids.join(",")
+    );
+    assert!(giant.len() > 12_000);
+    producer.send(&s.names.events, Some(3), "giant-1", giant.as_bytes());
+    send_harvest(&s, &producer, 3, 20);
+    let mut alerts = Reader::new(&s.names.alerts, PARTITIONS);
+    assert!(
+        alerts.until(LONG, |seen| seen.iter().any(|r| r.json()["action"] == "suspend")),
+        "the harvest behind the large event was not caught; log:\n{}",
+        svc.log_text()
+    );
+    wait_committed(&s.names.group, &s.names.events, PARTITIONS, 21, LONG);
+    assert!(svc.log_text().contains("Message too large"), "{}", svc.log_text());
+}
+
+#[test]
 fn re_keyed_events_in_the_one_event_form_from_before_packing_are_still_counted() {
     // An upgrade must not lose re-keyed events already on the repartition topic: before
     // they were packed, each was its own message keyed `org_id|<org>`.
@@ -345,14 +381,7 @@ fn a_poison_message_goes_to_the_dead_letter_topic_and_the_partition_moves_on() {
         "harvester-1",
         br#"{"ts":"2024-05-04T06:00:00Z","account_id":""}"#,
     );
-    for i in 0..20 {
-        producer.send(
-            &s.names.events,
-            Some(3),
-            "harvester-1",
-            harvest_batch("harvester-1", i).as_bytes(),
-        );
-    }
+    send_harvest(&s, &producer, 3, 20);
     let mut dlq = Reader::new(&s.names.dlq, PARTITIONS);
     assert!(dlq.until(LONG, |seen| seen.len() >= 2));
     let reasons: Vec<String> = dlq

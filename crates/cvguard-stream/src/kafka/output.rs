@@ -140,6 +140,12 @@ impl Outputs {
                     self.producer.poll(Duration::from_millis(10));
                     record = r;
                 }
+                Err((KafkaError::MessageProduction(code), r)) if too_large(code) => {
+                    // Sending it again can never succeed; retrying would stall the partition.
+                    error!(message = "Message too large for the producer or broker; not sent.", topic,
+                        bytes = r.payload.map_or(0, <[u8]>::len), error = %code);
+                    return;
+                }
                 Err((e, r)) => {
                     warn!(message = "Produce failed; retrying.", topic, error = %e);
                     std::thread::sleep(Duration::from_millis(100));
@@ -156,6 +162,10 @@ impl Outputs {
         for f in pending.futures.drain(..) {
             match block_on(f) {
                 Ok(Ok(_)) => {}
+                Ok(Err((KafkaError::MessageProduction(code), msg))) if too_large(code) => {
+                    error!(message = "Message too large for the broker; not sent again.", topic = msg.topic(),
+                        bytes = msg.payload().map_or(0, <[u8]>::len), error = %code);
+                }
                 Ok(Err((e, msg))) => {
                     error!(message = "Delivery failed; sending again.", topic = msg.topic(), error = %e);
                     retry.push(msg);
@@ -178,6 +188,16 @@ impl Outputs {
             self.await_all(&mut again);
         }
     }
+}
+
+/// Size errors are final: the same bytes are refused again however often they are sent.
+/// (Events of up to `engine.max_event_bytes` are accepted; keep the broker's and the
+/// producer's `message.max.bytes` above it so their dead letters fit.)
+fn too_large(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize
+    )
 }
 
 /// `org_id|org-7`: the key of a re-keyed event before they were packed

@@ -45,7 +45,7 @@ pub struct Packer {
 }
 
 /// One partition's buffer.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Packed {
     pub bytes: Vec<u8>,
     pub records: usize,
@@ -61,17 +61,22 @@ impl Packer {
         }
     }
 
-    /// Appends an event for `key`; returns its partition when that buffer is due.
-    pub fn push(&mut self, kind: KeyKind, key: &str, payload: &[u8], timestamp: Option<i64>) -> Option<i32> {
+    /// Appends an event for `key`. When the event would take its partition's buffer past
+    /// [`FLUSH_BYTES`], the buffer is returned first, to be sent before it: a packed
+    /// message is then never larger than the flush size or than its one record, so
+    /// packing never makes a message the broker refuses for its size.
+    pub fn push(&mut self, kind: KeyKind, key: &str, payload: &[u8], timestamp: Option<i64>) -> Option<(i32, Packed)> {
         let partition = partition_of(kind, key, self.buffers.len() as i32);
         let buf = &mut self.buffers[partition as usize];
+        let full =
+            (buf.records > 0 && buf.bytes.len() + HEADER + payload.len() > FLUSH_BYTES).then(|| std::mem::take(buf));
         encode(&mut buf.bytes, kind, timestamp, payload);
         buf.records += 1;
         buf.timestamp = match (buf.timestamp, timestamp) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        (buf.bytes.len() >= FLUSH_BYTES).then_some(partition)
+        full.map(|f| (partition, f))
     }
 
     /// Takes one partition's buffer, leaving it empty.
@@ -152,9 +157,9 @@ mod tests {
     #[test]
     fn records_come_back_in_order_with_their_kind_and_timestamp() {
         let mut p = Packer::new(1);
-        assert_eq!(p.push(KeyKind::OrgId, "org-1", br#"{"a":1}"#, Some(5)), None);
-        assert_eq!(p.push(KeyKind::Ip, "10.0.0.1", b"", None), None);
-        assert_eq!(p.push(KeyKind::UserId, "u", b"xyz", Some(-3)), None);
+        assert!(p.push(KeyKind::OrgId, "org-1", br#"{"a":1}"#, Some(5)).is_none());
+        assert!(p.push(KeyKind::Ip, "10.0.0.1", b"", None).is_none());
+        assert!(p.push(KeyKind::UserId, "u", b"xyz", Some(-3)).is_none());
         let packed = p.take(0);
         assert_eq!(packed.records, 3);
         assert_eq!(packed.timestamp, Some(-3));
@@ -185,8 +190,8 @@ mod tests {
     #[test]
     fn a_truncated_or_unknown_record_is_reported_where_it_starts() {
         let mut p = Packer::new(1);
-        p.push(KeyKind::OrgId, "o", b"0123456789", None);
-        p.push(KeyKind::OrgId, "o", b"abc", None);
+        assert!(p.push(KeyKind::OrgId, "o", b"0123456789", None).is_none());
+        assert!(p.push(KeyKind::OrgId, "o", b"abc", None).is_none());
         let bytes = p.take(0).bytes;
         let first_len = HEADER + 10;
         let cut: Vec<_> = records(&bytes[..bytes.len() - 1]).collect();
@@ -240,12 +245,29 @@ mod tests {
     }
 
     #[test]
-    fn a_buffer_is_due_once_it_passes_the_flush_size() {
+    fn a_full_buffer_is_handed_back_before_the_event_that_would_overfill_it() {
         let mut p = Packer::new(2);
-        let big = vec![b'x'; FLUSH_BYTES / 2];
         let part = partition_of(KeyKind::OrgId, "o", 2);
-        assert_eq!(p.push(KeyKind::OrgId, "o", &big, None), None);
-        assert_eq!(p.push(KeyKind::OrgId, "o", &big, None), Some(part));
-        assert_eq!(p.filled(), vec![part]);
+        let third = vec![b'x'; FLUSH_BYTES / 3];
+        assert!(p.push(KeyKind::OrgId, "o", &third, Some(1)).is_none());
+        assert!(p.push(KeyKind::OrgId, "o", &third, Some(2)).is_none());
+        let (at, full) = p
+            .push(KeyKind::OrgId, "o", &third, Some(3))
+            .expect("the third does not fit");
+        assert_eq!(at, part);
+        assert_eq!(full.records, 2);
+        assert!(full.bytes.len() <= FLUSH_BYTES);
+        assert_eq!(full.timestamp, Some(1));
+        // The event that did not fit waits in a fresh buffer, sent after the full one.
+        let rest = p.take(part);
+        assert_eq!(rest.records, 1);
+        assert_eq!(rest.timestamp, Some(3));
+        // An event larger than the flush size travels alone.
+        let big = vec![b'y'; FLUSH_BYTES + 1];
+        assert!(p.push(KeyKind::OrgId, "o", &big, None).is_none());
+        let (_, alone) = p
+            .push(KeyKind::OrgId, "o", b"{}", None)
+            .expect("the big one is handed back");
+        assert_eq!(alone.records, 1);
     }
 }

@@ -469,8 +469,8 @@ impl Worker {
                         if outcome == Outcome::Accepted && !replaying {
                             for (kind, rules) in &self.kinds.cross {
                                 if let Some(key) = rules.key_for(*kind, &ev) {
-                                    if let Some(due) = packer.push(*kind, key, payload, m.timestamp) {
-                                        self.outputs.repartition(due, packer.take(due), pending);
+                                    if let Some((partition, full)) = packer.push(*kind, key, payload, m.timestamp) {
+                                        self.outputs.repartition(partition, full, pending);
                                     }
                                     live.counters.repartitioned += 1;
                                 }
