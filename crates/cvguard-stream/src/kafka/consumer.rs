@@ -382,6 +382,12 @@ pub fn start(opts: KafkaOptions, stats: PartitionStats) -> Result<KafkaHandle, K
         // re-keyed events, as their rate fills a batch within that time.
         producer_config.set("linger.ms", "1");
     }
+    if producer_config.get("message.max.bytes").is_none() {
+        // librdkafka's default (1,000,000) is below the largest event accepted (1 MiB by
+        // default): leave room for it, its packing header or its dead-letter headers.
+        let room = opts.rules.settings.limits.max_event_bytes + 64 * 1024;
+        producer_config.set("message.max.bytes", room.max(1_000_000).to_string());
+    }
     if producer_config.get("message.timeout.ms").is_none() {
         // A delivery that cannot complete is reported (and sent again) after 30 s instead
         // of librdkafka's 5 minutes, so a stuck broker shows in the logs quickly.
