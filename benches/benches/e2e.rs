@@ -69,6 +69,8 @@ struct Run {
     latency: Histogram<u64>,
     single: Histogram<u64>,
     batch: Histogram<u64>,
+    /// Events that started tracking a new key (whose state is allocated then).
+    new_key: Histogram<u64>,
     /// The slowest decisions: nanoseconds, the event's CV count, its index.
     slowest: Vec<(u64, usize, usize)>,
     /// Every event's decision time, in input order.
@@ -82,7 +84,7 @@ fn histogram() -> Histogram<u64> {
 fn replay(rules: Arc<RuleSet>, lines: &[&[u8]], measure_latency: bool) -> (Run, Engine) {
     let mut engine = Engine::new(rules);
     let mut out = Vec::new();
-    let (mut latency, mut single, mut batch) = (histogram(), histogram(), histogram());
+    let (mut latency, mut single, mut batch, mut new_key) = (histogram(), histogram(), histogram(), histogram());
     let mut slowest: Vec<(u64, usize, usize)> = Vec::new();
     let mut each = Vec::with_capacity(if measure_latency { lines.len() } else { 0 });
     let t = Instant::now();
@@ -90,10 +92,14 @@ fn replay(rules: Arc<RuleSet>, lines: &[&[u8]], measure_latency: bool) -> (Run, 
         if measure_latency {
             // The CV count is read outside the timed part.
             let cvs = cvguard_core::parse_event(l, &Default::default()).map_or(0, |e| e.cv_ids.len());
+            let keys = engine.state_size().keys;
             let s = Instant::now();
             engine.process_bytes(l, None, &mut out);
             let ns = (s.elapsed().as_nanos() as u64).max(1);
             let _ = latency.record(ns);
+            if engine.state_size().keys > keys {
+                let _ = new_key.record(ns);
+            }
             each.push(ns);
             let _ = if cvs > 1 { batch.record(ns) } else { single.record(ns) };
             if slowest.len() < 5 || ns > slowest[slowest.len() - 1].0 {
@@ -114,6 +120,7 @@ fn replay(rules: Arc<RuleSet>, lines: &[&[u8]], measure_latency: bool) -> (Run, 
             latency,
             single,
             batch,
+            new_key,
             slowest,
             each,
         },
@@ -130,6 +137,7 @@ fn print_latency(run: &Run, again: &Run) {
         ("every event", &run.latency),
         ("single-CV events", &run.single),
         ("multi-CV events (batch downloads)", &run.batch),
+        ("events that started a new key", &run.new_key),
     ] {
         if h.is_empty() {
             continue;
