@@ -10,9 +10,13 @@
 //!
 //! A packed message has the key [`PACKED_KEY`] and a payload of records, each
 //! `kind (u8, index in KeyKind::ALL) | timestamp (i64 LE, i64::MIN for none) |
-//! length (u32 LE) | the event's JSON, unchanged`.
+//! length (u32 LE) | the event`. The event is in the compact form of [`encode_event`]:
+//! it was parsed and validated on its input partition, and parsing its JSON again on
+//! the repartition stage, once per key kind, cost as much as the first time.
 
-use cvguard_core::KeyKind;
+use std::borrow::Cow;
+
+use cvguard_core::{Event, KeyKind, Visibility};
 
 /// The Kafka key of a packed message; also how a reader tells it from the older one
 /// event per message form (`org_id|<org>` keys), which it still reads.
@@ -99,6 +103,97 @@ fn encode(out: &mut Vec<u8>, kind: KeyKind, timestamp: Option<i64>, payload: &[u
     out.extend_from_slice(&timestamp.unwrap_or(NO_TIMESTAMP).to_le_bytes());
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     out.extend_from_slice(payload);
+}
+
+/// Appends `ev` in compact form: `ts (i64 LE) | visibility (u8) | account_id | action |
+/// event_id | user_id | org_id | ip | user_agent | CV count (u32 LE) | CV ids`, each
+/// string as `length (u32 LE) | UTF-8 bytes`, an absent one as length `u32::MAX`.
+pub fn encode_event(out: &mut Vec<u8>, ev: &Event<'_>) {
+    fn put(out: &mut Vec<u8>, s: Option<&str>) {
+        match s {
+            Some(s) => {
+                out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+                out.extend_from_slice(s.as_bytes());
+            }
+            None => out.extend_from_slice(&ABSENT.to_le_bytes()),
+        }
+    }
+    out.extend_from_slice(&ev.ts.to_le_bytes());
+    out.push(ev.visibility as u8);
+    put(out, Some(&ev.account_id));
+    put(out, Some(&ev.action));
+    for field in [&ev.event_id, &ev.user_id, &ev.org_id, &ev.ip, &ev.user_agent] {
+        put(out, field.as_deref());
+    }
+    out.extend_from_slice(&(ev.cv_ids.len() as u32).to_le_bytes());
+    for id in &ev.cv_ids {
+        put(out, Some(id));
+    }
+}
+
+const ABSENT: u32 = u32::MAX;
+
+/// The event of a record's payload, borrowing its strings; `None` if it is malformed.
+pub fn decode_event(bytes: &[u8]) -> Option<Event<'_>> {
+    let mut r = Reader(bytes);
+    let ts = i64::from_le_bytes(r.take(8)?.try_into().ok()?);
+    let visibility = Visibility::from_u8(r.take(1)?[0]);
+    let account_id = r.string()??;
+    let action = r.string()??;
+    let mut optional = [None, None, None, None, None];
+    for field in &mut optional {
+        *field = r.string()?;
+    }
+    let [event_id, user_id, org_id, ip, user_agent] = optional;
+    let count = r.u32()? as usize;
+    // Each id takes at least its 4-byte length: a count beyond that is corrupt, and
+    // must not size an allocation.
+    if count > r.0.len() / 4 {
+        return None;
+    }
+    let mut cv_ids = Vec::with_capacity(count);
+    for _ in 0..count {
+        cv_ids.push(r.string()??);
+    }
+    r.0.is_empty().then_some(Event {
+        ts,
+        account_id,
+        action,
+        cv_ids,
+        event_id,
+        user_id,
+        org_id,
+        ip,
+        user_agent,
+        visibility,
+    })
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Some(head)
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+
+    /// `Some(None)` for an absent string, `None` when the bytes are malformed.
+    fn string(&mut self) -> Option<Option<Cow<'a, str>>> {
+        let len = self.u32()?;
+        if len == ABSENT {
+            return Some(None);
+        }
+        let text = std::str::from_utf8(self.take(len as usize)?).ok()?;
+        Some(Some(Cow::Borrowed(text)))
+    }
 }
 
 /// One record of a packed message.
@@ -242,6 +337,64 @@ mod tests {
             partition_of(KeyKind::OrgId, "org-7", 1_000_003),
             (whole % 1_000_003) as i32
         );
+    }
+
+    fn event<'a>(cv_ids: Vec<Cow<'a, str>>, optional: Option<Cow<'a, str>>) -> Event<'a> {
+        Event {
+            ts: 1_714_694_400_123,
+            account_id: Cow::Borrowed("acc-1"),
+            action: Cow::Borrowed("cv_download"),
+            cv_ids,
+            event_id: optional.clone(),
+            user_id: optional.clone(),
+            org_id: Some(Cow::Borrowed("org-ü")),
+            ip: optional.clone(),
+            user_agent: optional,
+            visibility: Visibility::Named,
+        }
+    }
+
+    #[test]
+    fn an_event_comes_back_from_its_compact_form_unchanged() {
+        let escaped: Cow<'_, str> = Cow::Owned("line\nbreak \"quoted\" 😀".to_string());
+        for ev in [
+            event(vec![], None),
+            event(vec![Cow::Borrowed("cv-1")], Some(Cow::Borrowed(""))),
+            event(
+                (0..200).map(|i| Cow::Owned(format!("cv-{i:07}"))).collect(),
+                Some(escaped.clone()),
+            ),
+        ] {
+            let mut bytes = Vec::new();
+            encode_event(&mut bytes, &ev);
+            assert_eq!(decode_event(&bytes), Some(ev));
+        }
+    }
+
+    #[test]
+    fn a_corrupt_compact_event_is_refused_not_misread() {
+        let mut bytes = Vec::new();
+        encode_event(
+            &mut bytes,
+            &event(vec![Cow::Borrowed("cv-1"), Cow::Borrowed("cv-2")], None),
+        );
+        // Every truncation, and trailing bytes, are refused.
+        for cut in 0..bytes.len() {
+            assert_eq!(decode_event(&bytes[..cut]), None, "cut at {cut}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(decode_event(&longer), None);
+        // A CV count far beyond what the bytes can hold is refused before allocating.
+        let count_at = bytes.len() - 2 * (4 + 4) - 4;
+        let mut huge = bytes.clone();
+        huge[count_at..count_at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(decode_event(&huge), None);
+        // Bytes that are not UTF-8 where a string is expected.
+        let mut bad = bytes.clone();
+        let account_at = 8 + 1 + 4;
+        bad[account_at] = 0xff;
+        assert_eq!(decode_event(&bad), None);
     }
 
     #[test]

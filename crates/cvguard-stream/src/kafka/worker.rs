@@ -183,6 +183,8 @@ struct BatchOut {
     /// The current message's alerts.
     alerts: Vec<Alert>,
     packer: Packer,
+    /// The current event in the compact form of the repartition topic.
+    compact: Vec<u8>,
     pending: Pending,
     owed: Owed,
     meter: crate::metrics::LocalMeter,
@@ -217,6 +219,7 @@ impl Worker {
         let mut out = BatchOut {
             alerts: Vec::new(),
             packer: Packer::new(self.outputs.repartition_partitions),
+            compact: Vec::new(),
             pending: Pending::default(),
             owed: Owed::default(),
             meter: self.metrics.local(),
@@ -441,6 +444,7 @@ impl Worker {
         let BatchOut {
             alerts,
             packer,
+            compact,
             pending,
             owed,
             meter,
@@ -467,9 +471,14 @@ impl Worker {
                             meter.accepted(crate::metrics::action_label(engine.rules(), &ev.action));
                         }
                         if outcome == Outcome::Accepted && !replaying {
+                            // Encoded once, however many key kinds it is re-keyed by.
+                            compact.clear();
                             for (kind, rules) in &self.kinds.cross {
                                 if let Some(key) = rules.key_for(*kind, &ev) {
-                                    if let Some((partition, full)) = packer.push(*kind, key, payload, m.timestamp) {
+                                    if compact.is_empty() {
+                                        regroup::encode_event(compact, &ev);
+                                    }
+                                    if let Some((partition, full)) = packer.push(*kind, key, compact, m.timestamp) {
                                         self.outputs.repartition(partition, full, pending);
                                     }
                                     live.counters.repartitioned += 1;
@@ -489,11 +498,16 @@ impl Worker {
                     for record in regroup::records(payload) {
                         decisions += 1;
                         match record {
-                            Ok(r) => match engines.iter_mut().find(|(k, _)| *k == r.kind) {
-                                Some((_, engine)) => {
-                                    engine.process_bytes(r.payload, r.timestamp, alerts);
+                            Ok(r) => match (
+                                engines.iter_mut().find(|(k, _)| *k == r.kind),
+                                regroup::decode_event(r.payload),
+                            ) {
+                                (Some((_, engine)), Some(ev)) => {
+                                    engine.process(&ev, r.timestamp, alerts);
                                 }
-                                None => no_rules_for(m, r.kind.as_str()),
+                                (None, _) => no_rules_for(m, r.kind.as_str()),
+                                (_, None) => warn!(message = "Malformed re-keyed event; skipped.",
+                                    topic = %m.tp.topic, partition = m.tp.partition, offset = m.offset),
                             },
                             Err(e) => {
                                 warn!(message = "Malformed packed repartition message; the rest of it is skipped.",
