@@ -420,6 +420,10 @@ impl GroupState {
     fn push(&mut self, plan: &GroupPlan, now: i64, class: usize, s: Stamp, cv: CvRef) {
         let queue = &mut self.queues[class];
         if queue.back().is_none_or(|(last, _)| *last <= s) {
+            if queue.capacity() == 0 {
+                // Most keys see few CVs: room for one, not the four a first push takes.
+                queue.reserve_exact(1);
+            }
             queue.push_back((s, cv));
             return;
         }
