@@ -19,7 +19,7 @@
 //! the key has; nothing ever scans a whole table on the event path. Times are stored
 //! as `u32` stamps (second + 1; 0 means "never").
 
-use std::collections::VecDeque;
+use crate::chunked::ChunkedDeque;
 
 use crate::cvmap::CvMap;
 use crate::event::Visibility;
@@ -264,7 +264,7 @@ struct RuleProgress {
 pub struct GroupState {
     table: CvMap<CvEntry>,
     /// Per class: (stamp, cv) of accesses that moved a CV's latest access, by stamp.
-    queues: [VecDeque<(Stamp, CvRef)>; CLASS_SLOTS],
+    queues: [ChunkedDeque<(Stamp, CvRef)>; CLASS_SLOTS],
     /// Per class: the absolute position of the queue's front.
     heads: [u64; CLASS_SLOTS],
     rules: Vec<RuleProgress>,
@@ -420,10 +420,6 @@ impl GroupState {
     fn push(&mut self, plan: &GroupPlan, now: i64, class: usize, s: Stamp, cv: CvRef) {
         let queue = &mut self.queues[class];
         if queue.back().is_none_or(|(last, _)| *last <= s) {
-            if queue.capacity() == 0 {
-                // Most keys see few CVs: room for one, not the four a first push takes.
-                queue.reserve_exact(1);
-            }
             queue.push_back((s, cv));
             return;
         }
