@@ -99,13 +99,17 @@ mod tests {
 #[derive(Debug, Clone)]
 pub enum ChunkedDeque<T> {
     Flat(VecDeque<T>),
-    /// Every chunk holds `CHUNK` entries except the last; the first has `head` of them
-    /// already popped.
-    Chunked {
-        chunks: VecDeque<Vec<T>>,
-        head: usize,
-        len: usize,
-    },
+    /// Boxed, so that the many small queues stay the size of a `VecDeque`.
+    Chunked(Box<Chunks<T>>),
+}
+
+/// Every chunk holds `CHUNK` entries except the last; the first has `head` of them
+/// already popped.
+#[derive(Debug, Clone)]
+pub struct Chunks<T> {
+    chunks: VecDeque<Vec<T>>,
+    head: usize,
+    len: usize,
 }
 
 impl<T> Default for ChunkedDeque<T> {
@@ -128,7 +132,7 @@ impl<T: Copy> ChunkedDeque<T> {
     pub fn len(&self) -> usize {
         match self {
             ChunkedDeque::Flat(q) => q.len(),
-            ChunkedDeque::Chunked { len, .. } => *len,
+            ChunkedDeque::Chunked(c) => c.len,
         }
     }
 
@@ -139,12 +143,12 @@ impl<T: Copy> ChunkedDeque<T> {
     pub fn get(&self, i: usize) -> Option<&T> {
         match self {
             ChunkedDeque::Flat(q) => q.get(i),
-            ChunkedDeque::Chunked { chunks, head, len } => {
-                if i >= *len {
+            ChunkedDeque::Chunked(c) => {
+                if i >= c.len {
                     return None;
                 }
-                let at = head + i;
-                chunks[at >> CHUNK_BITS].get(at & (CHUNK - 1))
+                let at = c.head + i;
+                c.chunks[at >> CHUNK_BITS].get(at & (CHUNK - 1))
             }
         }
     }
@@ -156,7 +160,7 @@ impl<T: Copy> ChunkedDeque<T> {
     pub fn back(&self) -> Option<&T> {
         match self {
             ChunkedDeque::Flat(q) => q.back(),
-            ChunkedDeque::Chunked { chunks, .. } => chunks.back().and_then(|c| c.last()),
+            ChunkedDeque::Chunked(c) => c.chunks.back().and_then(|chunk| chunk.last()),
         }
     }
 
@@ -175,18 +179,18 @@ impl<T: Copy> ChunkedDeque<T> {
                 let first: Vec<T> = std::mem::take(q).into();
                 let mut second = Vec::with_capacity(CHUNK);
                 second.push(value);
-                *self = ChunkedDeque::Chunked {
+                *self = ChunkedDeque::Chunked(Box::new(Chunks {
                     chunks: VecDeque::from([first, second]),
                     head: 0,
                     len: CHUNK + 1,
-                };
+                }));
             }
-            ChunkedDeque::Chunked { chunks, len, .. } => {
-                if chunks.back().is_none_or(|c| c.len() == CHUNK) {
-                    chunks.push_back(Vec::with_capacity(CHUNK));
+            ChunkedDeque::Chunked(c) => {
+                if c.chunks.back().is_none_or(|chunk| chunk.len() == CHUNK) {
+                    c.chunks.push_back(Vec::with_capacity(CHUNK));
                 }
-                chunks.back_mut().expect("a chunk with room").push(value);
-                *len += 1;
+                c.chunks.back_mut().expect("a chunk with room").push(value);
+                c.len += 1;
             }
         }
     }
@@ -194,16 +198,16 @@ impl<T: Copy> ChunkedDeque<T> {
     pub fn pop_front(&mut self) -> Option<T> {
         match self {
             ChunkedDeque::Flat(q) => q.pop_front(),
-            ChunkedDeque::Chunked { chunks, head, len } => {
-                if *len == 0 {
+            ChunkedDeque::Chunked(c) => {
+                if c.len == 0 {
                     return None;
                 }
-                let value = chunks[0][*head];
-                *head += 1;
-                *len -= 1;
-                if *head == CHUNK || *len == 0 {
-                    chunks.pop_front();
-                    *head = 0;
+                let value = c.chunks[0][c.head];
+                c.head += 1;
+                c.len -= 1;
+                if c.head == CHUNK || c.len == 0 {
+                    c.chunks.pop_front();
+                    c.head = 0;
                 }
                 Some(value)
             }
@@ -214,8 +218,8 @@ impl<T: Copy> ChunkedDeque<T> {
     pub fn partition_point(&self, mut pred: impl FnMut(&T) -> bool) -> usize {
         match self {
             ChunkedDeque::Flat(q) => q.partition_point(pred),
-            ChunkedDeque::Chunked { len, .. } => {
-                let (mut lo, mut hi) = (0, *len);
+            ChunkedDeque::Chunked(c) => {
+                let (mut lo, mut hi) = (0, c.len);
                 while lo < hi {
                     let mid = lo + (hi - lo) / 2;
                     if pred(self.get(mid).expect("in range")) {
@@ -240,16 +244,17 @@ impl<T: Copy> ChunkedDeque<T> {
         }
         let last = self.len();
         self.push_back(value);
-        let ChunkedDeque::Chunked { chunks, head, .. } = self else {
+        let ChunkedDeque::Chunked(c) = self else {
             unreachable!("a full queue is chunked once pushed to")
         };
+        let (chunks, head) = (&mut c.chunks, c.head);
         let mut i = last;
         while i > at {
-            let (to, from) = (*head + i, *head + i - 1);
+            let (to, from) = (head + i, head + i - 1);
             chunks[to >> CHUNK_BITS][to & (CHUNK - 1)] = chunks[from >> CHUNK_BITS][from & (CHUNK - 1)];
             i -= 1;
         }
-        let to = *head + at;
+        let to = head + at;
         chunks[to >> CHUNK_BITS][to & (CHUNK - 1)] = value;
     }
 }
@@ -295,12 +300,12 @@ mod deque_tests {
                     q.insert(at, value);
                 }
             }
-            chunked_steps += usize::from(matches!(q, ChunkedDeque::Chunked { .. }));
+            chunked_steps += usize::from(matches!(q, ChunkedDeque::Chunked(_)));
             assert_eq!(q.len(), model.len());
             assert_eq!(q.front(), model.front());
             assert_eq!(q.back(), model.back());
             if step % 997 == 0 {
-                assert!(q.len() < CHUNK || matches!(q, ChunkedDeque::Chunked { .. }));
+                assert!(q.len() < CHUNK || matches!(q, ChunkedDeque::Chunked(_)));
                 for i in 0..model.len() {
                     assert_eq!(q.get(i), model.get(i), "step {step}, entry {i}");
                 }
