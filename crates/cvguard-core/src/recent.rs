@@ -17,11 +17,22 @@ type Item = (u64, Sym, Stamp);
 
 /// A set's values: most keys only ever see one user, one IP and one user agent, so the
 /// first value is kept in the key itself. A vector for it cost an allocation per set
-/// (three or four per key) and a pointer to follow on every event.
+/// (three or four per key) and a pointer to follow on every event. Larger sets, and
+/// what only they need, live behind one pointer, so a set is 24 bytes in the key.
 #[derive(Debug, Clone)]
 enum Items {
     One(Option<Item>),
-    Many(Vec<Item>),
+    Many(Box<Many>),
+}
+
+#[derive(Debug, Clone, Default)]
+struct Many {
+    items: Vec<Item>,
+    /// Position of each value by hash once the set is past `INDEX_FROM` values (an IP or
+    /// org can have up to `cap` accounts): searching is then one lookup, not a scan.
+    index: Option<FxHashMap<u64, u32>>,
+    /// Set once a value could not be stored because the set was full.
+    truncated: bool,
 }
 
 impl Default for Items {
@@ -35,7 +46,7 @@ impl std::ops::Deref for Items {
     fn deref(&self) -> &[Item] {
         match self {
             Items::One(one) => one.as_slice(),
-            Items::Many(v) => v,
+            Items::Many(m) => &m.items,
         }
     }
 }
@@ -44,7 +55,7 @@ impl std::ops::DerefMut for Items {
     fn deref_mut(&mut self) -> &mut [Item] {
         match self {
             Items::One(one) => one.as_mut_slice(),
-            Items::Many(v) => v,
+            Items::Many(m) => &mut m.items,
         }
     }
 }
@@ -53,8 +64,25 @@ impl Items {
     fn push(&mut self, item: Item) {
         match self {
             Items::One(None) => *self = Items::One(Some(item)),
-            Items::One(Some(first)) => *self = Items::Many(vec![*first, item]),
-            Items::Many(v) => v.push(item),
+            Items::One(Some(_)) => {
+                let m = self.many();
+                m.items.push(item);
+            }
+            Items::Many(m) => m.items.push(item),
+        }
+    }
+
+    /// The large form, made from the small one if need be.
+    fn many(&mut self) -> &mut Many {
+        if let Items::One(one) = self {
+            *self = Items::Many(Box::new(Many {
+                items: one.iter().copied().collect(),
+                ..Many::default()
+            }));
+        }
+        match self {
+            Items::Many(m) => m,
+            Items::One(_) => unreachable!("made large above"),
         }
     }
 
@@ -65,23 +93,21 @@ impl Items {
                     *one = None;
                 }
             }
-            Items::Many(v) => v.retain(keep),
+            Items::Many(m) => m.items.retain(keep),
         }
     }
 
-    fn take(&mut self) -> Items {
-        std::mem::take(self)
+    fn index(&self) -> Option<&FxHashMap<u64, u32>> {
+        match self {
+            Items::Many(m) => m.index.as_ref(),
+            Items::One(_) => None,
+        }
     }
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct RecentSet {
     items: Items,
-    /// Position of each value by hash once the set is past `INDEX_FROM` values (an IP or
-    /// org can have up to `cap` accounts): searching is then one lookup, not a scan.
-    index: Option<Box<FxHashMap<u64, u32>>>,
-    /// Set once a value could not be stored because the set was full.
-    truncated: bool,
 }
 
 /// Up to this many values a set is searched linearly.
@@ -109,22 +135,24 @@ impl RecentSet {
             });
             self.reindex();
             if self.items.len() >= cap {
-                self.truncated = true;
+                self.items.many().truncated = true;
                 return;
             }
         }
         self.items.push((hash, names.intern_retained(value), s));
-        match &mut self.index {
-            Some(index) => {
-                index.insert(hash, (self.items.len() - 1) as u32);
+        if let Items::Many(m) = &mut self.items {
+            match &mut m.index {
+                Some(index) => {
+                    index.insert(hash, (m.items.len() - 1) as u32);
+                }
+                None if m.items.len() > INDEX_FROM => self.reindex(),
+                None => {}
             }
-            None if self.items.len() > INDEX_FROM => self.reindex(),
-            None => {}
         }
     }
 
     fn position(&self, hash: u64) -> Option<usize> {
-        match &self.index {
+        match self.items.index() {
             Some(index) => index.get(&hash).map(|i| *i as usize),
             // Most events repeat the previous event's user, IP and user agent.
             None => self.items.iter().rposition(|(h, _, _)| *h == hash),
@@ -132,15 +160,15 @@ impl RecentSet {
     }
 
     fn reindex(&mut self) {
-        self.index = (self.items.len() > INDEX_FROM).then(|| {
-            Box::new(
-                self.items
+        if let Items::Many(m) = &mut self.items {
+            m.index = (m.items.len() > INDEX_FROM).then(|| {
+                m.items
                     .iter()
                     .enumerate()
                     .map(|(i, (h, _, _))| (*h, i as u32))
-                    .collect(),
-            )
-        });
+                    .collect()
+            });
+        }
     }
 
     /// Values seen after `cutoff`, sorted.
@@ -168,29 +196,30 @@ impl RecentSet {
     }
 
     pub fn from_entries(entries: &[(String, i64)], truncated: bool, names: &mut Interner) -> RecentSet {
-        let mut items = Items::default();
+        let mut set = RecentSet::default();
         for (k, s) in entries {
-            items.push((str_hash(k), names.intern_retained(k), stamp(*s)));
+            set.items.push((str_hash(k), names.intern_retained(k), stamp(*s)));
         }
-        let mut set = RecentSet {
-            items,
-            index: None,
-            truncated,
-        };
+        if truncated {
+            set.items.many().truncated = true;
+        }
         set.reindex();
         set
     }
 
-    /// Drops every value, releasing its reference.
+    /// Drops every value, releasing its reference. A set marked truncated stays so.
     pub fn clear(&mut self, names: &mut Interner) {
-        for (_, v, _) in self.items.take().iter() {
+        let truncated = self.truncated();
+        for (_, v, _) in std::mem::take(&mut self.items).iter() {
             names.release(*v);
         }
-        self.index = None;
+        if truncated {
+            self.items.many().truncated = true;
+        }
     }
 
     pub fn truncated(&self) -> bool {
-        self.truncated
+        matches!(&self.items, Items::Many(m) if m.truncated)
     }
 
     pub fn len(&self) -> usize {
@@ -235,7 +264,8 @@ mod tests {
         for i in 0..100 {
             s.note(str_hash(&value(i)), &value(i), i, 100, 0, &mut names);
         }
-        assert!(s.index.is_some());
+        assert!(s.items.index().is_some());
+        assert_eq!(std::mem::size_of::<RecentSet>(), 24);
         s.note(str_hash(&value(5)), &value(5), 500, 100, 0, &mut names);
         assert_eq!(s.len(), 100, "a known value is not added again");
         // Full: the values at or before second 49 make room for a new one.
