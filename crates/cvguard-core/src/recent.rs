@@ -63,12 +63,8 @@ impl std::ops::DerefMut for Items {
 impl Items {
     fn push(&mut self, item: Item) {
         match self {
-            Items::One(None) => *self = Items::One(Some(item)),
-            Items::One(Some(_)) => {
-                let m = self.many();
-                m.items.push(item);
-            }
-            Items::Many(m) => m.items.push(item),
+            Items::One(slot @ None) => *slot = Some(item),
+            _ => self.many().items.push(item),
         }
     }
 

@@ -85,7 +85,7 @@ impl Metrics {
     pub fn decided(&self, latency: Duration) {
         self.decision_latency.observe(latency.as_secs_f64());
         if let Ok(mut h) = self.hdr.lock() {
-            let _ = h.record((latency.as_micros() as u64).clamp(1, 60_000_000));
+            let _ = h.record(log_micros(latency));
         }
     }
 
@@ -135,8 +135,7 @@ pub struct LocalMeter {
 impl LocalMeter {
     pub fn decided(&mut self, latency: Duration) {
         self.latency.observe(latency.as_secs_f64());
-        self.latencies_us
-            .push((latency.as_micros() as u64).clamp(1, 60_000_000));
+        self.latencies_us.push(log_micros(latency));
     }
 
     /// An accepted event, by its action label (see `action_label`).
@@ -151,12 +150,17 @@ impl LocalMeter {
             return;
         }
         if let Ok(mut h) = shared.hdr.lock() {
-            for us in self.latencies_us.drain(..) {
-                let _ = h.record(us);
+            for us in &self.latencies_us {
+                let _ = h.record(*us);
             }
         }
         self.latencies_us.clear();
     }
+}
+
+/// A latency in the percentile log's unit and range (1 µs to 60 s).
+fn log_micros(latency: Duration) -> u64 {
+    (latency.as_micros() as u64).clamp(1, 60_000_000)
 }
 
 /// The action label for an event: the action itself when some rule counts it, else

@@ -104,11 +104,7 @@ impl Outputs {
             .key(PACKED_KEY)
             .payload(packed.bytes.as_slice())
             .partition(partition);
-        let record = match packed.timestamp {
-            Some(ts) => record.timestamp(ts),
-            None => record,
-        };
-        self.send_record(record, pending);
+        self.send_record(stamped(record, packed.timestamp), pending);
     }
 
     fn send(
@@ -120,11 +116,8 @@ impl Outputs {
         headers: OwnedHeaders,
         pending: &mut Pending,
     ) {
-        let mut record = FutureRecord::to(topic).key(key).payload(payload).headers(headers);
-        if let Some(ts) = timestamp {
-            record = record.timestamp(ts);
-        }
-        self.send_record(record, pending);
+        let record = FutureRecord::to(topic).key(key).payload(payload).headers(headers);
+        self.send_record(stamped(record, timestamp), pending);
     }
 
     fn send_record<'a>(&self, mut record: FutureRecord<'a, [u8], [u8]>, pending: &mut Pending) {
@@ -176,17 +169,22 @@ impl Outputs {
         for msg in retry {
             let mut again = Pending::default();
             let headers = msg.headers().cloned().unwrap_or_default();
-            let mut record = FutureRecord::to(msg.topic())
+            let record = FutureRecord::to(msg.topic())
                 .key(msg.key().unwrap_or_default())
                 .payload(msg.payload().unwrap_or_default())
                 .partition(msg.partition())
                 .headers(headers);
-            if let Some(ts) = msg.timestamp().to_millis() {
-                record = record.timestamp(ts);
-            }
-            self.send_record(record, &mut again);
+            self.send_record(stamped(record, msg.timestamp().to_millis()), &mut again);
             self.await_all(&mut again);
         }
+    }
+}
+
+/// The record with its timestamp, when it has one (else the producer's clock).
+fn stamped(record: FutureRecord<'_, [u8], [u8]>, timestamp: Option<i64>) -> FutureRecord<'_, [u8], [u8]> {
+    match timestamp {
+        Some(ts) => record.timestamp(ts),
+        None => record,
     }
 }
 

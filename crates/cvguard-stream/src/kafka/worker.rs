@@ -469,8 +469,6 @@ impl Worker {
                         let outcome = engine.process(&ev, m.timestamp, alerts);
                         if outcome == Outcome::Accepted && !replaying {
                             meter.accepted(crate::metrics::action_label(engine.rules(), &ev.action));
-                        }
-                        if outcome == Outcome::Accepted && !replaying {
                             // Encoded once, however many key kinds it is re-keyed by.
                             compact.clear();
                             for (kind, rules) in &self.kinds.cross {
