@@ -1,6 +1,7 @@
 //! The end-to-end benchmark (`make bench`): simulated job-board traffic through the
 //! engine, as `cvguard replay` runs it, on one and two threads; per-event decision
-//! latency; state memory per key and per live (key, CV) pair; memory over a long soak.
+//! latency; state memory per key and per live (key, CV) pair; memory over a long soak;
+//! throughput against the size of the live state.
 //! Prints the table docs/PERFORMANCE.md reports. Figures are measured here, never
 //! asserted in tests.
 
@@ -194,6 +195,49 @@ fn replay_two_threads(rules: &RuleSet, lines: &[&[u8]]) -> f64 {
     lines.len() as f64 / t.elapsed().as_secs_f64()
 }
 
+/// Engine throughput against the size of its live state, on the same single-CV traffic:
+/// from state that fits in the caches to state hundreds of megabytes large. Each engine
+/// takes the first half of 2,000,000 events untimed, so the timed half finds its state
+/// built. Shows whether the engine is bound by its instructions or by memory.
+fn working_set_sweep() {
+    println!("| accounts / CVs drawn from | live keys / (key, CV) pairs | engine heap | replay, 1 thread, all rules | parse alone (`parse_event`) | replay as share of parse |");
+    println!("|---|---|---|---|---|---|");
+    for (accounts, cvs) in [(20, 100), (100, 1_000), (2_000, 20_000), (50_000, 2_000_000)] {
+        let buf = single_cv_lines(2_000_000, accounts, cvs, 50, 7);
+        let all = lines(&buf);
+        let (warm, timed) = all.split_at(all.len() / 2);
+        let heap_before = live_heap_bytes();
+        let mut engine = Engine::new(shipped_rules());
+        let mut out = Vec::new();
+        for l in warm {
+            engine.process_bytes(l, None, &mut out);
+            out.clear();
+        }
+        let t = Instant::now();
+        for l in timed {
+            engine.process_bytes(l, None, &mut out);
+            out.clear();
+        }
+        let rate = timed.len() as f64 / t.elapsed().as_secs_f64();
+        let heap = live_heap_bytes().saturating_sub(heap_before);
+        let limits = engine.rules().settings.limits;
+        let t = Instant::now();
+        let parsed = timed
+            .iter()
+            .filter(|l| cvguard_core::parse_event(l, &limits).is_ok())
+            .count();
+        let parse = parsed as f64 / t.elapsed().as_secs_f64();
+        let size = engine.state_size();
+        println!(
+            "| {accounts} / {cvs} | {} / {} | {:.1} MB | {rate:.0} events/s | {parse:.0} events/s | {:.0}% |",
+            size.keys,
+            size.cv_pairs,
+            heap as f64 / 1e6,
+            rate * 100.0 / parse
+        );
+    }
+}
+
 fn us(ns: u64) -> f64 {
     ns as f64 / 1000.0
 }
@@ -206,6 +250,10 @@ fn main() {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     println!();
+    if std::env::var_os("CVGUARD_BENCH_SWEEP_ONLY").is_some() {
+        working_set_sweep();
+        return;
+    }
 
     // 1. The mixed traffic of the simulator: views, 200-CV batches, searches, 48 hours.
     let t = Instant::now();
@@ -339,4 +387,10 @@ fn main() {
     println!("|{}", "---|".repeat(1 + soak_lines.len() / per_12h));
     println!("{row_pairs}");
     println!("{row_rss}");
+    drop(engine);
+
+    // 4. Throughput against the size of the live state.
+    println!();
+    println!("working set: single-CV replay, all rules, by how much state the engine holds");
+    working_set_sweep();
 }
