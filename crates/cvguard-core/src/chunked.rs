@@ -65,6 +65,70 @@ impl<T> IndexMut<usize> for ChunkedVec<T> {
     }
 }
 
+/// Equal-width rows in fixed-size chunks: what every key of one kind has in the same
+/// number (a rule state per rule, a group per group), kept beside the other keys' rather
+/// than behind a pointer in each key. A key's rows are found from its slot number alone,
+/// so reading them does not wait for the key's own slot to arrive from memory first, and
+/// a key costs no allocation of its own for them.
+#[derive(Debug)]
+pub struct ChunkedRows<T> {
+    width: usize,
+    chunks: Vec<Vec<T>>,
+    rows: usize,
+}
+
+impl<T> ChunkedRows<T> {
+    pub fn new(width: usize) -> ChunkedRows<T> {
+        ChunkedRows {
+            width,
+            chunks: Vec::new(),
+            rows: 0,
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Appends a row of exactly `width` items.
+    pub fn push_row(&mut self, row: impl IntoIterator<Item = T>) {
+        if self.rows.is_multiple_of(CHUNK) {
+            self.chunks.push(Vec::with_capacity(CHUNK * self.width));
+        }
+        let chunk = self.chunks.last_mut().expect("a chunk with room");
+        let before = chunk.len();
+        chunk.extend(row);
+        assert_eq!(chunk.len() - before, self.width, "a row has the table's width");
+        self.rows += 1;
+    }
+
+    pub fn row(&self, i: usize) -> &[T] {
+        let at = (i & (CHUNK - 1)) * self.width;
+        &self.chunks[i >> CHUNK_BITS][at..at + self.width]
+    }
+
+    pub fn row_mut(&mut self, i: usize) -> &mut [T] {
+        let at = (i & (CHUNK - 1)) * self.width;
+        &mut self.chunks[i >> CHUNK_BITS][at..at + self.width]
+    }
+
+    /// Replaces row `i` with `row` (exactly `width` items).
+    pub fn set_row(&mut self, i: usize, row: impl IntoIterator<Item = T>) {
+        let mut n = 0;
+        for (slot, value) in self.row_mut(i).iter_mut().zip(row) {
+            *slot = value;
+            n += 1;
+        }
+        assert_eq!(n, self.width, "a row has the table's width");
+    }
+}
+
+impl<T> Default for ChunkedRows<T> {
+    fn default() -> Self {
+        ChunkedRows::new(0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,6 +150,25 @@ mod tests {
         v[12_345] = 7;
         assert_eq!(v.iter().filter(|x| **x == 7).count(), 2);
         assert_eq!(v.iter().count(), 20_000);
+    }
+
+    #[test]
+    fn rows_keep_their_width_and_place() {
+        let mut rows = ChunkedRows::new(3);
+        for i in 0..10_000u32 {
+            rows.push_row([i, i + 1, i + 2]);
+        }
+        assert_eq!(rows.rows(), 10_000);
+        assert_eq!(rows.row(4095), &[4095, 4096, 4097]);
+        assert_eq!(rows.row(4096), &[4096, 4097, 4098]);
+        rows.row_mut(9_999)[1] = 0;
+        assert_eq!(rows.row(9_999), &[9_999, 0, 10_001]);
+        rows.set_row(17, [7, 8, 9]);
+        assert_eq!(rows.row(17), &[7, 8, 9]);
+        assert_eq!(rows.row(16), &[16, 17, 18]);
+        let mut empty: ChunkedRows<u32> = ChunkedRows::new(0);
+        empty.push_row([]);
+        assert_eq!(empty.row(0), &[] as &[u32]);
     }
 }
 

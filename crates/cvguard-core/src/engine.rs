@@ -5,8 +5,10 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
 
+use rustc_hash::FxHashMap;
+
 use crate::alert::{stable_hash, Alert, AlertAction, AlertReason, Evidence, VisibilityCounts, WindowValue};
-use crate::chunked::ChunkedVec;
+use crate::chunked::{ChunkedRows, ChunkedVec};
 use crate::cvmap::{str_hash, StrIndex};
 use crate::distinct::{unstamp, Access, Added, GroupState, KindPlan};
 use crate::event::{parse_event, Event, RejectReason};
@@ -88,13 +90,34 @@ impl StateSize {
     }
 }
 
-/// Per rule of a key: its effective threshold and whether it is firing.
-#[derive(Debug, Clone, Copy)]
-struct RuleState {
-    threshold: u64,
-    /// While the rule is at or above its threshold: the id of the alert that opened
-    /// the incident (as a number; `alert_id` is its hex form).
-    firing: Option<u64>,
+/// Effective thresholds, one list per distinct combination. They are per key, but most
+/// keys share them: every account without a profile has the rules' own, and accounts
+/// of one segment and vacancy count have the same. A key holds a handle to its list
+/// (4 bytes, not 8 per rule), and the lists in use stay in cache.
+#[derive(Debug, Default)]
+struct ThresholdLists {
+    lists: Vec<Box<[u64]>>,
+    index: FxHashMap<Box<[u64]>, u32>,
+    scratch: Vec<u64>,
+}
+
+impl ThresholdLists {
+    fn handle(&mut self, thresholds: impl IntoIterator<Item = u64>) -> u32 {
+        self.scratch.clear();
+        self.scratch.extend(thresholds);
+        if let Some(h) = self.index.get(self.scratch.as_slice()) {
+            return *h;
+        }
+        let h = self.lists.len() as u32;
+        let list: Box<[u64]> = self.scratch.as_slice().into();
+        self.lists.push(list.clone());
+        self.index.insert(list, h);
+        h
+    }
+
+    fn get(&self, handle: u32) -> &[u64] {
+        &self.lists[handle as usize]
+    }
 }
 
 /// The evidence a key keeps: who acted, from where, with what.
@@ -124,35 +147,40 @@ impl KeyEvidence {
     }
 }
 
+/// What a key holds of its own. The parts every key of its kind has in the same number
+/// (a state per rule, a count window per count rule, a group per group of distinct rules)
+/// are rows of its `KeyTable`, found by the key's slot.
 #[derive(Debug)]
 struct KeyState {
     key: SmallStr,
     last_sec: i64,
-    /// One per rule of this key kind, in `RuleSet::rules_of` order.
-    rules: Box<[RuleState]>,
-    /// One per `events`/`cvs` rule (see `KindLayout::count_place`).
-    counts: Box<[CountWindow]>,
-    /// One per group of `distinct_cvs` rules (see `KindPlan`).
-    groups: Box<[GroupState]>,
+    /// The key's effective thresholds (see `ThresholdLists`).
+    thresholds: u32,
+    /// One bit per rule of the key kind (in `rules_of` order) while it is at or above
+    /// its threshold; the id of the alert that opened the incident is in
+    /// `KeyTable::firing`. Rules are rarely firing, so the ids are kept aside.
+    firing: u64,
     evidence: KeyEvidence,
 }
 
-impl KeyState {
+/// One key with its rows, to read.
+#[derive(Clone, Copy)]
+struct KeyRef<'t> {
+    state: &'t KeyState,
+    /// One per rule of this key kind, in `RuleSet::rules_of` order.
+    thresholds: &'t [u64],
+    /// One per `events`/`cvs` rule (see `KindLayout::count_place`).
+    counts: &'t [CountWindow],
+    /// One per group of `distinct_cvs` rules (see `KindPlan`).
+    groups: &'t [GroupState],
+}
+
+impl KeyRef<'_> {
     fn value(&self, layout: &KindLayout, slot: usize) -> u64 {
         match layout.plan.place[slot] {
             Some((g, i)) => self.groups[g].value(i),
             None => self.counts[layout.count_place[slot]].value(),
         }
-    }
-
-    fn release_all(&mut self, cvs: &mut CvInterner, names: &mut Interner, pairs: &mut u64) {
-        for g in self.groups.iter_mut() {
-            g.clear(|cv| {
-                *pairs -= 1;
-                cvs.release(cv);
-            });
-        }
-        self.evidence.clear(names);
     }
 }
 
@@ -201,11 +229,26 @@ impl KindLayout {
 struct KeyTable {
     index: StrIndex,
     slots: ChunkedVec<Option<KeyState>>,
+    /// The rows of each slot, free slots included (their rows are reset on reuse).
+    counts: ChunkedRows<CountWindow>,
+    groups: ChunkedRows<GroupState>,
+    thresholds: ThresholdLists,
+    /// (slot, rule) of each firing rule: the alert id (as a number; `alert_id` is its hex
+    /// form) of the incident it opened.
+    firing: FxHashMap<(u32, u8), u64>,
     free: Vec<u32>,
     expiry: BinaryHeap<Reverse<(i64, u32)>>,
 }
 
 impl KeyTable {
+    fn new(layout: &KindLayout) -> KeyTable {
+        KeyTable {
+            counts: ChunkedRows::new(layout.counts),
+            groups: ChunkedRows::new(layout.plan.groups.len()),
+            ..KeyTable::default()
+        }
+    }
+
     fn find(&self, key: &str) -> Option<u32> {
         let slots = &self.slots;
         self.index.find(str_hash(key), key, |s| {
@@ -213,20 +256,41 @@ impl KeyTable {
         })
     }
 
-    fn get(&self, key: &str) -> Option<&KeyState> {
-        self.find(key).and_then(|s| self.slots[s as usize].as_ref())
+    fn at(&self, slot: u32) -> Option<KeyRef<'_>> {
+        let s = slot as usize;
+        Some(KeyRef {
+            state: self.slots[s].as_ref()?,
+            thresholds: self.thresholds.get(self.slots[s].as_ref()?.thresholds),
+            counts: self.counts.row(s),
+            groups: self.groups.row(s),
+        })
     }
 
-    /// Puts a new key in a free slot and indexes it.
-    fn insert(&mut self, state: KeyState, expiry: i64) -> u32 {
+    fn get(&self, key: &str) -> Option<KeyRef<'_>> {
+        self.find(key).and_then(|s| self.at(s))
+    }
+
+    /// Puts a new key, with its rows, in a free slot and indexes it.
+    fn insert(
+        &mut self,
+        state: KeyState,
+        counts: impl IntoIterator<Item = CountWindow>,
+        groups: impl IntoIterator<Item = GroupState>,
+        expiry: i64,
+    ) -> u32 {
         let hash = str_hash(&state.key);
         let slot = match self.free.pop() {
             Some(s) => {
-                self.slots[s as usize] = Some(state);
+                let i = s as usize;
+                self.slots[i] = Some(state);
+                self.counts.set_row(i, counts);
+                self.groups.set_row(i, groups);
                 s
             }
             None => {
                 self.slots.push(Some(state));
+                self.counts.push_row(counts);
+                self.groups.push_row(groups);
                 (self.slots.len() - 1) as u32
             }
         };
@@ -235,15 +299,54 @@ impl KeyTable {
         slot
     }
 
-    fn remove(&mut self, slot: u32) -> Option<KeyState> {
-        let state = self.slots[slot as usize].take()?;
+    /// Frees the key in `slot`, letting go of every CV and evidence value it holds.
+    fn remove(&mut self, slot: u32, cvs: &mut CvInterner, names: &mut Interner, pairs: &mut u64) -> bool {
+        let Some(mut state) = self.slots[slot as usize].take() else {
+            return false;
+        };
         self.index.remove(str_hash(&state.key), slot);
         self.free.push(slot);
-        Some(state)
+        for w in 0..64u8 {
+            if state.firing & (1 << w) != 0 {
+                self.firing.remove(&(slot, w));
+            }
+        }
+        for g in self.groups.row_mut(slot as usize) {
+            g.clear(|cv| {
+                *pairs -= 1;
+                cvs.release(cv);
+            });
+        }
+        state.evidence.clear(names);
+        true
     }
 
     fn len(&self) -> usize {
         self.index.len()
+    }
+
+    /// The id of the incident rule `w` of the key in `slot` opened, while it fires.
+    fn firing_id(&self, slot: u32, w: usize) -> Option<u64> {
+        let state = self.slots[slot as usize].as_ref()?;
+        if state.firing & (1 << w) == 0 {
+            return None;
+        }
+        self.firing.get(&(slot, w as u8)).copied()
+    }
+}
+
+/// Marks rule `w` of a key (in `slot`, state `state`) firing with alert `id`, or not firing.
+fn set_firing(state: &mut KeyState, firing: &mut FxHashMap<(u32, u8), u64>, slot: u32, w: usize, id: Option<u64>) {
+    match id {
+        Some(id) => {
+            state.firing |= 1 << w;
+            firing.insert((slot, w as u8), id);
+        }
+        None if state.firing & (1 << w) != 0 => {
+            state.firing &= !(1 << w);
+            firing.remove(&(slot, w as u8));
+        }
+        None => {}
     }
 }
 
@@ -296,10 +399,11 @@ impl<'e> EventNames<'e> {
 
 impl Engine {
     pub fn new(rules: Arc<RuleSet>) -> Engine {
+        let layouts = KeyKind::ALL.map(|k| KindLayout::new(&rules, k));
         Engine {
-            layouts: KeyKind::ALL.map(|k| KindLayout::new(&rules, k)),
+            tables: KeyKind::ALL.map(|k| KeyTable::new(&layouts[k.index()])),
+            layouts,
             rules,
-            tables: Default::default(),
             interner: CvInterner::default(),
             names: Interner::default(),
             max_ts: None,
@@ -419,22 +523,25 @@ impl Engine {
         }
         let layout = &self.layouts[kind.index()];
         let hint = (kind == KeyKind::UserId).then_some(account);
+        let thresholds = table.thresholds.handle(
+            rules
+                .rules_of(kind)
+                .iter()
+                .map(|i| rules.effective_threshold(&rules.rules[*i], key, hint)),
+        );
         let state = KeyState {
             key: SmallStr::new(key),
             last_sec: sec,
-            rules: rules
-                .rules_of(kind)
-                .iter()
-                .map(|i| RuleState {
-                    threshold: rules.effective_threshold(&rules.rules[*i], key, hint),
-                    firing: None,
-                })
-                .collect(),
-            counts: (0..layout.counts).map(|_| CountWindow::default()).collect(),
-            groups: layout.plan.groups.iter().map(GroupState::new).collect(),
+            thresholds,
+            firing: 0,
             evidence: KeyEvidence::default(),
         };
-        table.insert(state, sec + rules.max_window_secs(kind))
+        table.insert(
+            state,
+            (0..layout.counts).map(|_| CountWindow::default()),
+            layout.plan.groups.iter().map(GroupState::new),
+            sec + rules.max_window_secs(kind),
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -455,9 +562,15 @@ impl Engine {
         let interner = &mut self.interner;
         let cv_pairs = &mut self.cv_pairs;
         let layout = &self.layouts[kind.index()];
-        let state = self.tables[kind.index()].slots[slot as usize]
-            .as_mut()
-            .expect("indexed key has a slot");
+        let table = &mut self.tables[kind.index()];
+        let s = slot as usize;
+        let state = table.slots[s].as_mut().expect("indexed key has a slot");
+        let (thresholds, firing, counts, groups) = (
+            table.thresholds.get(state.thresholds),
+            &mut table.firing,
+            table.counts.row_mut(s),
+            table.groups.row_mut(s),
+        );
         state.last_sec = state.last_sec.max(sec);
 
         let evidence_cutoff = now - rules.max_window_secs(kind);
@@ -478,7 +591,7 @@ impl Engine {
         }
 
         for (g, plan) in layout.plan.groups.iter().enumerate() {
-            let group = &mut state.groups[g];
+            let group = &mut groups[g];
             group.advance(plan, now, |cv| {
                 *cv_pairs -= 1;
                 interner.release(cv);
@@ -505,7 +618,7 @@ impl Engine {
             }
             let rule = &rules.rules[ri];
             let cutoff = now - rule.window_secs;
-            let win = &mut state.counts[layout.count_place[slot]];
+            let win = &mut counts[layout.count_place[slot]];
             win.expire(cutoff);
             if rule.action_mask & bit != 0 && sec > cutoff {
                 let amount = match rule.measure {
@@ -517,11 +630,17 @@ impl Engine {
         }
 
         for (w, &ri) in rule_ids.iter().enumerate() {
-            let value = state.value(layout, w);
-            let rs = state.rules[w];
-            if value < rs.threshold {
-                state.rules[w].firing = None;
-            } else if let Some(id) = rs.firing {
+            let key = KeyRef {
+                state,
+                thresholds,
+                counts,
+                groups,
+            };
+            let value = key.value(layout, w);
+            if value < thresholds[w] {
+                set_firing(state, firing, slot, w, None);
+            } else if state.firing & (1 << w) != 0 {
+                let id = firing[&(slot, w as u8)];
                 if self.track_exposure {
                     self.updates.push(IncidentUpdate {
                         incident_id: format!("{id:016x}"),
@@ -535,14 +654,14 @@ impl Engine {
                     rules,
                     layout,
                     kind,
-                    state,
+                    key,
                     cvs: &self.interner,
                     names: &self.names,
                     now,
                 };
                 let (alert, id) = build_alert(&view, w, &rules.rules[ri], ev);
                 let exposure = self.track_exposure.then(|| view.exposure(w));
-                state.rules[w].firing = Some(id);
+                set_firing(state, firing, slot, w, Some(id));
                 self.stats.alerts += 1;
                 if alert.action == AlertAction::Suspend {
                     self.stats.suspensions += 1;
@@ -585,7 +704,7 @@ impl Engine {
                     break;
                 }
                 table.expiry.pop();
-                let Some(state) = table.slots[slot as usize].as_mut() else {
+                let Some(state) = table.slots[slot as usize].as_ref() else {
                     continue;
                 };
                 let due = state.last_sec + max_window;
@@ -593,19 +712,18 @@ impl Engine {
                     table.expiry.push(Reverse((due, slot)));
                     continue;
                 }
-                let mut state = table.remove(slot).expect("checked above");
-                state.release_all(&mut self.interner, &mut self.names, &mut self.cv_pairs);
+                table.remove(slot, &mut self.interner, &mut self.names, &mut self.cv_pairs);
             }
         }
     }
 
     fn view<'e>(&'e self, kind: KeyKind, key: &str) -> Option<KeyView<'e>> {
-        let state = self.tables[kind.index()].get(key)?;
+        let key = self.tables[kind.index()].get(key)?;
         Some(KeyView {
             rules: &self.rules,
             layout: &self.layouts[kind.index()],
             kind,
-            state,
+            key,
             cvs: &self.interner,
             names: &self.names,
             now: self.max_ts.unwrap_or(0).div_euclid(1000),
@@ -625,7 +743,7 @@ impl Engine {
                 Some((g, i)) => view.members(g, i).count() as u64,
                 None => {
                     let cutoff = view.now - self.rules.rules[ri].window_secs;
-                    view.state.counts[view.layout.count_place[w]].value_at(cutoff)
+                    view.key.counts[view.layout.count_place[w]].value_at(cutoff)
                 }
             };
         }
@@ -652,7 +770,7 @@ struct KeyView<'e> {
     rules: &'e RuleSet,
     layout: &'e KindLayout,
     kind: KeyKind,
-    state: &'e KeyState,
+    key: KeyRef<'e>,
     cvs: &'e CvInterner,
     names: &'e Interner,
     now: i64,
@@ -660,7 +778,7 @@ struct KeyView<'e> {
 
 impl KeyView<'_> {
     fn members(&self, g: usize, i: usize) -> impl Iterator<Item = (CvRef, &crate::distinct::CvEntry)> + '_ {
-        self.state.groups[g].members(&self.layout.plan.groups[g], i, self.now)
+        self.key.groups[g].members(&self.layout.plan.groups[g], i, self.now)
     }
 
     fn window_values(&self) -> Vec<WindowValue> {
@@ -674,8 +792,8 @@ impl KeyView<'_> {
                     rule: rule.name.clone(),
                     measure: rule.measure,
                     window: rule.window_text.clone(),
-                    value: self.state.value(self.layout, w),
-                    threshold: self.state.rules[w].threshold,
+                    value: self.key.value(self.layout, w),
+                    threshold: self.key.thresholds[w],
                 }
             })
             .collect()
@@ -716,7 +834,8 @@ pub struct Exposure {
 
 fn build_alert(view: &KeyView<'_>, w: usize, rule: &Rule, ev: &Event<'_>) -> (Alert, u64) {
     let rules = view.rules;
-    let state = view.state;
+    let key = view.key;
+    let state = key.state;
     let evidence_cutoff = view.now - rules.max_window_secs(view.kind);
     let accounts = match view.kind {
         KeyKind::AccountId => vec![state.key.to_string()],
@@ -734,7 +853,7 @@ fn build_alert(view: &KeyView<'_>, w: usize, rule: &Rule, ev: &Event<'_>) -> (Al
             let first = unstamp(e.first);
             oldest = Some(oldest.map_or(first, |o| o.min(first)));
         }
-        (state.groups[g].value(i), by_visibility, oldest)
+        (key.groups[g].value(i), by_visibility, oldest)
     });
     let cvs_by_visibility = reported.map(|(_, [unknown, anonymous, named], _)| VisibilityCounts {
         named,
@@ -770,7 +889,7 @@ fn build_alert(view: &KeyView<'_>, w: usize, rule: &Rule, ev: &Event<'_>) -> (Al
     let window_start = view.now - rule.window_secs + 1;
     let first_seen_sec = match view.layout.plan.place[w] {
         Some(_) => reported.and_then(|(_, _, oldest)| oldest).map(|s| s.max(window_start)),
-        None => state.counts[view.layout.count_place[w]].oldest(),
+        None => key.counts[view.layout.count_place[w]].oldest(),
     };
     let alert = Alert {
         alert_id: format!("{id:016x}"),
@@ -780,8 +899,8 @@ fn build_alert(view: &KeyView<'_>, w: usize, rule: &Rule, ev: &Event<'_>) -> (Al
         key: state.key.to_string(),
         measure: rule.measure,
         window: rule.window_text.clone(),
-        value: state.value(view.layout, w),
-        threshold: state.rules[w].threshold,
+        value: key.value(view.layout, w),
+        threshold: key.thresholds[w],
         action,
         reason,
         event_time: format_rfc3339_ms(ev.ts),

@@ -233,6 +233,8 @@ pub struct EngineSettings {
 pub const MAX_WINDOW_SECS: i64 = 31 * 24 * 3600;
 /// Each rule's action set is a bit in a u64.
 const MAX_DISTINCT_ACTIONS: usize = 64;
+/// A key keeps one bit per rule of its kind for whether the rule is firing.
+const MAX_RULES_PER_KIND: usize = 64;
 
 /// Everything the engine needs to decide: rules, settings, profiles and allowlist.
 #[derive(Debug, Clone)]
@@ -268,6 +270,7 @@ impl RuleSet {
         let mut seen_names = FxHashSet::default();
         let mut action_ids: FxHashMap<String, u8> = FxHashMap::default();
         let mut rules = Vec::with_capacity(specs.len());
+        let mut per_kind = [0usize; 4];
         for (i, spec) in specs.iter().enumerate() {
             let label = if spec.name.trim().is_empty() {
                 format!("rules[{i}]")
@@ -329,6 +332,16 @@ impl RuleSet {
                 if *threshold == 0 {
                     issue(&format!("segments.{segment}"), "must be at least 1".into());
                 }
+            }
+            per_kind[spec.group_by.index()] += 1;
+            if per_kind[spec.group_by.index()] == MAX_RULES_PER_KIND + 1 {
+                issue(
+                    "group_by",
+                    format!(
+                        "more than {MAX_RULES_PER_KIND} rules group by `{}`",
+                        spec.group_by.as_str()
+                    ),
+                );
             }
             if spec.group_by == KeyKind::Ip && !spec.segments.is_empty() {
                 issue(

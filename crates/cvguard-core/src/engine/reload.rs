@@ -20,7 +20,8 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
-use super::{Engine, KindLayout, RuleState};
+use super::{set_firing, Engine, KeyTable, KindLayout, ThresholdLists};
+use crate::chunked::ChunkedRows;
 use crate::distinct::{CvEntry, GroupState, CLASS_SLOTS};
 use crate::interner::CvRef;
 use crate::rules::{KeyKind, Rule, RuleSet};
@@ -81,11 +82,9 @@ impl Engine {
             let table = &mut self.tables[kind.index()];
             if new_ids.is_empty() {
                 for slot in 0..table.slots.len() as u32 {
-                    if let Some(mut state) = table.remove(slot) {
-                        state.release_all(&mut self.interner, &mut self.names, &mut self.cv_pairs);
-                    }
+                    table.remove(slot, &mut self.interner, &mut self.names, &mut self.cv_pairs);
                 }
-                *table = Default::default();
+                *table = KeyTable::new(new_layout);
                 continue;
             }
             // For each old group and class: its actions under the new numbering.
@@ -96,8 +95,20 @@ impl Engine {
                 .map(|g| std::array::from_fn(|c| remap_mask(g.class_actions(c))))
                 .collect();
 
-            for state in table.slots.iter_mut().flatten() {
-                let mut rules = Vec::with_capacity(new_ids.len());
+            // Every slot gets rows of the new widths; free slots get empty ones.
+            let mut new_thresholds = ThresholdLists::default();
+            let mut new_firing = FxHashMap::default();
+            let mut new_counts = ChunkedRows::new(new_layout.counts);
+            let mut new_groups = ChunkedRows::new(new_layout.plan.groups.len());
+            for s in 0..table.slots.len() {
+                let Some(state) = table.slots[s].as_mut() else {
+                    new_counts.push_row((0..new_layout.counts).map(|_| CountWindow::default()));
+                    new_groups.push_row(new_layout.plan.groups.iter().map(GroupState::new));
+                    continue;
+                };
+                let (old_counts, old_groups) = (table.counts.row_mut(s), table.groups.row_mut(s));
+                let mut thresholds = Vec::with_capacity(new_ids.len());
+                let mut firing = Vec::with_capacity(new_ids.len());
                 let mut counts: Vec<CountWindow> = Vec::with_capacity(new_layout.counts);
                 let hint = state
                     .evidence
@@ -108,14 +119,16 @@ impl Engine {
                 for (ns, &ni) in new_ids.iter().enumerate() {
                     let rule = &new.rules[ni];
                     let kept = old_ids.iter().position(|&oi| same_shape(&old.rules[oi], rule));
-                    rules.push(RuleState {
-                        threshold: new.effective_threshold(rule, &state.key, hint.as_deref()),
-                        firing: kept.and_then(|os| state.rules[os].firing),
-                    });
+                    thresholds.push(new.effective_threshold(rule, &state.key, hint.as_deref()));
+                    firing.push(
+                        kept.and_then(|os| {
+                            (state.firing & (1 << os) != 0).then(|| table.firing[&(s as u32, os as u8)])
+                        }),
+                    );
                     if new_layout.plan.place[ns].is_none() {
                         let window = kept
                             .filter(|os| old_layout.plan.place[*os].is_none())
-                            .map(|os| std::mem::take(&mut state.counts[old_layout.count_place[os]]));
+                            .map(|os| std::mem::take(&mut old_counts[old_layout.count_place[os]]));
                         counts.push(window.unwrap_or_default());
                     }
                 }
@@ -124,7 +137,7 @@ impl Engine {
                 let mut groups = Vec::with_capacity(new_layout.plan.groups.len());
                 for plan in &new_layout.plan.groups {
                     let mut merged: FxHashMap<CvRef, CvEntry> = FxHashMap::default();
-                    for (og, old_group) in state.groups.iter().enumerate() {
+                    for (og, old_group) in old_groups.iter().enumerate() {
                         for (cv, e) in old_group.entries() {
                             let mut last = [0; CLASS_SLOTS];
                             for (nc, l) in last.iter_mut().enumerate() {
@@ -164,16 +177,24 @@ impl Engine {
                     }
                     groups.push(GroupState::rebuild(plan, entries, now));
                 }
-                for g in state.groups.iter_mut() {
+                for g in old_groups.iter_mut() {
                     g.clear(|cv| {
                         self.cv_pairs -= 1;
                         self.interner.release(cv);
                     });
                 }
-                state.rules = rules.into_boxed_slice();
-                state.counts = counts.into_boxed_slice();
-                state.groups = groups.into_boxed_slice();
+                state.thresholds = new_thresholds.handle(thresholds);
+                state.firing = 0;
+                for (w, id) in firing.into_iter().enumerate() {
+                    set_firing(state, &mut new_firing, s as u32, w, id);
+                }
+                new_counts.push_row(counts);
+                new_groups.push_row(groups);
             }
+            table.thresholds = new_thresholds;
+            table.firing = new_firing;
+            table.counts = new_counts;
+            table.groups = new_groups;
         }
         self.rules = new;
         report

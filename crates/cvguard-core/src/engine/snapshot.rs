@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Engine, KeyEvidence, KeyState, RuleState};
+use super::{set_firing, Engine, KeyEvidence, KeyRef, KeyState};
 use crate::distinct::{stamp, unstamp, CvEntry, GroupState, CLASS_SLOTS};
 use crate::event::Visibility;
 use crate::recent::RecentSet;
@@ -68,17 +68,20 @@ impl Engine {
         let mut keys = Vec::new();
         for kind in KeyKind::ALL {
             let table = &self.tables[kind.index()];
-            let mut slots: Vec<&KeyState> = table.slots.iter().flatten().collect();
-            slots.sort_by(|a, b| a.key.cmp(&b.key));
-            for state in slots {
+            let mut slots: Vec<(u32, KeyRef<'_>)> = (0..table.slots.len() as u32)
+                .filter_map(|s| Some((s, table.at(s)?)))
+                .collect();
+            slots.sort_by(|a, b| a.1.state.key.cmp(&b.1.state.key));
+            for (slot, key) in slots {
+                let state = key.state;
                 let ev = &state.evidence;
                 keys.push(KeySnapshot {
                     kind,
                     key: state.key.to_string(),
                     last_sec: state.last_sec,
-                    firing: state.rules.iter().map(|r| r.firing).collect(),
-                    counts: state.counts.iter().map(|c| c.buckets().collect()).collect(),
-                    groups: state
+                    firing: (0..key.thresholds.len()).map(|w| table.firing_id(slot, w)).collect(),
+                    counts: key.counts.iter().map(|c| c.buckets().collect()).collect(),
+                    groups: key
                         .groups
                         .iter()
                         .map(|g| {
@@ -179,23 +182,17 @@ impl Engine {
             }
             let hint = k.accounts.first().map(|(a, _)| a.as_str());
             let names = &mut engine.names;
+            let table = &mut engine.tables[k.kind.index()];
+            let thresholds = table.thresholds.handle(
+                rule_ids
+                    .iter()
+                    .map(|i| rules.effective_threshold(&rules.rules[*i], &k.key, hint)),
+            );
             let state = KeyState {
                 key: SmallStr::new(&k.key),
                 last_sec: k.last_sec,
-                rules: rule_ids
-                    .iter()
-                    .zip(&k.firing)
-                    .map(|(i, firing)| RuleState {
-                        threshold: rules.effective_threshold(&rules.rules[*i], &k.key, hint),
-                        firing: *firing,
-                    })
-                    .collect(),
-                counts: k
-                    .counts
-                    .iter()
-                    .map(|b| CountWindow::from_buckets(b.iter().copied()))
-                    .collect(),
-                groups: groups.into_boxed_slice(),
+                thresholds,
+                firing: 0,
                 evidence: KeyEvidence {
                     users: RecentSet::from_entries(&k.users, k.truncated, names),
                     ips: RecentSet::from_entries(&k.ips, k.truncated, names),
@@ -203,7 +200,16 @@ impl Engine {
                     accounts: RecentSet::from_entries(&k.accounts, k.truncated, names),
                 },
             };
-            engine.tables[k.kind.index()].insert(state, k.last_sec + rules.max_window_secs(k.kind));
+            let slot = table.insert(
+                state,
+                k.counts.iter().map(|b| CountWindow::from_buckets(b.iter().copied())),
+                groups,
+                k.last_sec + rules.max_window_secs(k.kind),
+            );
+            let state = table.slots[slot as usize].as_mut().expect("just inserted");
+            for (w, id) in k.firing.iter().enumerate() {
+                set_firing(state, &mut table.firing, slot, w, *id);
+            }
         }
         Ok(engine)
     }

@@ -591,3 +591,52 @@ fn a_distinct_rule_added_by_a_reload_counts_what_its_keys_already_hold() {
     );
     assert_eq!(e.state_size().cv_pairs, 10);
 }
+
+#[test]
+fn a_firing_rule_stays_firing_through_a_reload_that_moves_it() {
+    let mut e = engine(vec![
+        rule("searches", KeyKind::AccountId, Measure::Events, "1h", 3),
+        rule("distinct", KeyKind::AccountId, Measure::DistinctCvs, "1h", 3),
+    ]);
+    let mut fired = Vec::new();
+    for i in 0..4 {
+        fired.extend(send(&mut e, i, "a", "cv_view", &[&format!("cv{i}")]));
+    }
+    assert_eq!(
+        fired.iter().map(|a| a.rule.as_str()).collect::<Vec<_>>(),
+        vec!["searches", "distinct"]
+    );
+    // A new rule first: both kept rules change position.
+    let moved = vec![
+        rule("new", KeyKind::AccountId, Measure::Events, "1h", 1000),
+        rule("distinct", KeyKind::AccountId, Measure::DistinctCvs, "1h", 3),
+        rule("searches", KeyKind::AccountId, Measure::Events, "1h", 3),
+    ];
+    let set = Arc::new(RuleSet::compile(&EngineSpec::default(), &moved, Profiles::default(), &[]).unwrap());
+    e.reload(set);
+    let snap = e.snapshot();
+    let firing = &snap.keys.iter().find(|k| k.key == "a").unwrap().firing;
+    assert_eq!(
+        firing.iter().map(Option::is_some).collect::<Vec<_>>(),
+        vec![false, true, true],
+        "the open incidents moved with their rules"
+    );
+    let mut restored = Engine::restore(e.rules().clone(), &snap).unwrap();
+    for engine in [&mut e, &mut restored] {
+        assert!(
+            send(engine, 5, "a", "cv_view", &["cv9"]).is_empty(),
+            "still firing: no second alert"
+        );
+        // Once both fall below their thresholds (the window passes), they fire again.
+        let again = send(engine, 4000, "a", "cv_view", &["x1"]);
+        assert!(again.is_empty());
+        let mut later = Vec::new();
+        for i in 0..3 {
+            later.extend(send(engine, 4001 + i, "a", "cv_view", &[&format!("y{i}")]));
+        }
+        assert_eq!(
+            later.iter().map(|a| a.rule.as_str()).collect::<Vec<_>>(),
+            vec!["distinct", "searches"]
+        );
+    }
+}

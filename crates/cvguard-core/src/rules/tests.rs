@@ -133,3 +133,21 @@ fn windows_parse_in_whole_seconds_within_limits() {
     assert!(parse_window("32days").is_err());
     assert!(parse_window("a while").is_err());
 }
+
+#[test]
+fn at_most_64_rules_per_key_kind() {
+    let specs: Vec<RuleSpec> = (0..66)
+        .map(|i| spec(&format!("r{i}"), KeyKind::Ip, Measure::Events, "1h", 10))
+        .chain([spec("acc", KeyKind::AccountId, Measure::Events, "1h", 10)])
+        .collect();
+    let issues = RuleSet::compile(&EngineSpec::default(), &specs, Profiles::default(), &[]).unwrap_err();
+    assert_eq!(issues.len(), 1, "{issues:?}");
+    assert_eq!(issues[0].rule.as_deref(), Some("r64"));
+    assert_eq!(issues[0].key, "group_by");
+    assert!(
+        issues[0].message.contains("more than 64 rules group by `ip`"),
+        "{}",
+        issues[0].message
+    );
+    assert!(RuleSet::compile(&EngineSpec::default(), &specs[..64], Profiles::default(), &[]).is_ok());
+}
