@@ -3,7 +3,7 @@
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use cvguard_benches::{engine, single_cv_lines};
-use cvguard_core::distinct::{Access, GroupPlan, GroupState};
+use cvguard_core::distinct::{Access, GroupPlan, GroupState, RuleProgress};
 use cvguard_core::window::CountWindow;
 use cvguard_core::{parse_event, ParseLimits, Visibility};
 
@@ -49,30 +49,32 @@ fn windows(c: &mut Criterion) {
     };
     // A huge key: 150,000 live CVs; each step advances a second, expires one and adds one.
     g.bench_function("distinct_add_expire_150k_live", |b| {
-        let mut w = GroupState::new(&plan);
+        let mut w = GroupState::default();
+        let mut rules: Vec<RuleProgress> = GroupState::new_progress(&plan).collect();
         let live = 150_000u32;
         for cv in 0..live {
             let sec = i64::from(cv);
-            w.advance(&plan, sec, |_| {});
-            w.add(&plan, sec, access((cv % 2) as usize, sec), cv);
+            w.advance(&plan, &mut rules, sec, |_| {});
+            w.add(&plan, &mut rules, sec, access((cv % 2) as usize, sec), cv);
         }
         let mut next = live;
         b.iter(|| {
             let sec = i64::from(next);
-            w.advance(&plan, sec, |_| {});
-            w.add(&plan, sec, access((next % 2) as usize, sec), next);
+            w.advance(&plan, &mut rules, sec, |_| {});
+            w.add(&plan, &mut rules, sec, access((next % 2) as usize, sec), next);
             next += 1;
-            black_box(w.value(0))
+            black_box(rules[0].value())
         })
     });
     g.bench_function("distinct_repeat_access_small_key", |b| {
-        let mut w = GroupState::new(&plan);
+        let mut w = GroupState::default();
+        let mut rules: Vec<RuleProgress> = GroupState::new_progress(&plan).collect();
         let mut sec = 0i64;
         b.iter(|| {
             sec += 1;
-            w.advance(&plan, sec, |_| {});
-            w.add(&plan, sec, access(0, sec), (sec % 50) as u32);
-            black_box(w.value(0))
+            w.advance(&plan, &mut rules, sec, |_| {});
+            w.add(&plan, &mut rules, sec, access(0, sec), (sec % 50) as u32);
+            black_box(rules[0].value())
         })
     });
     g.finish();

@@ -251,23 +251,34 @@ impl KindPlan {
     }
 }
 
-/// Per rule of a group: its value and where its cursor is in each class queue.
-#[derive(Debug, Clone, Default)]
-struct RuleProgress {
-    count: u64,
-    /// Absolute queue positions (see `GroupState::heads`).
-    cursor: [u64; CLASS_SLOTS],
+/// Per rule of a group: its value and where its cursor is in each class queue. Kept
+/// by the caller beside the group, not in it (the engine keeps them in rows of a table,
+/// so reaching them does not wait for the group to be read first).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RuleProgress {
+    /// Distinct CVs counted (at most the number of CV handles, a `u32`).
+    count: u32,
+    /// Queue positions counted from the queue's first entry ever (see
+    /// `GroupState::heads`), wrapping: only differences between positions are used,
+    /// and a queue is far shorter than 2^32 entries.
+    cursor: [u32; CLASS_SLOTS],
 }
 
-/// The shared state of one group for one key.
+impl RuleProgress {
+    pub fn value(&self) -> u64 {
+        u64::from(self.count)
+    }
+}
+
+/// The shared state of one group for one key; its rules' progress is the caller's (one
+/// `RuleProgress` per rule of the plan, in order).
 #[derive(Debug, Default)]
 pub struct GroupState {
     table: CvMap<CvEntry>,
     /// Per class: (stamp, cv) of accesses that moved a CV's latest access, by stamp.
     queues: [ChunkedDeque<(Stamp, CvRef)>; CLASS_SLOTS],
-    /// Per class: the absolute position of the queue's front.
-    heads: [u64; CLASS_SLOTS],
-    rules: Vec<RuleProgress>,
+    /// Per class: the position of the queue's front (wrapping, like the cursors).
+    heads: [u32; CLASS_SLOTS],
 }
 
 /// One access to a CV: when, by which action (and its class), seeing what.
@@ -290,11 +301,9 @@ pub enum Added {
 }
 
 impl GroupState {
-    pub fn new(plan: &GroupPlan) -> GroupState {
-        GroupState {
-            rules: vec![RuleProgress::default(); plan.rules.len()],
-            ..Default::default()
-        }
+    /// The starting progress of the plan's rules.
+    pub fn new_progress(plan: &GroupPlan) -> impl Iterator<Item = RuleProgress> + '_ {
+        plan.rules.iter().map(|_| RuleProgress::default())
     }
 
     pub fn len(&self) -> usize {
@@ -305,14 +314,10 @@ impl GroupState {
         self.table.len() == 0
     }
 
-    pub fn value(&self, rule: usize) -> u64 {
-        self.rules[rule].count
-    }
-
     /// Moves every rule's window to end at second `now`; CVs no rule counts any more are
     /// removed and handed to `released`.
-    pub fn advance(&mut self, plan: &GroupPlan, now: i64, mut released: impl FnMut(CvRef)) {
-        for (progress, rule) in self.rules.iter_mut().zip(&plan.rules) {
+    pub fn advance(&mut self, plan: &GroupPlan, rules: &mut [RuleProgress], now: i64, mut released: impl FnMut(CvRef)) {
+        for (progress, rule) in rules.iter_mut().zip(&plan.rules) {
             if rule.front {
                 continue;
             }
@@ -323,12 +328,12 @@ impl GroupState {
                 }
                 let queue = &self.queues[c];
                 loop {
-                    let at = (progress.cursor[c] - self.heads[c]) as usize;
+                    let at = progress.cursor[c].wrapping_sub(self.heads[c]) as usize;
                     let Some(&(s, cv)) = queue.get(at) else { break };
                     if s > cutoff {
                         break;
                     }
-                    progress.cursor[c] += 1;
+                    progress.cursor[c] = progress.cursor[c].wrapping_add(1);
                     if let Some(e) = self.table.get(cv) {
                         if e.last[c] == s && e.owner(rule.classes) == c {
                             progress.count -= 1;
@@ -344,8 +349,7 @@ impl GroupState {
                     break;
                 }
                 self.queues[c].pop_front();
-                self.heads[c] += 1;
-                let rules = &mut self.rules;
+                self.heads[c] = self.heads[c].wrapping_add(1);
                 let dead = self.table.update_or_remove(cv, |e| {
                     if e.last[c] != s {
                         // A later access of this class moved the CV further back.
@@ -370,7 +374,7 @@ impl GroupState {
     }
 
     /// Records `access` to `cv`, with the group advanced to `now` first.
-    pub fn add(&mut self, plan: &GroupPlan, now: i64, access: Access, cv: CvRef) -> Added {
+    pub fn add(&mut self, plan: &GroupPlan, rules: &mut [RuleProgress], now: i64, access: Access, cv: CvRef) -> Added {
         let Access {
             class,
             sec,
@@ -390,7 +394,7 @@ impl GroupState {
                 visibility,
             },
         );
-        for (progress, rule) in self.rules.iter_mut().zip(&plan.rules) {
+        for (progress, rule) in rules.iter_mut().zip(&plan.rules) {
             if rule.classes & (1 << class) == 0 {
                 continue;
             }
@@ -408,7 +412,7 @@ impl GroupState {
         }
         if s > entry.last[class] {
             entry.last[class] = s;
-            self.push(plan, now, class, s, cv);
+            self.push(plan, rules, now, class, s, cv);
         }
         if new {
             Added::New
@@ -417,7 +421,7 @@ impl GroupState {
         }
     }
 
-    fn push(&mut self, plan: &GroupPlan, now: i64, class: usize, s: Stamp, cv: CvRef) {
+    fn push(&mut self, plan: &GroupPlan, rules: &mut [RuleProgress], now: i64, class: usize, s: Stamp, cv: CvRef) {
         let queue = &mut self.queues[class];
         if queue.back().is_none_or(|(last, _)| *last <= s) {
             queue.push_back((s, cv));
@@ -427,22 +431,20 @@ impl GroupState {
         // the cursors of rules whose window it is already outside past it.
         let at = queue.partition_point(|(t, _)| *t <= s);
         queue.insert(at, (s, cv));
-        for (progress, rule) in self.rules.iter_mut().zip(&plan.rules) {
+        for (progress, rule) in rules.iter_mut().zip(&plan.rules) {
             if rule.classes & (1 << class) != 0 && s <= stamp(now - rule.window_secs) {
-                progress.cursor[class] += 1;
+                progress.cursor[class] = progress.cursor[class].wrapping_add(1);
             }
         }
     }
 
-    /// Drops everything, handing each CV to `released`.
+    /// Drops every CV, handing each to `released`. The rules' progress is the caller's to
+    /// reset (`new_progress`).
     pub fn clear(&mut self, mut released: impl FnMut(CvRef)) {
         for (cv, _) in self.table.iter() {
             released(cv);
         }
-        *self = GroupState {
-            rules: vec![RuleProgress::default(); self.rules.len()],
-            ..Default::default()
-        };
+        *self = GroupState::default();
     }
 
     /// The CVs `rule` counts as of second `now`, with what the key knows of them. Reads
@@ -464,10 +466,15 @@ impl GroupState {
     }
 
     /// Rebuilds the queues, cursors and values from entries (a snapshot, or the state
-    /// of other rules after a reload), as of second `now`. The caller has retained one
-    /// reference per entry.
-    pub fn rebuild(plan: &GroupPlan, entries: impl IntoIterator<Item = (CvRef, CvEntry)>, now: i64) -> GroupState {
-        let mut state = GroupState::new(plan);
+    /// of other rules after a reload), as of second `now`: the group and its rules'
+    /// progress. The caller has retained one reference per entry.
+    pub fn rebuild(
+        plan: &GroupPlan,
+        entries: impl IntoIterator<Item = (CvRef, CvEntry)>,
+        now: i64,
+    ) -> (GroupState, Vec<RuleProgress>) {
+        let mut state = GroupState::default();
+        let mut rules: Vec<RuleProgress> = GroupState::new_progress(plan).collect();
         for (cv, entry) in entries {
             if entry.is_dead() {
                 continue;
@@ -486,19 +493,14 @@ impl GroupState {
             q.sort_unstable();
             state.queues[c] = q.into();
         }
-        for (progress, rule) in state.rules.iter_mut().zip(&plan.rules) {
+        for (r, (progress, rule)) in rules.iter_mut().zip(&plan.rules).enumerate() {
             let cutoff = stamp(now - rule.window_secs);
             for c in 0..CLASS_SLOTS {
-                progress.cursor[c] = state.queues[c].partition_point(|(t, _)| *t <= cutoff) as u64;
+                progress.cursor[c] = state.queues[c].partition_point(|(t, _)| *t <= cutoff) as u32;
             }
+            progress.count = state.members(plan, r, now).count() as u32;
         }
-        let counts: Vec<u64> = (0..plan.rules.len())
-            .map(|r| state.members(plan, r, now).count() as u64)
-            .collect();
-        for (progress, count) in state.rules.iter_mut().zip(counts) {
-            progress.count = count;
-        }
-        state
+        (state, rules)
     }
 }
 

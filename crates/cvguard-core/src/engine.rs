@@ -10,7 +10,7 @@ use rustc_hash::FxHashMap;
 use crate::alert::{stable_hash, Alert, AlertAction, AlertReason, Evidence, VisibilityCounts, WindowValue};
 use crate::chunked::{ChunkedRows, ChunkedVec};
 use crate::cvmap::{str_hash, StrIndex};
-use crate::distinct::{unstamp, Access, Added, GroupState, KindPlan};
+use crate::distinct::{unstamp, Access, Added, GroupState, KindPlan, RuleProgress};
 use crate::event::{parse_event, Event, RejectReason};
 use crate::interner::{CvInterner, CvRef, Interner};
 use crate::recent::RecentSet;
@@ -173,12 +173,14 @@ struct KeyRef<'t> {
     counts: &'t [CountWindow],
     /// One per group of `distinct_cvs` rules (see `KindPlan`).
     groups: &'t [GroupState],
+    /// One per rule of each group, group after group (see `KindLayout::progress`).
+    progress: &'t [RuleProgress],
 }
 
 impl KeyRef<'_> {
     fn value(&self, layout: &KindLayout, slot: usize) -> u64 {
         match layout.plan.place[slot] {
-            Some((g, i)) => self.groups[g].value(i),
+            Some((g, i)) => self.progress[layout.progress_at[g] + i].value(),
             None => self.counts[layout.count_place[slot]].value(),
         }
     }
@@ -192,6 +194,10 @@ struct KindLayout {
     /// (meaningless for `distinct_cvs` rules).
     count_place: Vec<usize>,
     counts: usize,
+    /// For each group: where its rules' progress starts in a key's progress row.
+    progress_at: Vec<usize>,
+    /// The length of a key's progress row: the kind's `distinct_cvs` rules.
+    progress: usize,
 }
 
 impl KindLayout {
@@ -210,11 +216,27 @@ impl KindLayout {
                 }
             })
             .collect();
+        let mut progress = 0;
+        let progress_at = plan
+            .groups
+            .iter()
+            .map(|g| {
+                progress += g.rules.len();
+                progress - g.rules.len()
+            })
+            .collect();
         KindLayout {
             plan,
             count_place,
             counts,
+            progress_at,
+            progress,
         }
+    }
+
+    /// Group `g`'s rules in a key's progress row.
+    fn progress_range(&self, g: usize) -> std::ops::Range<usize> {
+        self.progress_at[g]..self.progress_at[g] + self.plan.groups[g].rules.len()
     }
 
     /// The distinct rule an alert of `slot` reports on: its own, else the kind's longest.
@@ -232,6 +254,7 @@ struct KeyTable {
     /// The rows of each slot, free slots included (their rows are reset on reuse).
     counts: ChunkedRows<CountWindow>,
     groups: ChunkedRows<GroupState>,
+    progress: ChunkedRows<RuleProgress>,
     thresholds: ThresholdLists,
     /// (slot, rule) of each firing rule: the alert id (as a number; `alert_id` is its hex
     /// form) of the incident it opened.
@@ -245,6 +268,7 @@ impl KeyTable {
         KeyTable {
             counts: ChunkedRows::new(layout.counts),
             groups: ChunkedRows::new(layout.plan.groups.len()),
+            progress: ChunkedRows::new(layout.progress),
             ..KeyTable::default()
         }
     }
@@ -263,6 +287,7 @@ impl KeyTable {
             thresholds: self.thresholds.get(self.slots[s].as_ref()?.thresholds),
             counts: self.counts.row(s),
             groups: self.groups.row(s),
+            progress: self.progress.row(s),
         })
     }
 
@@ -276,6 +301,7 @@ impl KeyTable {
         state: KeyState,
         counts: impl IntoIterator<Item = CountWindow>,
         groups: impl IntoIterator<Item = GroupState>,
+        progress: impl IntoIterator<Item = RuleProgress>,
         expiry: i64,
     ) -> u32 {
         let hash = str_hash(&state.key);
@@ -285,12 +311,14 @@ impl KeyTable {
                 self.slots[i] = Some(state);
                 self.counts.set_row(i, counts);
                 self.groups.set_row(i, groups);
+                self.progress.set_row(i, progress);
                 s
             }
             None => {
                 self.slots.push(Some(state));
                 self.counts.push_row(counts);
                 self.groups.push_row(groups);
+                self.progress.push_row(progress);
                 (self.slots.len() - 1) as u32
             }
         };
@@ -539,7 +567,8 @@ impl Engine {
         table.insert(
             state,
             (0..layout.counts).map(|_| CountWindow::default()),
-            layout.plan.groups.iter().map(GroupState::new),
+            layout.plan.groups.iter().map(|_| GroupState::default()),
+            layout.plan.groups.iter().flat_map(GroupState::new_progress),
             sec + rules.max_window_secs(kind),
         )
     }
@@ -565,11 +594,12 @@ impl Engine {
         let table = &mut self.tables[kind.index()];
         let s = slot as usize;
         let state = table.slots[s].as_mut().expect("indexed key has a slot");
-        let (thresholds, firing, counts, groups) = (
+        let (thresholds, firing, counts, groups, progress) = (
             table.thresholds.get(state.thresholds),
             &mut table.firing,
             table.counts.row_mut(s),
             table.groups.row_mut(s),
+            table.progress.row_mut(s),
         );
         state.last_sec = state.last_sec.max(sec);
 
@@ -592,7 +622,8 @@ impl Engine {
 
         for (g, plan) in layout.plan.groups.iter().enumerate() {
             let group = &mut groups[g];
-            group.advance(plan, now, |cv| {
+            let rules = &mut progress[layout.progress_range(g)];
+            group.advance(plan, rules, now, |cv| {
                 *cv_pairs -= 1;
                 interner.release(cv);
             });
@@ -604,7 +635,7 @@ impl Engine {
                 action,
             };
             for cv in cvs {
-                if group.add(plan, now, access, *cv) == Added::New {
+                if group.add(plan, rules, now, access, *cv) == Added::New {
                     *cv_pairs += 1;
                     interner.retain(*cv);
                 }
@@ -635,6 +666,7 @@ impl Engine {
                 thresholds,
                 counts,
                 groups,
+                progress,
             };
             let value = key.value(layout, w);
             if value < thresholds[w] {
@@ -853,7 +885,11 @@ fn build_alert(view: &KeyView<'_>, w: usize, rule: &Rule, ev: &Event<'_>) -> (Al
             let first = unstamp(e.first);
             oldest = Some(oldest.map_or(first, |o| o.min(first)));
         }
-        (key.groups[g].value(i), by_visibility, oldest)
+        (
+            key.progress[view.layout.progress_at[g] + i].value(),
+            by_visibility,
+            oldest,
+        )
     });
     let cvs_by_visibility = reported.map(|(_, [unknown, anonymous, named], _)| VisibilityCounts {
         named,

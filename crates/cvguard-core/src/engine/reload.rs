@@ -100,10 +100,12 @@ impl Engine {
             let mut new_firing = FxHashMap::default();
             let mut new_counts = ChunkedRows::new(new_layout.counts);
             let mut new_groups = ChunkedRows::new(new_layout.plan.groups.len());
+            let mut new_progress = ChunkedRows::new(new_layout.progress);
             for s in 0..table.slots.len() {
                 let Some(state) = table.slots[s].as_mut() else {
                     new_counts.push_row((0..new_layout.counts).map(|_| CountWindow::default()));
-                    new_groups.push_row(new_layout.plan.groups.iter().map(GroupState::new));
+                    new_groups.push_row(new_layout.plan.groups.iter().map(|_| GroupState::default()));
+                    new_progress.push_row(new_layout.plan.groups.iter().flat_map(GroupState::new_progress));
                     continue;
                 };
                 let (old_counts, old_groups) = (table.counts.row_mut(s), table.groups.row_mut(s));
@@ -189,12 +191,15 @@ impl Engine {
                     set_firing(state, &mut new_firing, s as u32, w, id);
                 }
                 new_counts.push_row(counts);
+                let (groups, progress): (Vec<GroupState>, Vec<Vec<_>>) = groups.into_iter().unzip();
                 new_groups.push_row(groups);
+                new_progress.push_row(progress.into_iter().flatten());
             }
             table.thresholds = new_thresholds;
             table.firing = new_firing;
             table.counts = new_counts;
             table.groups = new_groups;
+            table.progress = new_progress;
         }
         self.rules = new;
         report

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{set_firing, Engine, KeyEvidence, KeyRef, KeyState};
-use crate::distinct::{stamp, unstamp, CvEntry, GroupState, CLASS_SLOTS};
+use crate::distinct::{stamp, unstamp, CvEntry, GroupState, RuleProgress, CLASS_SLOTS};
 use crate::event::Visibility;
 use crate::recent::RecentSet;
 use crate::rules::{KeyKind, RuleSet};
@@ -200,10 +200,13 @@ impl Engine {
                     accounts: RecentSet::from_entries(&k.accounts, k.truncated, names),
                 },
             };
+            let (group_states, progress): (Vec<GroupState>, Vec<Vec<RuleProgress>>) = groups.into_iter().unzip();
+            let progress = progress.into_iter().flatten();
             let slot = table.insert(
                 state,
                 k.counts.iter().map(|b| CountWindow::from_buckets(b.iter().copied())),
-                groups,
+                group_states,
+                progress,
                 k.last_sec + rules.max_window_secs(k.kind),
             );
             let state = table.slots[slot as usize].as_mut().expect("just inserted");
