@@ -13,7 +13,7 @@ use cvguard_benches::{live_heap_bytes, rss, shipped_rules, single_cv_lines, Coun
 
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc;
-use cvguard_core::{Engine, KeyKind, RuleSet};
+use cvguard_core::{Engine, HeapProfile, KeyKind, RuleSet};
 use cvguard_sim::{Population, Scenarios, SimConfig};
 use hdrhistogram::Histogram;
 
@@ -238,6 +238,21 @@ fn working_set_sweep() {
     }
 }
 
+/// The engine's own account of its heap, by part, per `unit`: where the bytes the
+/// allocator counted go (the two totals agree).
+fn print_heap_profile(profile: &HeapProfile, units: u64, unit: &str) {
+    println!();
+    println!(
+        "heap by part, per {unit} ({units} of them; total {:.1} MB)",
+        profile.total() as f64 / 1e6
+    );
+    println!("| part | bytes per {unit} |");
+    println!("|---|---|");
+    for (part, bytes) in &profile.parts {
+        println!("| {part} | {:.1} |", *bytes as f64 / units.max(1) as f64);
+    }
+}
+
 fn us(ns: u64) -> f64 {
     ns as f64 / 1000.0
 }
@@ -343,6 +358,7 @@ fn main() {
         heap_state as f64 / 1e6,
         heap_state as f64 / size.cv_pairs.max(1) as f64
     );
+    let pair_profile = (engine.heap_profile(), size.cv_pairs);
     drop(engine);
     // Per key: many keys with one CV each in a 1-hour window.
     let few = single_cv_lines(200_000, 10_000_000, 10_000_000, 10, 3);
@@ -355,11 +371,14 @@ fn main() {
         live_heap_bytes().saturating_sub(before) as f64 / size.keys.max(1) as f64,
         size.keys
     );
+    let key_profile = (engine.heap_profile(), size.keys);
     drop(engine);
     println!(
         "| peak RSS of this benchmark process | {:.0} MB |",
         rss().1 as f64 / 1e6
     );
+    print_heap_profile(&pair_profile.0, pair_profile.1, "live (key, CV) pair");
+    print_heap_profile(&key_profile.0, key_profile.1, "tracked key");
 
     // 3. A soak: 96 hours of steady simulated traffic; state must flatten once the
     // longest window (48 h) is full.

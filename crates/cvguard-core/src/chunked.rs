@@ -46,6 +46,11 @@ impl<T> ChunkedVec<T> {
         self.chunks.iter().flatten()
     }
 
+    /// Bytes allocated for the chunks (not what the elements own).
+    pub fn heap_bytes(&self) -> usize {
+        chunks_bytes(&self.chunks)
+    }
+
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut T> + '_ {
         self.chunks.iter_mut().flatten()
     }
@@ -63,6 +68,16 @@ impl<T> IndexMut<usize> for ChunkedVec<T> {
     fn index_mut(&mut self, i: usize) -> &mut T {
         &mut self.chunks[i >> CHUNK_BITS][i & (CHUNK - 1)]
     }
+}
+
+/// The chunks' allocations and that of the vector holding them.
+#[allow(clippy::ptr_arg)] // its capacity, not only its length
+fn chunks_bytes<T>(chunks: &Vec<Vec<T>>) -> usize {
+    chunks
+        .iter()
+        .map(|c| c.capacity() * std::mem::size_of::<T>())
+        .sum::<usize>()
+        + chunks.capacity() * std::mem::size_of::<Vec<T>>()
 }
 
 /// Equal-width rows in fixed-size chunks: what every key of one kind has in the same
@@ -110,6 +125,11 @@ impl<T> ChunkedRows<T> {
     pub fn row_mut(&mut self, i: usize) -> &mut [T] {
         let at = (i & (CHUNK - 1)) * self.width;
         &mut self.chunks[i >> CHUNK_BITS][at..at + self.width]
+    }
+
+    /// Bytes allocated for the chunks (not what the items own).
+    pub fn heap_bytes(&self) -> usize {
+        chunks_bytes(&self.chunks)
     }
 
     /// Replaces row `i` with `row` (exactly `width` items).
@@ -221,6 +241,21 @@ impl<T: Copy> ChunkedDeque<T> {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Bytes allocated for the entries.
+    pub fn heap_bytes(&self) -> usize {
+        match self {
+            ChunkedDeque::Flat(q) => q.capacity() * std::mem::size_of::<T>(),
+            ChunkedDeque::Chunked(c) => {
+                std::mem::size_of::<Chunks<T>>()
+                    + c.chunks
+                        .iter()
+                        .map(|v| v.capacity() * std::mem::size_of::<T>())
+                        .sum::<usize>()
+                    + c.chunks.capacity() * std::mem::size_of::<Vec<T>>()
+            }
+        }
     }
 
     pub fn get(&self, i: usize) -> Option<&T> {

@@ -57,6 +57,19 @@ impl<V> CvMap<V> {
         self.len() == 0
     }
 
+    /// Bytes allocated for the entries and the tables' control bytes.
+    pub fn heap_bytes(&self) -> usize {
+        let entry = std::mem::size_of::<(CvRef, V)>();
+        match self {
+            CvMap::Small(v) => v.capacity() * entry,
+            CvMap::One(m) => table_bytes(m.capacity(), entry),
+            CvMap::Sharded(s) => {
+                s.iter().map(|m| table_bytes(m.capacity(), entry)).sum::<usize>()
+                    + s.len() * std::mem::size_of::<FxHashMap<CvRef, V>>()
+            }
+        }
+    }
+
     pub fn get(&self, cv: CvRef) -> Option<&V> {
         match self {
             CvMap::Small(v) => v.iter().find(|(k, _)| *k == cv).map(|(_, x)| x),
@@ -155,6 +168,21 @@ impl<V> CvMap<V> {
     }
 }
 
+/// What a hashbrown table (the std `HashMap`'s) of `capacity` entries of `entry` bytes
+/// allocates: a bucket per entry with 1/8 spare (all but the smallest), a control byte
+/// per bucket and a group's width of trailing control bytes.
+pub fn table_bytes(capacity: usize, entry: usize) -> usize {
+    if capacity == 0 {
+        return 0;
+    }
+    let buckets = if capacity < 8 {
+        (capacity + 1).next_power_of_two()
+    } else {
+        (capacity * 8 / 7).next_power_of_two()
+    };
+    buckets * entry + buckets + 16
+}
+
 fn insert_into<V>(m: &mut FxHashMap<CvRef, V>, cv: CvRef, value: V) -> (&mut V, bool) {
     use std::collections::hash_map::Entry;
     match m.entry(cv) {
@@ -217,6 +245,12 @@ impl StrIndex {
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Bytes allocated for the shards.
+    pub fn heap_bytes(&self) -> usize {
+        self.shards.iter().map(|t| t.allocation_size()).sum::<usize>()
+            + self.shards.len() * std::mem::size_of::<HashTable<(u32, u32)>>()
     }
 
     /// The id of `s` (hashed as `hash`), where `name` gives each id's string as bytes.

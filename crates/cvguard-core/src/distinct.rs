@@ -310,6 +310,14 @@ impl GroupState {
         self.table.len()
     }
 
+    /// Bytes allocated for the CV table and the queues: (table, queues).
+    pub fn heap_bytes(&self) -> (usize, usize) {
+        (
+            self.table.heap_bytes(),
+            self.queues.iter().map(ChunkedDeque::heap_bytes).sum(),
+        )
+    }
+
     pub fn is_empty(&self) -> bool {
         self.table.len() == 0
     }

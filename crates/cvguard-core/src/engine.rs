@@ -90,6 +90,18 @@ impl StateSize {
     }
 }
 
+/// Where the engine's heap goes, in bytes allocated (capacities, not contents), by part.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeapProfile {
+    pub parts: Vec<(&'static str, u64)>,
+}
+
+impl HeapProfile {
+    pub fn total(&self) -> u64 {
+        self.parts.iter().map(|(_, b)| b).sum()
+    }
+}
+
 /// Effective thresholds, one list per distinct combination. They are per key, but most
 /// keys share them: every account without a profile has the rules' own, and accounts
 /// of one segment and vacancy count have the same. A key holds a handle to its list
@@ -117,6 +129,15 @@ impl ThresholdLists {
 
     fn get(&self, handle: u32) -> &[u64] {
         &self.lists[handle as usize]
+    }
+
+    fn heap_bytes(&self) -> usize {
+        let lists: usize = self.lists.iter().map(|l| l.len() * 8).sum();
+        // Each list is stored twice: in `lists` and as the index's key.
+        2 * lists
+            + self.lists.capacity() * std::mem::size_of::<Box<[u64]>>()
+            + crate::cvmap::table_bytes(self.index.capacity(), std::mem::size_of::<(Box<[u64]>, u32)>())
+            + self.scratch.capacity() * 8
     }
 }
 
@@ -454,6 +475,63 @@ impl Engine {
     /// The watermark: events older than this are late.
     pub fn watermark(&self) -> Option<Millis> {
         self.max_ts.map(|t| t - self.rules.settings.allowed_lateness_ms)
+    }
+
+    /// Where the heap goes, by part. Walks every key: for benchmarks and diagnostics.
+    pub fn heap_profile(&self) -> HeapProfile {
+        use crate::cvmap::table_bytes;
+        use std::mem::size_of;
+        let mut slots = 0;
+        let mut rows = 0;
+        let mut index = 0;
+        let mut bookkeeping = 0;
+        let mut count_buckets = 0;
+        let mut cv_tables = 0;
+        let mut queues = 0;
+        let mut evidence = 0;
+        for table in &self.tables {
+            slots += table.slots.heap_bytes();
+            rows += table.counts.heap_bytes() + table.groups.heap_bytes() + table.progress.heap_bytes();
+            index += table.index.heap_bytes();
+            bookkeeping += table.expiry.capacity() * size_of::<Reverse<(i64, u32)>>()
+                + table.free.capacity() * size_of::<u32>()
+                + table_bytes(table.firing.capacity(), size_of::<((u32, u8), u64)>())
+                + table.thresholds.heap_bytes();
+            for s in 0..table.slots.len() as u32 {
+                let Some(key) = table.at(s) else { continue };
+                slots += key.state.key.heap_bytes();
+                let ev = &key.state.evidence;
+                evidence += [&ev.users, &ev.ips, &ev.user_agents, &ev.accounts]
+                    .iter()
+                    .map(|set| set.heap_bytes())
+                    .sum::<usize>();
+                count_buckets += key.counts.iter().map(CountWindow::heap_bytes).sum::<usize>();
+                for g in key.groups {
+                    let (t, q) = g.heap_bytes();
+                    cv_tables += t;
+                    queues += q;
+                }
+            }
+        }
+        let parts = [
+            ("key slots (key text, last time, evidence first values)", slots),
+            ("key rows (count windows, distinct groups, rules' progress)", rows),
+            ("key index", index),
+            ("key expiry heap, free slots, firing ids, threshold lists", bookkeeping),
+            ("count window buckets", count_buckets),
+            ("CV tables of keys (one entry per live key, CV pair)", cv_tables),
+            ("access queues of distinct groups", queues),
+            ("evidence sets beyond their first value", evidence),
+            ("CV ids, interned once for all keys", self.interner.heap_bytes()),
+            (
+                "evidence values (users, IPs, user agents, accounts), interned",
+                self.names.heap_bytes(),
+            ),
+            ("engine scratch", self.scratch.capacity() * size_of::<CvRef>()),
+        ];
+        HeapProfile {
+            parts: parts.into_iter().map(|(name, b)| (name, b as u64)).collect(),
+        }
     }
 
     pub fn state_size(&self) -> StateSize {

@@ -86,6 +86,15 @@ impl Interner {
         }
     }
 
+    /// Bytes allocated for the strings, their counts and their index.
+    pub fn heap_bytes(&self) -> usize {
+        self.names.heap_bytes()
+            + self.names.iter().flatten().map(SmallStr::heap_bytes).sum::<usize>()
+            + self.refs.heap_bytes()
+            + self.index.heap_bytes()
+            + self.free.capacity() * std::mem::size_of::<u32>()
+    }
+
     pub fn name(&self, r: u32) -> &str {
         self.names[r as usize].as_ref().map_or("", SmallStr::as_str)
     }

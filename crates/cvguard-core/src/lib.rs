@@ -19,7 +19,7 @@ pub mod timefmt;
 pub mod window;
 
 pub use alert::{Alert, AlertAction, AlertReason, Evidence, VisibilityCounts, WindowValue};
-pub use engine::{Engine, EngineStats, Exposure, IncidentUpdate, Outcome, StateSize};
+pub use engine::{Engine, EngineStats, Exposure, HeapProfile, IncidentUpdate, Outcome, StateSize};
 pub use event::{parse_event, Event, ParseLimits, RejectReason, Visibility};
 pub use profiles::{AccountProfile, OrgProfile, Profiles};
 pub use rules::{ConfigIssue, EngineSpec, KeyKind, Measure, Response, Rule, RuleSet, RuleSpec, Severity};

@@ -110,6 +110,20 @@ pub struct RecentSet {
 const INDEX_FROM: usize = 16;
 
 impl RecentSet {
+    /// Bytes allocated beyond the first value, which is kept in the set itself.
+    pub fn heap_bytes(&self) -> usize {
+        match &self.items {
+            Items::One(_) => 0,
+            Items::Many(m) => {
+                std::mem::size_of::<Many>()
+                    + m.items.capacity() * std::mem::size_of::<Item>()
+                    + m.index.as_ref().map_or(0, |i| {
+                        crate::cvmap::table_bytes(i.capacity(), std::mem::size_of::<(u64, u32)>())
+                    })
+            }
+        }
+    }
+
     /// Records `value` (whose `str_hash` is `hash`) at `sec`. When the set is full,
     /// values at or before `cutoff` make room first; if none do, the set is marked
     /// truncated. A stored value holds one reference in `names`.

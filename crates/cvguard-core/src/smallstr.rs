@@ -27,6 +27,14 @@ impl SmallStr {
         }
     }
 
+    /// Bytes on the heap besides the 24 of the value itself.
+    pub fn heap_bytes(&self) -> usize {
+        match self {
+            SmallStr::Inline { .. } => 0,
+            SmallStr::Heap(s) => s.len(),
+        }
+    }
+
     pub fn as_bytes(&self) -> &[u8] {
         match self {
             SmallStr::Inline { len, bytes } => &bytes[..*len as usize],

@@ -16,6 +16,11 @@ pub struct CountWindow {
 }
 
 impl CountWindow {
+    /// Bytes allocated for the buckets.
+    pub fn heap_bytes(&self) -> usize {
+        self.buckets.capacity() * std::mem::size_of::<(i64, u64)>()
+    }
+
     pub fn add(&mut self, sec: i64, amount: u64) {
         if amount == 0 {
             return;

@@ -346,12 +346,30 @@ fn memory_is_reclaimed_as_events_age_out() {
         .map(|a| value_of(&e, KeyKind::AccountId, &format!("acc-{a}"), "short"))
         .sum();
     assert_eq!(short, 60, "the short window holds the last 60 seconds");
+    let part = |p: &HeapProfile, name: &str| {
+        p.parts
+            .iter()
+            .find(|(n, _)| n.starts_with(name))
+            .map(|(_, b)| *b)
+            .unwrap()
+    };
+    let full = e.heap_profile();
+    for name in ["CV tables", "access queues", "CV ids", "key index", "key rows"] {
+        assert!(part(&full, name) > 0, "{name}: {full:?}");
+    }
+    assert_eq!(full.total(), full.parts.iter().map(|(_, b)| b).sum::<u64>());
     // One event an hour later: everything older is gone, the new event's state stays.
     send(&mut e, 99 + 3600, "acc-x", "cv_view", &["cv-new"]);
     let size = e.state_size();
     assert_eq!(size.keys, 1);
     assert_eq!(size.interned_cvs, 1);
     assert_eq!(size.cv_pairs, 1);
+    // What the freed keys held is released; their slots and rows stay for reuse.
+    let after = e.heap_profile();
+    assert!(part(&after, "CV tables") < part(&full, "CV tables"), "{after:?}");
+    assert!(part(&after, "access queues") < part(&full, "access queues"));
+    assert_eq!(part(&after, "evidence sets"), 0);
+    assert_eq!(part(&after, "key rows"), part(&full, "key rows"));
 }
 
 #[test]
