@@ -111,6 +111,9 @@ pub struct GroupPlan {
     class_actions: [u64; CLASS_SLOTS],
     /// Per class, the longest window of a rule counting it: how long accesses are kept.
     retention: [i64; CLASS_SLOTS],
+    /// Per class, the shortest window of a rule counting it: the soonest a new access
+    /// can matter to an advance.
+    shortest: [i64; CLASS_SLOTS],
 }
 
 impl GroupPlan {
@@ -151,6 +154,7 @@ impl GroupPlan {
             class_actions[class] |= 1u64 << action;
         }
         let mut retention = [0i64; CLASS_SLOTS];
+        let mut shortest = [i64::MAX; CLASS_SLOTS];
         let rules = members
             .iter()
             .map(|&(slot, mask, window_secs)| {
@@ -159,6 +163,7 @@ impl GroupPlan {
                     if actions & mask != 0 {
                         classes |= 1 << c;
                         retention[c] = retention[c].max(window_secs);
+                        shortest[c] = shortest[c].min(window_secs);
                     }
                 }
                 PlanRule {
@@ -180,6 +185,7 @@ impl GroupPlan {
             class_of_action,
             class_actions,
             retention,
+            shortest,
         })
     }
 
@@ -279,6 +285,18 @@ pub struct GroupState {
     queues: [ChunkedDeque<(Stamp, CvRef)>; CLASS_SLOTS],
     /// Per class: the position of the queue's front (wrapping, like the cursors).
     heads: [u32; CLASS_SLOTS],
+    /// No advance to a second whose stamp is below this can change anything: it is at
+    /// or before the time the access at any cursor or queue front leaves its window. An
+    /// advance with nothing due returns at once, without reading the queue entries at
+    /// the cursors and fronts, each of which can be a cache miss of its own. 0 (as
+    /// built) makes the next advance look, and set it.
+    due: Stamp,
+}
+
+/// The stamp at which an access stamped `s` leaves a window of `window` seconds: the
+/// first `now` with `s <= stamp(now - window)` has `stamp(now) == s + window`.
+fn leaves_at(s: Stamp, window: i64) -> Stamp {
+    s.saturating_add(window.clamp(0, Stamp::MAX as i64) as Stamp)
 }
 
 /// One access to a CV: when, by which action (and its class), seeing what.
@@ -325,6 +343,9 @@ impl GroupState {
     /// Moves every rule's window to end at second `now`; CVs no rule counts any more are
     /// removed and handed to `released`.
     pub fn advance(&mut self, plan: &GroupPlan, rules: &mut [RuleProgress], now: i64, mut released: impl FnMut(CvRef)) {
+        if stamp(now) < self.due {
+            return;
+        }
         for (progress, rule) in rules.iter_mut().zip(&plan.rules) {
             if rule.front {
                 continue;
@@ -379,6 +400,30 @@ impl GroupState {
                 }
             }
         }
+        self.due = self.next_due(plan, rules);
+    }
+
+    /// When the next access at a cursor or a front leaves its window (`Stamp::MAX`
+    /// when the queues are empty).
+    fn next_due(&self, plan: &GroupPlan, rules: &[RuleProgress]) -> Stamp {
+        let mut due = Stamp::MAX;
+        for (progress, rule) in rules.iter().zip(&plan.rules) {
+            if rule.front {
+                continue;
+            }
+            for c in (0..CLASS_SLOTS).filter(|c| rule.classes & (1 << c) != 0) {
+                let at = progress.cursor[c].wrapping_sub(self.heads[c]) as usize;
+                if let Some(&(s, _)) = self.queues[c].get(at) {
+                    due = due.min(leaves_at(s, rule.window_secs));
+                }
+            }
+        }
+        for c in plan.classes() {
+            if let Some(&(s, _)) = self.queues[c].front() {
+                due = due.min(leaves_at(s, plan.retention[c]));
+            }
+        }
+        due
     }
 
     /// Records `access` to `cv`, with the group advanced to `now` first.
@@ -430,6 +475,9 @@ impl GroupState {
     }
 
     fn push(&mut self, plan: &GroupPlan, rules: &mut [RuleProgress], now: i64, class: usize, s: Stamp, cv: CvRef) {
+        // The new access may come to sit at a cursor or a front: no rule of its class
+        // lets it go sooner than the shortest of their windows.
+        self.due = self.due.min(leaves_at(s, plan.shortest[class]));
         let queue = &mut self.queues[class];
         if queue.back().is_none_or(|(last, _)| *last <= s) {
             queue.push_back((s, cv));
