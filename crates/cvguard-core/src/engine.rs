@@ -201,9 +201,14 @@ struct KeyRef<'t> {
 impl KeyRef<'_> {
     fn value(&self, layout: &KindLayout, slot: usize) -> u64 {
         match layout.plan.place[slot] {
-            Some((g, i)) => self.progress[layout.progress_at[g] + i].value(),
+            Some((g, i)) => self.distinct_value(layout, g, i),
             None => self.counts[layout.count_place[slot]].value(),
         }
+    }
+
+    /// The value of rule `i` of group `g`.
+    fn distinct_value(&self, layout: &KindLayout, g: usize, i: usize) -> u64 {
+        self.progress[layout.progress_at[g] + i].value()
     }
 }
 
@@ -277,9 +282,7 @@ struct KeyTable {
     groups: ChunkedRows<GroupState>,
     progress: ChunkedRows<RuleProgress>,
     thresholds: ThresholdLists,
-    /// (slot, rule) of each firing rule: the alert id (as a number; `alert_id` is its hex
-    /// form) of the incident it opened.
-    firing: FxHashMap<(u32, u8), u64>,
+    firing: FiringIds,
     free: Vec<u32>,
     expiry: BinaryHeap<Reverse<(i64, u32)>>,
 }
@@ -303,9 +306,10 @@ impl KeyTable {
 
     fn at(&self, slot: u32) -> Option<KeyRef<'_>> {
         let s = slot as usize;
+        let state = self.slots[s].as_ref()?;
         Some(KeyRef {
-            state: self.slots[s].as_ref()?,
-            thresholds: self.thresholds.get(self.slots[s].as_ref()?.thresholds),
+            state,
+            thresholds: self.thresholds.get(state.thresholds),
             counts: self.counts.row(s),
             groups: self.groups.row(s),
             progress: self.progress.row(s),
@@ -355,11 +359,7 @@ impl KeyTable {
         };
         self.index.remove(str_hash(&state.key), slot);
         self.free.push(slot);
-        for w in 0..64u8 {
-            if state.firing & (1 << w) != 0 {
-                self.firing.remove(&(slot, w));
-            }
-        }
+        self.firing.forget(state.firing, slot);
         for g in self.groups.row_mut(slot as usize) {
             g.clear(|cv| {
                 *pairs -= 1;
@@ -373,29 +373,49 @@ impl KeyTable {
     fn len(&self) -> usize {
         self.index.len()
     }
-
-    /// The id of the incident rule `w` of the key in `slot` opened, while it fires.
-    fn firing_id(&self, slot: u32, w: usize) -> Option<u64> {
-        let state = self.slots[slot as usize].as_ref()?;
-        if state.firing & (1 << w) == 0 {
-            return None;
-        }
-        self.firing.get(&(slot, w as u8)).copied()
-    }
 }
 
-/// Marks rule `w` of a key (in `slot`, state `state`) firing with alert `id`, or not firing.
-fn set_firing(state: &mut KeyState, firing: &mut FxHashMap<(u32, u8), u64>, slot: u32, w: usize, id: Option<u64>) {
-    match id {
-        Some(id) => {
-            state.firing |= 1 << w;
-            firing.insert((slot, w as u8), id);
+/// The alert ids of open incidents, by (slot, rule), for the keys of one kind. Whether a
+/// rule fires is a bit in its key (`KeyState::firing`); the id, needed only while it
+/// does, is kept here.
+#[derive(Debug, Default)]
+struct FiringIds(FxHashMap<(u32, u8), u64>);
+
+impl FiringIds {
+    /// The id of the incident rule `w` of the key in `slot` (firing bits `bits`) opened,
+    /// while it fires.
+    fn get(&self, bits: u64, slot: u32, w: usize) -> Option<u64> {
+        if bits & (1 << w) == 0 {
+            return None;
         }
-        None if state.firing & (1 << w) != 0 => {
-            state.firing &= !(1 << w);
-            firing.remove(&(slot, w as u8));
+        self.0.get(&(slot, w as u8)).copied()
+    }
+
+    /// Marks rule `w` of the key in `slot` firing with alert `id`, or not firing.
+    fn set(&mut self, bits: &mut u64, slot: u32, w: usize, id: Option<u64>) {
+        match id {
+            Some(id) => {
+                *bits |= 1 << w;
+                self.0.insert((slot, w as u8), id);
+            }
+            None if *bits & (1 << w) != 0 => {
+                *bits &= !(1 << w);
+                self.0.remove(&(slot, w as u8));
+            }
+            None => {}
         }
-        None => {}
+    }
+
+    /// Drops the ids of a key that is freed.
+    fn forget(&mut self, mut bits: u64, slot: u32) {
+        while bits != 0 {
+            self.0.remove(&(slot, bits.trailing_zeros() as u8));
+            bits &= bits - 1;
+        }
+    }
+
+    fn heap_bytes(&self) -> usize {
+        crate::cvmap::table_bytes(self.0.capacity(), std::mem::size_of::<((u32, u8), u64)>())
     }
 }
 
@@ -479,7 +499,6 @@ impl Engine {
 
     /// Where the heap goes, by part. Walks every key: for benchmarks and diagnostics.
     pub fn heap_profile(&self) -> HeapProfile {
-        use crate::cvmap::table_bytes;
         use std::mem::size_of;
         let mut slots = 0;
         let mut rows = 0;
@@ -495,7 +514,7 @@ impl Engine {
             index += table.index.heap_bytes();
             bookkeeping += table.expiry.capacity() * size_of::<Reverse<(i64, u32)>>()
                 + table.free.capacity() * size_of::<u32>()
-                + table_bytes(table.firing.capacity(), size_of::<((u32, u8), u64)>())
+                + table.firing.heap_bytes()
                 + table.thresholds.heap_bytes();
             for s in 0..table.slots.len() as u32 {
                 let Some(key) = table.at(s) else { continue };
@@ -748,9 +767,8 @@ impl Engine {
             };
             let value = key.value(layout, w);
             if value < thresholds[w] {
-                set_firing(state, firing, slot, w, None);
-            } else if state.firing & (1 << w) != 0 {
-                let id = firing[&(slot, w as u8)];
+                firing.set(&mut state.firing, slot, w, None);
+            } else if let Some(id) = firing.get(state.firing, slot, w) {
                 if self.track_exposure {
                     self.updates.push(IncidentUpdate {
                         incident_id: format!("{id:016x}"),
@@ -771,7 +789,7 @@ impl Engine {
                 };
                 let (alert, id) = build_alert(&view, w, &rules.rules[ri], ev);
                 let exposure = self.track_exposure.then(|| view.exposure(w));
-                set_firing(state, firing, slot, w, Some(id));
+                firing.set(&mut state.firing, slot, w, Some(id));
                 self.stats.alerts += 1;
                 if alert.action == AlertAction::Suspend {
                     self.stats.suspensions += 1;
@@ -963,11 +981,7 @@ fn build_alert(view: &KeyView<'_>, w: usize, rule: &Rule, ev: &Event<'_>) -> (Al
             let first = unstamp(e.first);
             oldest = Some(oldest.map_or(first, |o| o.min(first)));
         }
-        (
-            key.progress[view.layout.progress_at[g] + i].value(),
-            by_visibility,
-            oldest,
-        )
+        (key.distinct_value(view.layout, g, i), by_visibility, oldest)
     });
     let cvs_by_visibility = reported.map(|(_, [unknown, anonymous, named], _)| VisibilityCounts {
         named,

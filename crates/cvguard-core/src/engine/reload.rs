@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
-use super::{set_firing, Engine, KeyTable, KindLayout, ThresholdLists};
+use super::{Engine, FiringIds, KeyTable, KindLayout, ThresholdLists};
 use crate::chunked::ChunkedRows;
 use crate::distinct::{CvEntry, GroupState, CLASS_SLOTS};
 use crate::interner::CvRef;
@@ -97,7 +97,7 @@ impl Engine {
 
             // Every slot gets rows of the new widths; free slots get empty ones.
             let mut new_thresholds = ThresholdLists::default();
-            let mut new_firing = FxHashMap::default();
+            let mut new_firing = FiringIds::default();
             let mut new_counts = ChunkedRows::new(new_layout.counts);
             let mut new_groups = ChunkedRows::new(new_layout.plan.groups.len());
             let mut new_progress = ChunkedRows::new(new_layout.progress);
@@ -122,11 +122,7 @@ impl Engine {
                     let rule = &new.rules[ni];
                     let kept = old_ids.iter().position(|&oi| same_shape(&old.rules[oi], rule));
                     thresholds.push(new.effective_threshold(rule, &state.key, hint.as_deref()));
-                    firing.push(
-                        kept.and_then(|os| {
-                            (state.firing & (1 << os) != 0).then(|| table.firing[&(s as u32, os as u8)])
-                        }),
-                    );
+                    firing.push(kept.and_then(|os| table.firing.get(state.firing, s as u32, os)));
                     if new_layout.plan.place[ns].is_none() {
                         let window = kept
                             .filter(|os| old_layout.plan.place[*os].is_none())
@@ -188,7 +184,7 @@ impl Engine {
                 state.thresholds = new_thresholds.handle(thresholds);
                 state.firing = 0;
                 for (w, id) in firing.into_iter().enumerate() {
-                    set_firing(state, &mut new_firing, s as u32, w, id);
+                    new_firing.set(&mut state.firing, s as u32, w, id);
                 }
                 new_counts.push_row(counts);
                 let (groups, progress): (Vec<GroupState>, Vec<Vec<_>>) = groups.into_iter().unzip();

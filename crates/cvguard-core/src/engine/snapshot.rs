@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{set_firing, Engine, KeyEvidence, KeyRef, KeyState};
+use super::{Engine, KeyEvidence, KeyRef, KeyState};
 use crate::distinct::{stamp, unstamp, CvEntry, GroupState, RuleProgress, CLASS_SLOTS};
 use crate::event::Visibility;
 use crate::recent::RecentSet;
@@ -79,7 +79,9 @@ impl Engine {
                     kind,
                     key: state.key.to_string(),
                     last_sec: state.last_sec,
-                    firing: (0..key.thresholds.len()).map(|w| table.firing_id(slot, w)).collect(),
+                    firing: (0..key.thresholds.len())
+                        .map(|w| table.firing.get(state.firing, slot, w))
+                        .collect(),
                     counts: key.counts.iter().map(|c| c.buckets().collect()).collect(),
                     groups: key
                         .groups
@@ -211,7 +213,7 @@ impl Engine {
             );
             let state = table.slots[slot as usize].as_mut().expect("just inserted");
             for (w, id) in k.firing.iter().enumerate() {
-                set_firing(state, &mut table.firing, slot, w, *id);
+                table.firing.set(&mut state.firing, slot, w, *id);
             }
         }
         Ok(engine)
