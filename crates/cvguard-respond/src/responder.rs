@@ -133,7 +133,11 @@ impl Responder {
                 }
                 Ok(true)
             }
-            Opened::Existing { published } => Ok(!published),
+            Opened::Existing { incident_id, published } => {
+                // Should it go out again, the alert speaks for the incident the store kept.
+                alert.alert_id = incident_id;
+                Ok(!published)
+            }
         }
     }
 

@@ -8,14 +8,17 @@
 mod model;
 mod outbox;
 mod schema;
+mod tx;
 
 use cvguard_core::timefmt::format_rfc3339_ms;
 use cvguard_core::{Alert, Exposure, IncidentUpdate, Visibility};
 use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::AnyConnection;
 use sqlx::{AnyPool, Row};
 
 pub use model::*;
 pub use schema::Dialect;
+use tx::Tx;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -85,6 +88,23 @@ impl Store {
         // of failing a read-then-write transaction with "database is locked".
         let pool = AnyPoolOptions::new()
             .max_connections(if dialect == Dialect::Sqlite { 1 } else { 8 })
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if dialect == Dialect::Sqlite {
+                        // WAL: a commit appends instead of rewriting pages through a
+                        // rollback journal; FULL: a commit survives a power cut too, since
+                        // the suspend calls it queues cannot be taken back.
+                        for pragma in [
+                            "PRAGMA journal_mode = WAL",
+                            "PRAGMA synchronous = FULL",
+                            "PRAGMA busy_timeout = 5000",
+                        ] {
+                            sqlx::query(pragma).execute(&mut *conn).await?;
+                        }
+                    }
+                    Ok(())
+                })
+            })
             .connect(&url)
             .await?;
         let store = Store { pool, dialect };
@@ -94,6 +114,11 @@ impl Store {
 
     pub fn dialect(&self) -> Dialect {
         self.dialect
+    }
+
+    /// A transaction whose connection is closed, not reused, unless it commits.
+    pub(crate) async fn begin(&self) -> Result<Tx, StoreError> {
+        Ok(Tx::begin(&self.pool, self.dialect).await?)
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
@@ -110,7 +135,7 @@ impl Store {
             if version <= current {
                 continue;
             }
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.begin().await?;
             for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
                 sqlx::query(statement).execute(&mut *tx).await?;
             }
@@ -123,24 +148,33 @@ impl Store {
         Ok(())
     }
 
-    /// Records an incident for `alert` with the calls to make, in one transaction. A
-    /// second call for the same alert id changes nothing and says so.
+    /// Records an incident for `alert` with the calls to make, in one transaction.
+    ///
+    /// The store is the authority on whether a (rule, key) is open: a crossing for a
+    /// (rule, key) that has an open or acknowledged incident updates that incident and
+    /// queues nothing, whatever the engine remembered (a restart from an older snapshot, a
+    /// re-delivery, a rebalance). A second call for the same alert id changes nothing.
+    /// A suspend call is not queued for an account whose suspension is already queued,
+    /// sent or delivered under another incident that is still open.
     pub async fn open_incident(
         &self,
         alert: &Alert,
         opened_at: i64,
         calls: &[OutboxItem],
     ) -> Result<Opened, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
+        if let Some(existing) = known_incident(&mut tx, alert, opened_at).await? {
+            tx.commit().await?;
+            return Ok(existing);
+        }
         let evidence = serde_json::to_string(&alert.evidence).unwrap_or_default();
         let alert_json = serde_json::to_string(alert).unwrap_or_default();
         let first_ms = cvguard_core::timefmt::parse_rfc3339_ms(&alert.first_seen).unwrap_or(alert.event_time_ms);
-        let inserted = sqlx::query(
+        sqlx::query(
             "INSERT INTO incidents (id, rule, key_kind, key, accounts, severity, status, action, reason, suspended, \
              opened_at, first_event_ms, last_event_ms, value_at_detection, latest_value, threshold, evidence, alert, \
              notify_authority_by, published, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, 'open', $7, $8, 0, $9, $10, $11, $12, $13, $14, $15, $16, $17, 0, $18) \
-             ON CONFLICT (id) DO NOTHING",
+             VALUES ($1, $2, $3, $4, $5, $6, 'open', $7, $8, 0, $9, $10, $11, $12, $13, $14, $15, $16, $17, 0, $18)",
         )
         .bind(&alert.alert_id)
         .bind(&alert.rule)
@@ -161,19 +195,7 @@ impl Store {
         .bind(opened_at + 72 * 3_600_000)
         .bind(opened_at)
         .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if inserted == 0 {
-            let published: i64 = sqlx::query("SELECT published FROM incidents WHERE id = $1")
-                .bind(&alert.alert_id)
-                .fetch_one(&mut *tx)
-                .await?
-                .try_get("published")?;
-            tx.rollback().await?;
-            return Ok(Opened::Existing {
-                published: published != 0,
-            });
-        }
+        .await?;
         history(
             &mut tx,
             &alert.alert_id,
@@ -192,28 +214,42 @@ impl Store {
         )
         .await?;
         for call in calls {
-            sqlx::query(
-                "INSERT INTO outbox (incident_id, kind, account_id, body, status, attempts, next_attempt_at, lease_until, \
-                 last_error, created_at, updated_at) VALUES ($1, $2, $3, $4, 'pending', 0, $5, 0, '', $6, $7) \
-                 ON CONFLICT (incident_id, kind, account_id) DO NOTHING",
-            )
-            .bind(&alert.alert_id)
-            .bind(call.kind)
-            .bind(&call.account_id)
-            .bind(&call.body)
-            .bind(opened_at)
-            .bind(opened_at)
-            .bind(opened_at)
-            .execute(&mut *tx)
-            .await?;
+            let in_force = match call.kind {
+                "suspend" => suspension_in_force(&mut tx, &call.account_id).await?,
+                _ => None,
+            };
+            let (outcome, detail) = match in_force {
+                Some(other) => (
+                    "already_suspended",
+                    format!("suspension already queued or delivered under incident {other}"),
+                ),
+                None => {
+                    sqlx::query(
+                        "INSERT INTO outbox (incident_id, kind, account_id, body, status, attempts, next_attempt_at, \
+                         lease_until, last_error, created_at, updated_at) \
+                         VALUES ($1, $2, $3, $4, 'pending', 0, $5, 0, '', $6, $7) \
+                         ON CONFLICT (incident_id, kind, account_id) DO NOTHING",
+                    )
+                    .bind(&alert.alert_id)
+                    .bind(call.kind)
+                    .bind(&call.account_id)
+                    .bind(&call.body)
+                    .bind(opened_at)
+                    .bind(opened_at)
+                    .bind(opened_at)
+                    .execute(&mut *tx)
+                    .await?;
+                    ("pending", "queued in the outbox".to_string())
+                }
+            };
             action(
                 &mut tx,
                 &alert.alert_id,
                 opened_at,
                 call.kind,
                 &call.account_id,
-                "pending",
-                "queued in the outbox",
+                outcome,
+                &detail,
             )
             .await?;
         }
@@ -231,7 +267,7 @@ impl Store {
         outcome: &str,
         detail: &str,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         action(&mut tx, incident_id, at, what, target, outcome, detail).await?;
         tx.commit().await?;
         Ok(())
@@ -248,56 +284,64 @@ impl Store {
         Ok(())
     }
 
-    /// Adds exposed CVs and the latest value to open incidents. A CV already recorded
-    /// keeps its first access; its visibility only becomes more revealing.
+    /// Adds exposed CVs and the latest value to incidents, in one transaction for the
+    /// whole batch. A CV already recorded keeps its first access; its visibility only
+    /// becomes more revealing. The per-visibility counts are kept running: each chunk
+    /// reads back only the rows it touches, never the incident's whole list.
     pub async fn apply_updates(&self, updates: &[IncidentUpdate], now: i64) -> Result<(), StoreError> {
         if updates.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
-        let mut touched: Vec<&str> = Vec::new();
+        let mut tx = self.begin().await?;
+        let mut merged: std::collections::BTreeMap<String, Merged> = Default::default();
+        let mut resolved: std::collections::HashMap<&str, String> = Default::default();
         for u in updates {
-            for chunk in u.cvs.chunks(CV_CHUNK) {
-                insert_cvs(&mut tx, &u.incident_id, chunk).await?;
+            let id = match resolved.get(u.incident_id.as_str()) {
+                Some(id) => id.clone(),
+                None => {
+                    let id = incident_of(&mut tx, &u.incident_id).await?;
+                    resolved.insert(&u.incident_id, id.clone());
+                    id
+                }
+            };
+            merged.entry(id).or_default().add(u);
+        }
+        for (id, m) in merged {
+            let mut cvs: Vec<Exposure> = m.cvs.into_values().collect();
+            cvs.sort_by(|a, b| a.cv_id.cmp(&b.cv_id));
+            let mut delta = [0i64; 3];
+            for chunk in cvs.chunks(CV_CHUNK) {
+                let before = recorded_visibility(&mut tx, &id, chunk).await?;
+                for cv in chunk {
+                    let new = cv.visibility as usize;
+                    match before.get(cv.cv_id.as_str()) {
+                        None => delta[new] += 1,
+                        Some(&old) if new > old => {
+                            delta[old] -= 1;
+                            delta[new] += 1;
+                        }
+                        Some(_) => {}
+                    }
+                }
+                insert_cvs(&mut tx, &id, chunk).await?;
             }
+            let [unknown, anonymous, named] = delta;
             sqlx::query(
                 "UPDATE incidents SET latest_value = $1, \
-                 last_event_ms = CASE WHEN last_event_ms < $2 THEN $3 ELSE last_event_ms END, updated_at = $4 WHERE id = $5",
+                 last_event_ms = CASE WHEN last_event_ms < $2 THEN $3 ELSE last_event_ms END, updated_at = $4, \
+                 cvs_named = cvs_named + $5, cvs_anonymous = cvs_anonymous + $6, cvs_unknown = cvs_unknown + $7 \
+                 WHERE id = $8",
             )
-            .bind(u.value as i64)
-            .bind(u.event_time_ms)
-            .bind(u.event_time_ms)
+            .bind(m.value as i64)
+            .bind(m.event_time_ms)
+            .bind(m.event_time_ms)
             .bind(now)
-            .bind(&u.incident_id)
+            .bind(named)
+            .bind(anonymous)
+            .bind(unknown)
+            .bind(&id)
             .execute(&mut *tx)
             .await?;
-            if !touched.contains(&u.incident_id.as_str()) {
-                touched.push(&u.incident_id);
-            }
-        }
-        for id in touched {
-            let rows = sqlx::query(
-                "SELECT visibility, COUNT(*) AS n FROM incident_cvs WHERE incident_id = $1 GROUP BY visibility",
-            )
-            .bind(id)
-            .fetch_all(&mut *tx)
-            .await?;
-            let mut c = VisibilityCounts::default();
-            for r in rows {
-                let n: i64 = r.try_get("n")?;
-                match r.try_get::<String, _>("visibility")?.as_str() {
-                    "named" => c.named = n,
-                    "anonymous" => c.anonymous = n,
-                    _ => c.unknown = n,
-                }
-            }
-            sqlx::query("UPDATE incidents SET cvs_named = $1, cvs_anonymous = $2, cvs_unknown = $3 WHERE id = $4")
-                .bind(c.named)
-                .bind(c.anonymous)
-                .bind(c.unknown)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -433,7 +477,7 @@ impl Store {
         now: i64,
         unsuspend_body: &(dyn Fn(&Incident, &str) -> String + Sync),
     ) -> Result<Incident, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let row = sqlx::query(&format!("SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = $1"))
             .bind(id)
             .fetch_optional(&mut *tx)
@@ -565,11 +609,161 @@ fn visibility_str(v: Visibility) -> &'static str {
     v.as_str()
 }
 
-async fn insert_cvs(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+/// The incident an alert belongs to, if the store already has one: the alert's own
+/// (a replay of the same crossing), one it was made an alias of, or the open incident of
+/// its (rule, key), which then takes the alert's id as an alias and its value.
+async fn known_incident(conn: &mut AnyConnection, alert: &Alert, now: i64) -> Result<Option<Opened>, StoreError> {
+    let own = sqlx::query(
+        "SELECT id, published FROM incidents WHERE id = $1 \
+         UNION ALL SELECT i.id, i.published FROM incident_aliases a JOIN incidents i ON i.id = a.incident_id \
+         WHERE a.alert_id = $2",
+    )
+    .bind(&alert.alert_id)
+    .bind(&alert.alert_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some(row) = own {
+        return Ok(Some(Opened::Existing {
+            incident_id: row.try_get("id")?,
+            published: row.try_get::<i64, _>("published")? != 0,
+        }));
+    }
+    let open = sqlx::query(
+        "SELECT id, published FROM incidents WHERE rule = $1 AND key_kind = $2 AND key = $3 \
+         AND status IN ('open', 'acknowledged') ORDER BY opened_at, id LIMIT 1",
+    )
+    .bind(&alert.rule)
+    .bind(alert.key_kind.as_str())
+    .bind(&alert.key)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = open else { return Ok(None) };
+    let incident_id: String = row.try_get("id")?;
+    sqlx::query("INSERT INTO incident_aliases (alert_id, incident_id) VALUES ($1, $2)")
+        .bind(&alert.alert_id)
+        .bind(&incident_id)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "UPDATE incidents SET latest_value = CASE WHEN latest_value < $1 THEN $2 ELSE latest_value END, \
+         last_event_ms = CASE WHEN last_event_ms < $3 THEN $4 ELSE last_event_ms END, updated_at = $5 WHERE id = $6",
+    )
+    .bind(alert.value as i64)
+    .bind(alert.value as i64)
+    .bind(alert.event_time_ms)
+    .bind(alert.event_time_ms)
+    .bind(now)
+    .bind(&incident_id)
+    .execute(&mut *conn)
+    .await?;
+    history(
+        conn,
+        &incident_id,
+        now,
+        "cvguard",
+        "crossed again",
+        &format!(
+            "alert {} for the same rule and key while this incident is open: recorded here, nothing new queued",
+            alert.alert_id
+        ),
+    )
+    .await?;
+    Ok(Some(Opened::Existing {
+        incident_id,
+        published: row.try_get::<i64, _>("published")? != 0,
+    }))
+}
+
+/// The incident under which `account` is already suspended or about to be: a suspend call
+/// that is pending, being sent or delivered, of an incident that is still open.
+async fn suspension_in_force(conn: &mut AnyConnection, account: &str) -> Result<Option<String>, StoreError> {
+    let row = sqlx::query(
+        "SELECT o.incident_id FROM outbox o JOIN incidents i ON i.id = o.incident_id \
+         WHERE o.kind = 'suspend' AND o.account_id = $1 AND o.status IN ('pending', 'sending', 'delivered') \
+         AND i.status IN ('open', 'acknowledged') ORDER BY o.id LIMIT 1",
+    )
+    .bind(account)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(row.map(|r| r.try_get("incident_id")).transpose()?)
+}
+
+/// The incident an engine's alert id stands for (itself unless it was made an alias).
+async fn incident_of(conn: &mut AnyConnection, alert_id: &str) -> Result<String, StoreError> {
+    let row = sqlx::query("SELECT incident_id FROM incident_aliases WHERE alert_id = $1")
+        .bind(alert_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(match row {
+        Some(r) => r.try_get("incident_id")?,
+        None => alert_id.to_string(),
+    })
+}
+
+/// The visibility (as `Visibility as usize`) already recorded for those of `cvs` the
+/// incident has.
+async fn recorded_visibility(
+    conn: &mut AnyConnection,
     incident_id: &str,
     cvs: &[Exposure],
-) -> Result<(), StoreError> {
+) -> Result<std::collections::HashMap<String, usize>, StoreError> {
+    let mut sql = String::from("SELECT cv_id, visibility FROM incident_cvs WHERE incident_id = $1 AND cv_id IN (");
+    for i in 0..cvs.len() {
+        if i > 0 {
+            sql.push(',');
+        }
+        sql += &format!("${}", i + 2);
+    }
+    sql.push(')');
+    let mut q = sqlx::query(&sql).bind(incident_id.to_string());
+    for cv in cvs {
+        q = q.bind(cv.cv_id.clone());
+    }
+    let mut seen = std::collections::HashMap::with_capacity(cvs.len());
+    for r in q.fetch_all(&mut *conn).await? {
+        let v = match r.try_get::<String, _>("visibility")?.as_str() {
+            "named" => Visibility::Named,
+            "anonymous" => Visibility::Anonymous,
+            _ => Visibility::Unknown,
+        };
+        seen.insert(r.try_get("cv_id")?, v as usize);
+    }
+    Ok(seen)
+}
+
+/// One incident's share of a batch of updates: each CV once, with its earliest access
+/// and most revealing visibility, and the latest value.
+#[derive(Default)]
+struct Merged {
+    cvs: std::collections::HashMap<String, Exposure>,
+    value: u64,
+    event_time_ms: i64,
+}
+
+impl Merged {
+    fn add(&mut self, u: &IncidentUpdate) {
+        if u.event_time_ms >= self.event_time_ms {
+            self.event_time_ms = u.event_time_ms;
+            self.value = u.value;
+        }
+        for cv in &u.cvs {
+            match self.cvs.get_mut(&cv.cv_id) {
+                None => {
+                    self.cvs.insert(cv.cv_id.clone(), cv.clone());
+                }
+                Some(seen) => {
+                    if cv.first_access_ms < seen.first_access_ms {
+                        seen.first_access_ms = cv.first_access_ms;
+                        seen.action = cv.action.clone();
+                    }
+                    seen.visibility = seen.visibility.max(cv.visibility);
+                }
+            }
+        }
+    }
+}
+
+async fn insert_cvs(conn: &mut AnyConnection, incident_id: &str, cvs: &[Exposure]) -> Result<(), StoreError> {
     let mut sql =
         String::from("INSERT INTO incident_cvs (incident_id, cv_id, first_access_ms, action, visibility) VALUES ");
     for i in 0..cvs.len() {
@@ -593,12 +787,12 @@ async fn insert_cvs(
             .bind(cv.action.clone())
             .bind(visibility_str(cv.visibility));
     }
-    q.execute(&mut **tx).await?;
+    q.execute(&mut *conn).await?;
     Ok(())
 }
 
 async fn history(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    conn: &mut AnyConnection,
     id: &str,
     at: i64,
     actor: &str,
@@ -611,13 +805,13 @@ async fn history(
         .bind(actor)
         .bind(change)
         .bind(note)
-        .execute(&mut **tx)
+        .execute(&mut *conn)
         .await?;
     Ok(())
 }
 
 async fn action(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    conn: &mut AnyConnection,
     id: &str,
     at: i64,
     what: &str,
@@ -632,7 +826,7 @@ async fn action(
         .bind(target)
         .bind(outcome)
         .bind(detail)
-        .execute(&mut **tx)
+        .execute(&mut *conn)
         .await?;
     Ok(())
 }

@@ -4,12 +4,15 @@
 use serde::Serialize;
 
 /// Whether opening an incident created it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Opened {
     New,
     /// Opened before (a replay after a crash or a rebalance); `published` says whether its
     /// alert was acknowledged by the outputs then.
     Existing {
+        /// The incident it belongs to: the alert's own id, or the open incident of its
+        /// (rule, key) that the store kept.
+        incident_id: String,
         published: bool,
     },
 }

@@ -14,8 +14,9 @@ pub fn migrations(d: Dialect) -> Vec<String> {
         Dialect::Sqlite => "INTEGER PRIMARY KEY AUTOINCREMENT",
         Dialect::Postgres => "BIGSERIAL PRIMARY KEY",
     };
-    vec![format!(
-        r#"
+    vec![
+        format!(
+            r#"
 CREATE TABLE IF NOT EXISTS incidents (
     id TEXT PRIMARY KEY,
     rule TEXT NOT NULL,
@@ -102,5 +103,17 @@ CREATE TABLE IF NOT EXISTS audit (
     detail TEXT NOT NULL
 );
 "#
-    )]
+        ),
+        // 2: the store decides whether a crossing opens an incident. A (rule, key) with an open
+        // incident keeps it, whatever restarted; the crossing's own alert id becomes an alias
+        // of it, so the engine's later updates under that id reach the same incident.
+        r#"
+CREATE INDEX IF NOT EXISTS incidents_open_by_rule_key ON incidents (rule, key_kind, key, status);
+CREATE TABLE IF NOT EXISTS incident_aliases (
+    alert_id TEXT PRIMARY KEY,
+    incident_id TEXT NOT NULL
+);
+"#
+        .to_string(),
+    ]
 }

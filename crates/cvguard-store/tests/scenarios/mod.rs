@@ -72,12 +72,18 @@ pub async fn opening_is_idempotent_and_tracks_publication(store: &Store) {
             .open_incident(&a, T0 + 5, &[suspend_call("harvester-1")])
             .await
             .unwrap(),
-        Opened::Existing { published: false }
+        Opened::Existing {
+            incident_id: "inc-1".into(),
+            published: false
+        }
     );
     store.mark_published(&["inc-1".into()]).await.unwrap();
     assert_eq!(
         store.open_incident(&a, T0 + 9, &[]).await.unwrap(),
-        Opened::Existing { published: true }
+        Opened::Existing {
+            incident_id: "inc-1".into(),
+            published: true
+        }
     );
     // One outbox row, not two.
     assert_eq!(
@@ -283,6 +289,12 @@ pub async fn listing_filters_and_pages(store: &Store) {
             10,
         );
         a.action = AlertAction::Alert;
+        // Each (rule, key kind, key) once: a second crossing of an open one would join it.
+        a.key_kind = if (i / 2) % 2 == 0 {
+            KeyKind::AccountId
+        } else {
+            KeyKind::OrgId
+        };
         store.open_incident(&a, T0 + i * 1000, &[]).await.unwrap();
     }
     let body = |_: &cvguard_store::Incident, _: &str| String::new();
@@ -360,6 +372,133 @@ pub async fn rails_queries(store: &Store) {
 }
 
 /// Every scenario, each on a fresh store from `fresh`.
+/// A crossing of a (rule, key) whose incident is open joins that incident, whatever the
+/// engine remembered: no second incident, no second call; the engine's updates under
+/// the new alert id reach the kept incident. Once it is closed, a crossing opens anew.
+pub async fn a_crossing_for_an_open_rule_and_key_joins_its_incident(store: &Store) {
+    let first = alert("inc-a", "harvester-9", "mass-harvest-24h", 4000);
+    store
+        .open_incident(&first, T0, &[suspend_call("harvester-9")])
+        .await
+        .unwrap();
+    let mut again = alert("inc-b", "harvester-9", "mass-harvest-24h", 4200);
+    again.event_time_ms = T0 + 4_000_000;
+    assert_eq!(
+        store
+            .open_incident(&again, T0 + 10, &[suspend_call("harvester-9")])
+            .await
+            .unwrap(),
+        Opened::Existing {
+            incident_id: "inc-a".into(),
+            published: false
+        }
+    );
+    // Asked again under the alias, the answer is the same and nothing more is written.
+    assert_eq!(
+        store.open_incident(&again, T0 + 11, &[]).await.unwrap(),
+        Opened::Existing {
+            incident_id: "inc-a".into(),
+            published: false
+        }
+    );
+    assert!(store.get("inc-b").await.unwrap().is_none());
+    assert_eq!(
+        store.outbox_counts().await.unwrap(),
+        vec![("suspend".into(), "pending".into(), 1)]
+    );
+    store
+        .apply_updates(
+            &[IncidentUpdate {
+                incident_id: "inc-b".into(),
+                value: 4300,
+                event_time_ms: T0 + 4_000_500,
+                cvs: vec![cv("cv-late", T0 + 4_000_500, "cv_download", Visibility::Named)],
+            }],
+            T0 + 20,
+        )
+        .await
+        .unwrap();
+    let kept = store.get("inc-a").await.unwrap().unwrap();
+    assert_eq!(kept.incident.latest_value, 4300);
+    assert_eq!(kept.incident.cvs_by_visibility.named, 1);
+    assert_eq!(store.exposed_cvs("inc-a").await.unwrap()[0].cv_id, "cv-late");
+    assert!(kept.history.iter().any(|h| h.change == "crossed again"));
+
+    store
+        .set_status("inc-a", "resolved", "analyst", "handled", T0 + 30, &|_, _| {
+            String::new()
+        })
+        .await
+        .unwrap();
+    let later = alert("inc-c", "harvester-9", "mass-harvest-24h", 4000);
+    assert_eq!(store.open_incident(&later, T0 + 40, &[]).await.unwrap(), Opened::New);
+}
+
+/// Two rules deciding to suspend one account queue one call, not two.
+pub async fn an_account_is_not_suspended_twice_by_two_rules(store: &Store) {
+    let day = alert("inc-d", "acc-9", "mass-harvest-24h", 4000);
+    let two_days = alert("inc-e", "acc-9", "mass-harvest-48h", 6000);
+    store.open_incident(&day, T0, &[suspend_call("acc-9")]).await.unwrap();
+    assert_eq!(
+        store
+            .open_incident(&two_days, T0 + 5, &[suspend_call("acc-9")])
+            .await
+            .unwrap(),
+        Opened::New
+    );
+    assert_eq!(
+        store.outbox_counts().await.unwrap(),
+        vec![("suspend".into(), "pending".into(), 1)]
+    );
+    let second = store.get("inc-e").await.unwrap().unwrap();
+    assert_eq!(second.actions.len(), 1);
+    assert_eq!(second.actions[0].outcome, "already_suspended");
+    assert!(second.actions[0].detail.contains("inc-d"));
+}
+
+/// The running per-visibility counts equal a recount of the stored list, with CVs
+/// repeated inside a batch, across batches, and raised in visibility.
+pub async fn running_counts_match_the_stored_list(store: &Store) {
+    let a = alert("inc-f", "harvester-f", "mass-harvest-24h", 1);
+    store.open_incident(&a, T0, &[]).await.unwrap();
+    let vis = [Visibility::Unknown, Visibility::Anonymous, Visibility::Named];
+    let mut state = 7u64;
+    for batch in 0..12i64 {
+        let mut updates = Vec::new();
+        for u in 0..3 {
+            let cvs = (0..40)
+                .map(|_| {
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    let id = (state >> 33) % 150;
+                    let v = vis[((state >> 20) % 3) as usize];
+                    cv(&format!("cv-{id}"), T0 + batch * 10 + u, "cv_view", v)
+                })
+                .collect();
+            updates.push(IncidentUpdate {
+                incident_id: "inc-f".into(),
+                value: batch as u64,
+                event_time_ms: T0 + batch * 10 + u,
+                cvs,
+            });
+        }
+        store.apply_updates(&updates, T0).await.unwrap();
+        let listed = store.exposed_cvs("inc-f").await.unwrap();
+        let count = |name: &str| listed.iter().filter(|c| c.visibility == name).count() as i64;
+        let i = store.get("inc-f").await.unwrap().unwrap().incident;
+        assert_eq!(
+            (
+                i.cvs_by_visibility.named,
+                i.cvs_by_visibility.anonymous,
+                i.cvs_by_visibility.unknown
+            ),
+            (count("named"), count("anonymous"), count("unknown")),
+            "after batch {batch}"
+        );
+    }
+}
+
 #[macro_export]
 macro_rules! all_scenarios {
     ($fresh:path) => {
@@ -392,6 +531,21 @@ macro_rules! all_scenarios {
         async fn listing_filters_and_pages() {
             let (s, _g) = $fresh().await;
             scenarios::listing_filters_and_pages(&s).await;
+        }
+        #[tokio::test]
+        async fn a_crossing_for_an_open_rule_and_key_joins_its_incident() {
+            let (s, _g) = $fresh().await;
+            scenarios::a_crossing_for_an_open_rule_and_key_joins_its_incident(&s).await;
+        }
+        #[tokio::test]
+        async fn an_account_is_not_suspended_twice_by_two_rules() {
+            let (s, _g) = $fresh().await;
+            scenarios::an_account_is_not_suspended_twice_by_two_rules(&s).await;
+        }
+        #[tokio::test]
+        async fn running_counts_match_the_stored_list() {
+            let (s, _g) = $fresh().await;
+            scenarios::running_counts_match_the_stored_list(&s).await;
         }
         #[tokio::test]
         async fn rails_queries() {
