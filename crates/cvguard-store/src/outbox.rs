@@ -1,7 +1,15 @@
 //! The outbox of suspend and unsuspend calls, and the queries the safety rails ask.
+//!
+//! A call goes `pending -> sending` (claimed with a lease) `-> delivered | failed`, or back
+//! to `pending` to be retried; marking its incident a false positive moves a suspend call
+//! that is `pending` or `sending` to `cancelled`. Every change names the status it expects
+//! (compare-and-set), so an outcome that arrives after the call moved on cannot undo that
+//! move: a cancelled call stays cancelled, a delivered one delivered.
 
-use sqlx::Row;
+use cvguard_core::timefmt::format_rfc3339_ms;
+use sqlx::{AnyConnection, Row};
 
+use crate::tx::Tx;
 use crate::{action, OutboxRow, Store, StoreError};
 
 impl Store {
@@ -54,13 +62,30 @@ impl Store {
     }
 
     /// The call was answered 2xx: done, and the incident's suspension state follows.
-    pub async fn call_delivered(&self, row: &OutboxRow, now: i64, detail: &str) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE outbox SET status = 'delivered', attempts = attempts + 1, updated_at = $1 WHERE id = $2")
-            .bind(now)
-            .bind(row.id)
-            .execute(&mut *tx)
-            .await?;
+    ///
+    /// `Ok(None)` when recorded; `Ok(Some(status))` when the call was no longer in flight
+    /// (another sender finished it, or a false positive cancelled it meanwhile) and keeps
+    /// that status. A suspend cancelled while in flight was carried out all the same: that
+    /// is recorded, and an unsuspend is queued to undo it.
+    pub async fn call_delivered(&self, row: &OutboxRow, now: i64, detail: &str) -> Result<Option<String>, StoreError> {
+        let mut tx = self.begin().await?;
+        let moved = sqlx::query(
+            "UPDATE outbox SET status = 'delivered', attempts = attempts + 1, updated_at = $1 \
+             WHERE id = $2 AND status = 'sending'",
+        )
+        .bind(now)
+        .bind(row.id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if moved == 0 {
+            let status = status_of(&mut tx, row.id).await?;
+            if status == "cancelled" && row.kind == "suspend" {
+                undo_late_suspend(&mut tx, row, now, detail).await?;
+            }
+            tx.commit().await?;
+            return Ok(Some(status));
+        }
         let suspended = i64::from(row.kind == "suspend");
         sqlx::query("UPDATE incidents SET suspended = $1, updated_at = $2 WHERE id = $3")
             .bind(suspended)
@@ -68,42 +93,62 @@ impl Store {
             .bind(&row.incident_id)
             .execute(&mut *tx)
             .await?;
-        finish_call(tx, row, now, "delivered", detail).await
+        finish_call(tx, row, now, "delivered", detail).await?;
+        Ok(None)
     }
 
-    /// The call failed and may be tried again at `next_attempt_at`.
+    /// The call failed and may be tried again at `next_attempt_at`. `Ok(Some(status))`
+    /// when it was no longer in flight and keeps that status (a cancelled call stays
+    /// cancelled).
     pub async fn call_retry(
         &self,
         row: &OutboxRow,
         now: i64,
         next_attempt_at: i64,
         error: &str,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
+    ) -> Result<Option<String>, StoreError> {
+        let mut tx = self.begin().await?;
+        let moved = sqlx::query(
             "UPDATE outbox SET status = 'pending', attempts = attempts + 1, next_attempt_at = $1, lease_until = 0, \
-             last_error = $2, updated_at = $3 WHERE id = $4",
+             last_error = $2, updated_at = $3 WHERE id = $4 AND status = 'sending'",
         )
         .bind(next_attempt_at)
         .bind(error)
         .bind(now)
         .bind(row.id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let result = if moved == 0 {
+            Some(status_of(&mut tx, row.id).await?)
+        } else {
+            None
+        };
+        tx.commit().await?;
+        Ok(result)
     }
 
-    /// The call failed for good (a 4xx, or out of attempts).
-    pub async fn call_failed(&self, row: &OutboxRow, now: i64, error: &str) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "UPDATE outbox SET status = 'failed', attempts = attempts + 1, last_error = $1, updated_at = $2 WHERE id = $3",
+    /// The call failed for good (a 4xx, or out of attempts). `Ok(Some(status))` when it
+    /// was no longer in flight and keeps that status.
+    pub async fn call_failed(&self, row: &OutboxRow, now: i64, error: &str) -> Result<Option<String>, StoreError> {
+        let mut tx = self.begin().await?;
+        let moved = sqlx::query(
+            "UPDATE outbox SET status = 'failed', attempts = attempts + 1, last_error = $1, updated_at = $2 \
+             WHERE id = $3 AND status = 'sending'",
         )
         .bind(error)
         .bind(now)
         .bind(row.id)
         .execute(&mut *tx)
-        .await?;
-        finish_call(tx, row, now, "failed", error).await
+        .await?
+        .rows_affected();
+        if moved == 0 {
+            let status = status_of(&mut tx, row.id).await?;
+            tx.commit().await?;
+            return Ok(Some(status));
+        }
+        finish_call(tx, row, now, "failed", error).await?;
+        Ok(None)
     }
 
     /// Suspend calls queued since `since` (for the blast-radius limit).
@@ -154,14 +199,94 @@ impl Store {
     }
 }
 
-/// Records the call's outcome in the incident's action log and commits its transaction.
-async fn finish_call(
-    mut tx: sqlx::Transaction<'_, sqlx::Any>,
+/// The status of outbox row `id` ("missing" if it is gone).
+async fn status_of(conn: &mut AnyConnection, id: i64) -> Result<String, StoreError> {
+    Ok(sqlx::query("SELECT status FROM outbox WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .map(|r| r.try_get("status"))
+        .transpose()?
+        .unwrap_or_else(|| "missing".into()))
+}
+
+/// A suspend call was in flight when its incident became a false positive, and the platform
+/// carried it out: the account is suspended although the SOC said it should not be. The
+/// call stays cancelled (the decision was withdrawn); the suspension is recorded, and an
+/// unsuspend is queued exactly as the false positive queues one for a call delivered before
+/// it. Its body is the suspend's, with `action` `unsuspend` and `reason` `false_positive`.
+async fn undo_late_suspend(
+    conn: &mut AnyConnection,
     row: &OutboxRow,
     now: i64,
-    outcome: &str,
     detail: &str,
 ) -> Result<(), StoreError> {
+    let queued = sqlx::query(
+        "INSERT INTO outbox (incident_id, kind, account_id, body, status, attempts, next_attempt_at, lease_until, \
+         last_error, created_at, updated_at) VALUES ($1, 'unsuspend', $2, $3, 'pending', 0, $4, 0, '', $5, $6) \
+         ON CONFLICT (incident_id, kind, account_id) DO NOTHING",
+    )
+    .bind(&row.incident_id)
+    .bind(&row.account_id)
+    .bind(unsuspend_body(row, now))
+    .bind(now)
+    .bind(now)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if queued == 0 {
+        // Already undone: another sender of the same call reported it first.
+        return Ok(());
+    }
+    sqlx::query("UPDATE incidents SET suspended = 1, updated_at = $1 WHERE id = $2")
+        .bind(now)
+        .bind(&row.incident_id)
+        .execute(&mut *conn)
+        .await?;
+    action(
+        conn,
+        &row.incident_id,
+        now,
+        "suspend",
+        &row.account_id,
+        "delivered",
+        &format!("{detail}, after the incident was marked false positive"),
+    )
+    .await?;
+    action(
+        conn,
+        &row.incident_id,
+        now,
+        "unsuspend",
+        &row.account_id,
+        "pending",
+        "false positive, suspended while it was marked; queued in the outbox",
+    )
+    .await
+}
+
+/// The unsuspend undoing the suspend call `row`: its body with `action`, `reason` and
+/// `detected_at` replaced.
+fn unsuspend_body(row: &OutboxRow, now: i64) -> String {
+    let mut body = match serde_json::from_str::<serde_json::Value>(&row.body) {
+        Ok(serde_json::Value::Object(m)) => m,
+        _ => serde_json::Map::new(),
+    };
+    for (k, v) in [
+        ("action", "unsuspend".to_string()),
+        ("incident_id", row.incident_id.clone()),
+        ("account_id", row.account_id.clone()),
+        ("reason", "false_positive".to_string()),
+        ("detected_at", format_rfc3339_ms(now)),
+    ] {
+        body.insert(k.into(), v.into());
+    }
+    serde_json::Value::Object(body).to_string()
+}
+
+/// Records the call's outcome in the incident's action log and commits its transaction.
+async fn finish_call(mut tx: Tx, row: &OutboxRow, now: i64, outcome: &str, detail: &str) -> Result<(), StoreError> {
     action(
         &mut tx,
         &row.incident_id,
@@ -174,4 +299,241 @@ async fn finish_call(
     .await?;
     tx.commit().await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! The compare-and-set of every outcome, on SQLite and on PostgreSQL
+    //! (`CVGUARD_TEST_POSTGRES`, else the local cluster scripts/pg-up.sh starts).
+
+    use cvguard_core::{Alert, AlertAction, AlertReason, Evidence, KeyKind, Measure, Severity};
+
+    use crate::{OutboxItem, Store};
+
+    const T0: i64 = 1_714_795_200_000;
+
+    fn alert(id: &str, account: &str) -> Alert {
+        Alert {
+            alert_id: id.into(),
+            rule: "mass-harvest-24h".into(),
+            severity: Severity::Critical,
+            key_kind: KeyKind::AccountId,
+            key: account.into(),
+            measure: Measure::DistinctCvs,
+            window: "24h".into(),
+            value: 4000,
+            threshold: 4000,
+            action: AlertAction::Suspend,
+            reason: AlertReason::RuleResponse,
+            event_time: "2024-05-04T05:01:46.000Z".into(),
+            event_id: None,
+            first_seen: "2024-05-04T04:00:00.000Z".into(),
+            accounts: vec![account.into()],
+            suspend_accounts: vec![account.into()],
+            evidence: Evidence {
+                windows: vec![],
+                distinct_cvs: Some(4000),
+                cvs_by_visibility: None,
+                distinct_users: 1,
+                distinct_ips: 1,
+                distinct_user_agents: 1,
+                users: vec![],
+                ips: vec![],
+                user_agents: vec![],
+                sets_truncated: false,
+            },
+            event_time_ms: T0,
+        }
+    }
+
+    /// An incident with one suspend call, claimed (in flight).
+    async fn in_flight(store: &Store, id: &str, account: &str) -> crate::OutboxRow {
+        let call = OutboxItem {
+            kind: "suspend",
+            account_id: account.into(),
+            body: format!(
+                r#"{{"action":"suspend","incident_id":"{id}","account_id":"{account}","rule":"mass-harvest-24h","value":4000,"threshold":4000,"reason":"r","detected_at":"2024-05-04T05:01:47.000Z"}}"#
+            ),
+        };
+        store.open_incident(&alert(id, account), T0, &[call]).await.unwrap();
+        let mut rows = store.claim_due(T0, 30_000, 10).await.unwrap();
+        assert_eq!(rows.len(), 1);
+        rows.remove(0)
+    }
+
+    async fn false_positive(store: &Store, id: &str, at: i64) {
+        let body = |i: &crate::Incident, acc: &str| {
+            format!(
+                r#"{{"action":"unsuspend","incident_id":"{}","account_id":"{acc}"}}"#,
+                i.id
+            )
+        };
+        store
+            .set_status(id, "false_positive", "soc-bob", "agency", at, &body)
+            .await
+            .unwrap();
+    }
+
+    async fn counts(store: &Store) -> Vec<(String, String, i64)> {
+        store.outbox_counts().await.unwrap()
+    }
+
+    fn row(kind: &str, status: &str) -> (String, String, i64) {
+        (kind.into(), status.into(), 1)
+    }
+
+    /// A false positive marked while the suspend call was in flight, which then timed out:
+    /// the retry must not bring the call back to pending (it would be sent again).
+    async fn a_cancelled_call_stays_cancelled_after_a_retry_or_a_failure(store: &Store) {
+        let r = in_flight(store, "inc-r", "acc-r").await;
+        false_positive(store, "inc-r", T0 + 10).await;
+        let kept = store.call_retry(&r, T0 + 20, T0 + 30, "timeout").await.unwrap();
+        assert_eq!(kept.as_deref(), Some("cancelled"));
+        assert_eq!(counts(store).await, vec![row("suspend", "cancelled")]);
+        assert!(store.claim_due(T0 + 100_000, 30_000, 10).await.unwrap().is_empty());
+        let kept = store.call_failed(&r, T0 + 40, "HTTP 400").await.unwrap();
+        assert_eq!(kept.as_deref(), Some("cancelled"));
+        assert_eq!(counts(store).await, vec![row("suspend", "cancelled")]);
+        let d = store.get("inc-r").await.unwrap().unwrap();
+        assert!(d.actions.iter().all(|a| a.outcome != "failed"), "{:?}", d.actions);
+    }
+
+    /// A false positive marked while the suspend call was in flight, which the platform then
+    /// carried out: the call stays cancelled, and an unsuspend is queued to undo it.
+    async fn a_suspend_delivered_after_a_false_positive_is_undone(store: &Store) {
+        let r = in_flight(store, "inc-d", "acc-d").await;
+        false_positive(store, "inc-d", T0 + 10).await;
+        let kept = store.call_delivered(&r, T0 + 20, "HTTP 200").await.unwrap();
+        assert_eq!(kept.as_deref(), Some("cancelled"));
+        assert_eq!(
+            counts(store).await,
+            vec![row("suspend", "cancelled"), row("unsuspend", "pending")]
+        );
+        assert!(store.get("inc-d").await.unwrap().unwrap().incident.suspended);
+        // A second report of the same delivery (another sender whose lease ran out) queues nothing more.
+        store.call_delivered(&r, T0 + 21, "HTTP 200").await.unwrap();
+        let undo = store.claim_due(T0 + 30, 30_000, 10).await.unwrap();
+        assert_eq!(undo.len(), 1);
+        assert_eq!(undo[0].kind, "unsuspend");
+        assert_eq!(undo[0].account_id, "acc-d");
+        let body: serde_json::Value = serde_json::from_str(&undo[0].body).unwrap();
+        assert_eq!(body["action"], "unsuspend");
+        assert_eq!(body["reason"], "false_positive");
+        assert_eq!(body["incident_id"], "inc-d");
+        assert_eq!(body["account_id"], "acc-d");
+        assert_eq!(body["rule"], "mass-harvest-24h");
+        assert_eq!(store.last_unsuspend("acc-d").await.unwrap(), Some(T0 + 20));
+        assert_eq!(store.call_delivered(&undo[0], T0 + 40, "HTTP 200").await.unwrap(), None);
+        let d = store.get("inc-d").await.unwrap().unwrap();
+        assert!(!d.incident.suspended);
+        assert_eq!(d.incident.status, "false_positive");
+        let log: Vec<(&str, &str)> = d
+            .actions
+            .iter()
+            .map(|a| (a.action.as_str(), a.outcome.as_str()))
+            .collect();
+        assert_eq!(
+            log,
+            vec![
+                ("suspend", "pending"),
+                ("suspend", "delivered"),
+                ("unsuspend", "pending"),
+                ("unsuspend", "delivered")
+            ]
+        );
+    }
+
+    /// Two senders with one call (the first one's lease ran out): whichever finishes first
+    /// decides, and a late retry or failure does not reopen a delivered call.
+    async fn a_delivered_call_stays_delivered(store: &Store) {
+        let r = in_flight(store, "inc-l", "acc-l").await;
+        assert_eq!(store.call_delivered(&r, T0 + 5, "HTTP 200").await.unwrap(), None);
+        let kept = store.call_retry(&r, T0 + 6, T0 + 7, "timeout").await.unwrap();
+        assert_eq!(kept.as_deref(), Some("delivered"));
+        let kept = store.call_failed(&r, T0 + 8, "HTTP 400").await.unwrap();
+        assert_eq!(kept.as_deref(), Some("delivered"));
+        assert_eq!(counts(store).await, vec![row("suspend", "delivered")]);
+        assert!(store.get("inc-l").await.unwrap().unwrap().incident.suspended);
+        assert!(store.claim_due(T0 + 100_000, 30_000, 10).await.unwrap().is_empty());
+    }
+
+    async fn sqlite() -> (Store, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&format!("sqlite://{}/t.db", dir.path().display()))
+            .await
+            .unwrap();
+        (store, dir)
+    }
+
+    /// A fresh PostgreSQL database, dropped when the guard goes.
+    struct Pg {
+        admin: String,
+        name: String,
+    }
+
+    impl Drop for Pg {
+        fn drop(&mut self) {
+            let (admin, name) = (self.admin.clone(), self.name.clone());
+            // Drop may run inside the test's runtime: use a thread and a runtime of its own.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    if let Ok(mut c) = <sqlx::AnyConnection as sqlx::Connection>::connect(&admin).await {
+                        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                            .execute(&mut c)
+                            .await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+
+    async fn postgres() -> (Store, Pg) {
+        sqlx::any::install_default_drivers();
+        let admin = std::env::var("CVGUARD_TEST_POSTGRES")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let mut c = <sqlx::AnyConnection as sqlx::Connection>::connect(&admin)
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL at {admin}: {e}; run scripts/pg-up.sh"));
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let name = format!("cvguard_outbox_{}_{}", std::process::id(), nanos % 1_000_000_000_000);
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut c)
+            .await
+            .unwrap();
+        let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
+        (Store::connect(&url).await.unwrap(), Pg { admin, name })
+    }
+
+    macro_rules! on_both {
+        ($($scenario:ident),*) => {
+            mod on_sqlite {
+                $(#[tokio::test]
+                async fn $scenario() {
+                    let (store, _dir) = super::sqlite().await;
+                    super::$scenario(&store).await;
+                })*
+            }
+            mod on_postgres {
+                $(#[tokio::test]
+                async fn $scenario() {
+                    let (store, _db) = super::postgres().await;
+                    super::$scenario(&store).await;
+                })*
+            }
+        };
+    }
+
+    on_both!(
+        a_cancelled_call_stays_cancelled_after_a_retry_or_a_failure,
+        a_suspend_delivered_after_a_false_positive_is_undone,
+        a_delivered_call_stays_delivered
+    );
 }
