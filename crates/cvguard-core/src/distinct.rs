@@ -550,6 +550,20 @@ impl GroupState {
             state.queues[c] = q.into();
         }
         for (r, (progress, rule)) in rules.iter_mut().zip(&plan.rules).enumerate() {
+            if rule.front {
+                // A front rule lets a CV go when the queue fronts drop its last access,
+                // and they hold every access kept here, including those already outside
+                // the window as of `now` (a key quiet since then was not advanced): so it
+                // counts every CV until the next advance drops them, as the live group
+                // does. Counting only those inside the window as of `now` made that
+                // advance subtract past zero (issue #13).
+                progress.count = state
+                    .table
+                    .iter()
+                    .filter(|(_, e)| e.latest(rule.classes) != NEVER)
+                    .count() as u32;
+                continue;
+            }
             let cutoff = stamp(now - rule.window_secs);
             for c in 0..CLASS_SLOTS {
                 progress.cursor[c] = state.queues[c].partition_point(|(t, _)| *t <= cutoff) as u32;

@@ -47,6 +47,14 @@ fn send_json(e: &mut Engine, v: &serde_json::Value) -> Vec<Alert> {
     out
 }
 
+/// The values the engine keeps running for `key`'s rules (what alerts report), as
+/// opposed to `key_values`, which recounts.
+fn running_values(e: &Engine, kind: KeyKind, key: &str) -> Vec<u64> {
+    let layout = &e.layouts[kind.index()];
+    let k = e.tables[kind.index()].get(key).expect("a live key");
+    (0..k.thresholds.len()).map(|w| k.value(layout, w)).collect()
+}
+
 fn value_of(e: &Engine, kind: KeyKind, key: &str, rule: &str) -> u64 {
     e.key_values(kind, key)
         .iter()
@@ -657,4 +665,114 @@ fn a_firing_rule_stays_firing_through_a_reload_that_moves_it() {
             vec!["distinct", "searches"]
         );
     }
+}
+
+/// Issue #13: an org whose CVs fell out of its 24h window while it was quiet, snapshotted
+/// and restored, then active again. The restored counts must match the queues they
+/// summarise, or the next expiry subtracts below zero (alerts with value 4294967295).
+#[test]
+fn a_restored_org_key_quiet_past_its_window_counts_like_the_live_one() {
+    let mut views = rule("org-24h", KeyKind::OrgId, Measure::DistinctCvs, "24h", 6);
+    views.actions = vec!["cv_view".into(), "cv_download".into()];
+    let mut downloads = rule("org-dl-1h", KeyKind::OrgId, Measure::DistinctCvs, "1h", 4);
+    downloads.actions = vec!["cv_download".into()];
+    let rules = vec![
+        views,
+        downloads,
+        rule("org-cvs-48h", KeyKind::OrgId, Measure::Cvs, "48h", 12),
+        rule("org-events-1h", KeyKind::OrgId, Measure::Events, "1h", 5),
+        rule("acct-1h", KeyKind::AccountId, Measure::DistinctCvs, "1h", 5),
+        rule("acct-24h", KeyKind::AccountId, Measure::DistinctCvs, "24h", 7),
+    ];
+    let h = 3600;
+    let ev = |sec: i64, org: &str, action: &str, cvs: &[&str]| {
+        serde_json::json!({"ts": T0 + sec * 1000, "account_id": format!("acct-{org}"), "org_id": org,
+            "action": action, "cv_ids": cvs})
+        .to_string()
+    };
+    let before = vec![
+        ev(0, "quiet", "cv_view", &["c1", "c2"]),
+        ev(10, "quiet", "cv_download", &["c3"]),
+        // Out of order, within the allowed lateness (5m).
+        ev(5, "quiet", "cv_view", &["c4"]),
+        ev(20 * h, "quiet", "cv_download", &["c5"]),
+        ev(20 * h + 30, "quiet", "cv_view", &["c6"]),
+        ev(25 * h, "busy", "cv_view", &["x1"]),
+        // Beyond the allowed lateness: late, counts nothing.
+        ev(24 * h, "quiet", "cv_view", &["late"]),
+        ev(25 * h + 60, "busy", "cv_download", &["x2"]),
+    ];
+    let after = vec![
+        ev(25 * h + 100, "quiet", "cv_view", &["c7"]),
+        ev(25 * h + 40, "quiet", "cv_download", &["c1", "c8"]),
+        ev(25 * h + 120, "quiet", "cv_view", &["c9", "c10", "c11", "c12"]),
+        ev(45 * h, "quiet", "cv_download", &["c13"]),
+        ev(50 * h, "quiet", "cv_view", &["c14"]),
+    ];
+    let run = |e: &mut Engine, lines: &[String]| -> Vec<String> {
+        let mut all = Vec::new();
+        for l in lines {
+            let mut out = Vec::new();
+            e.process_bytes(l.as_bytes(), None, &mut out);
+            all.extend(out.iter().map(|a| serde_json::to_string(a).unwrap()));
+        }
+        all
+    };
+    let mut whole = engine(rules.clone());
+    run(&mut whole, &before);
+    let snap = whole.snapshot();
+    let expected = run(&mut whole, &after);
+    assert!(!expected.is_empty(), "the scenario fires");
+
+    let back: EngineSnapshot = serde_json::from_str(&serde_json::to_string(&snap).unwrap()).unwrap();
+    let mut restored = Engine::restore(whole.rules().clone(), &back).unwrap();
+    let mut values = Vec::new();
+    let mut got = Vec::new();
+    for l in &after {
+        got.extend(run(&mut restored, std::slice::from_ref(l)));
+        values.push(restored.key_values(KeyKind::OrgId, "quiet"));
+    }
+    for alert in &got {
+        let value: serde_json::Value = serde_json::from_str(alert).unwrap();
+        assert!(value["value"].as_u64().unwrap() < 100, "a wrapped count fired: {alert}");
+    }
+    assert_eq!(got, expected);
+    assert_eq!(restored.stats(), whole.stats());
+    assert_eq!(restored.state_size(), whole.state_size());
+    assert_eq!(restored.snapshot(), whole.snapshot());
+}
+
+/// A reload rebuilds distinct groups the same way a restore does (#13): a key quiet past
+/// its longest window keeps counting exactly afterwards.
+#[test]
+fn a_reload_keeps_counts_of_a_key_quiet_past_its_window() {
+    let rules = vec![
+        rule("org-24h", KeyKind::OrgId, Measure::DistinctCvs, "24h", 100),
+        rule("org-1h", KeyKind::OrgId, Measure::DistinctCvs, "1h", 100),
+    ];
+    let ev = |e: &mut Engine, sec: i64, org: &str, cvs: &[&str]| {
+        send_json(
+            e,
+            &serde_json::json!({"ts": T0 + sec * 1000, "account_id": "a", "org_id": org, "action": "cv_view", "cv_ids": cvs}),
+        )
+    };
+    let mut live = engine(rules.clone());
+    let mut reloaded = engine(rules.clone());
+    for e in [&mut live, &mut reloaded] {
+        ev(e, 0, "quiet", &["c1", "c2", "c3"]);
+        ev(e, 20 * 3600, "quiet", &["c4"]);
+        ev(e, 25 * 3600, "busy", &["x"]);
+    }
+    let mut changed = rules.clone();
+    changed[0].threshold = 5;
+    let set = Arc::new(RuleSet::compile(&EngineSpec::default(), &changed, Profiles::default(), &[]).unwrap());
+    reloaded.reload(set);
+    ev(&mut live, 25 * 3600 + 1, "quiet", &["c5"]);
+    ev(&mut reloaded, 25 * 3600 + 1, "quiet", &["c5"]);
+    for e in [&live, &reloaded] {
+        assert_eq!(running_values(e, KeyKind::OrgId, "quiet"), vec![2, 1]);
+    }
+    let snap = reloaded.snapshot();
+    let org = snap.keys.iter().find(|k| k.key == "quiet").unwrap();
+    assert_eq!(org.groups[0].len(), 2, "c1..c3 left with the queue front");
 }
