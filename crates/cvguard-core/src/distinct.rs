@@ -572,6 +572,125 @@ impl GroupState {
         }
         (state, rules)
     }
+
+    /// Checks that the rules' progress agrees with the queues and the table it
+    /// summarises, as it must at any time between two operations (live, rebuilt or
+    /// restored): every queue sorted, every latest access of a CV queued once and every
+    /// queued access belonging to a CV held; each cursor between its queue's front and
+    /// back and never between two accesses of the same second; each rule's count the
+    /// number of CVs whose latest access it has not yet passed (a front rule: still
+    /// queued); no advance skipped that has work to do. Reads only; takes time and a
+    /// little memory in proportion to the group.
+    pub fn check(&self, plan: &GroupPlan, rules: &[RuleProgress]) -> Result<(), GroupMismatch> {
+        let whole = |detail: String| GroupMismatch { rule: None, detail };
+        if rules.len() != plan.rules.len() {
+            return Err(whole(format!(
+                "{} rules' progress for {} rules",
+                rules.len(),
+                plan.rules.len()
+            )));
+        }
+        for (cv, e) in self.table.iter() {
+            if e.is_dead() {
+                return Err(whole(format!("CV #{cv} is held with no access")));
+            }
+            if let Some(c) = (0..CLASS_SLOTS).find(|c| plan.class_actions[*c] == 0 && e.last[*c] != NEVER) {
+                return Err(whole(format!(
+                    "CV #{cv} has an access of class {c}, which no rule counts"
+                )));
+            }
+        }
+        for c in 0..CLASS_SLOTS {
+            let queue = &self.queues[c];
+            let mut latest = rustc_hash::FxHashSet::default();
+            let mut previous = NEVER;
+            for i in 0..queue.len() {
+                let &(s, cv) = queue.get(i).expect("in range");
+                if s == NEVER || s < previous {
+                    return Err(whole(format!("queue {c} is out of order at entry {i}")));
+                }
+                previous = s;
+                match self.table.get(cv) {
+                    Some(e) if e.last[c] == s => {
+                        if !latest.insert(cv) {
+                            return Err(whole(format!("queue {c} holds the latest access of CV #{cv} twice")));
+                        }
+                    }
+                    Some(e) if e.last[c] > s => {}
+                    _ => {
+                        return Err(whole(format!(
+                            "queue {c} holds an access to CV #{cv} at stamp {s} that its table entry does not"
+                        )))
+                    }
+                }
+            }
+            let held = self.table.iter().filter(|(_, e)| e.last[c] != NEVER).count();
+            if held != latest.len() {
+                return Err(whole(format!(
+                    "{held} CVs have an access of class {c}, queue {c} holds {}",
+                    latest.len()
+                )));
+            }
+        }
+        for (r, (progress, rule)) in rules.iter().zip(&plan.rules).enumerate() {
+            let mismatch = |detail: String| GroupMismatch { rule: Some(r), detail };
+            // Per class: the stamp of the last access the rule's cursor has passed.
+            let mut passed = [NEVER; CLASS_SLOTS];
+            if !rule.front {
+                for c in (0..CLASS_SLOTS).filter(|c| rule.classes & (1 << c) != 0) {
+                    let queue = &self.queues[c];
+                    let at = progress.cursor[c].wrapping_sub(self.heads[c]) as usize;
+                    if at > queue.len() {
+                        return Err(mismatch(format!(
+                            "cursor {c} at position {} is outside its queue (front at {}, {} entries)",
+                            progress.cursor[c],
+                            self.heads[c],
+                            queue.len()
+                        )));
+                    }
+                    if at > 0 {
+                        passed[c] = queue.get(at - 1).expect("in range").0;
+                        if queue.get(at).is_some_and(|(s, _)| *s == passed[c]) {
+                            return Err(mismatch(format!(
+                                "cursor {c} stops between two accesses at stamp {}",
+                                passed[c]
+                            )));
+                        }
+                    }
+                }
+            }
+            let counted = self
+                .table
+                .iter()
+                .filter(|(_, e)| {
+                    let latest = e.latest(rule.classes);
+                    latest != NEVER && latest > passed[e.owner(rule.classes)]
+                })
+                .count();
+            if counted != progress.count as usize {
+                return Err(mismatch(format!(
+                    "counts {} CVs, its queues and table hold {counted}",
+                    progress.count
+                )));
+            }
+        }
+        let due = self.next_due(plan, rules);
+        if self.due > due {
+            return Err(whole(format!(
+                "advances wait for stamp {}, an access leaves a window at {due}",
+                self.due
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// What `GroupState::check` found wrong: in which rule of the group (`None`: the group's
+/// shared table or queues), and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMismatch {
+    pub rule: Option<usize>,
+    pub detail: String,
 }
 
 #[cfg(test)]

@@ -82,6 +82,29 @@ impl CountWindow {
         self.buckets.iter().copied()
     }
 
+    /// Checks that the running sum is the sum of the buckets, and that the buckets are
+    /// ascending, one per second, none empty.
+    pub fn check(&self) -> Result<(), String> {
+        let mut sum = 0u64;
+        let mut previous = None;
+        for (i, &(sec, n)) in self.buckets.iter().enumerate() {
+            if previous.is_some_and(|p| p >= sec) {
+                return Err(format!("bucket {i} (second {sec}) is out of order"));
+            }
+            if n == 0 {
+                return Err(format!("bucket {i} (second {sec}) is empty"));
+            }
+            previous = Some(sec);
+            sum = sum
+                .checked_add(n)
+                .ok_or_else(|| format!("the buckets' sum overflows at bucket {i}"))?;
+        }
+        if sum != self.total {
+            return Err(format!("running sum {} for buckets that add up to {sum}", self.total));
+        }
+        Ok(())
+    }
+
     /// Rebuilds a window from snapshot buckets (any order).
     pub fn from_buckets(buckets: impl IntoIterator<Item = (i64, u64)>) -> CountWindow {
         let mut w = CountWindow::default();

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{Engine, KeyEvidence, KeyRef, KeyState};
-use crate::distinct::{stamp, unstamp, CvEntry, GroupState, RuleProgress, CLASS_SLOTS};
+use crate::distinct::{stamp, unstamp, CvEntry, GroupMismatch, GroupState, RuleProgress, CLASS_SLOTS};
 use crate::event::Visibility;
 use crate::recent::RecentSet;
 use crate::rules::{KeyKind, RuleSet};
@@ -60,6 +60,18 @@ pub enum SnapshotError {
     OtherRules { found: u64, expected: u64 },
     #[error("the snapshot does not match its rules: {0}")]
     Inconsistent(String),
+    /// The state restored from the snapshot does not agree with itself: a rule's count, a
+    /// running sum, a cursor or a queue position differs from what the CVs and buckets it
+    /// summarises give, or the snapshot holds what no engine could have written (a key or
+    /// a CV twice, an access after the key's newest event). Such a snapshot is refused,
+    /// never used: its counts would drift, or wrap below zero into false alerts (#13).
+    #[error("the snapshot disagrees with itself at {at}: {detail}")]
+    Mismatch {
+        /// Where: `org_id key "acme"`, or `the engine`.
+        at: String,
+        /// What did not match.
+        detail: String,
+    },
 }
 
 impl Engine {
@@ -166,6 +178,10 @@ impl Engine {
                     k.groups.len()
                 )));
             }
+            if engine.tables[k.kind.index()].find(&k.key).is_some() {
+                return Err(mismatch(k.kind, &k.key, "the key appears twice".into()));
+            }
+            check_key_snapshot(k, now).map_err(|detail| mismatch(k.kind, &k.key, detail))?;
             let mut groups = Vec::with_capacity(k.groups.len());
             for (plan, entries) in layout.plan.groups.iter().zip(&k.groups) {
                 let mut cvs = Vec::with_capacity(entries.len());
@@ -216,6 +232,104 @@ impl Engine {
                 table.firing.set(&mut state.firing, slot, w, *id);
             }
         }
+        engine.check_state()?;
         Ok(engine)
     }
+
+    /// Checks every key's counters against the state they summarise: each `distinct_cvs`
+    /// rule's count, cursors and queue positions against its group's queues and CV table
+    /// (`GroupState::check`), each count window's running sum against its buckets, and
+    /// the live (key, CV) pairs against the tables. Holds at any time between two events;
+    /// `restore` refuses a snapshot whose state fails it. Walks the whole state.
+    pub(crate) fn check_state(&self) -> Result<(), SnapshotError> {
+        let mut pairs = 0u64;
+        for kind in KeyKind::ALL {
+            let table = &self.tables[kind.index()];
+            let layout = &self.layouts[kind.index()];
+            let rule_ids = self.rules.rules_of(kind);
+            for slot in 0..table.slots.len() as u32 {
+                let Some(key) = table.at(slot) else { continue };
+                let fail = |detail: String| mismatch(kind, &key.state.key, detail);
+                for (g, (plan, group)) in layout.plan.groups.iter().zip(key.groups).enumerate() {
+                    pairs += group.len() as u64;
+                    let progress = &key.progress[layout.progress_range(g)];
+                    group.check(plan, progress).map_err(|GroupMismatch { rule, detail }| {
+                        fail(match rule {
+                            Some(r) => {
+                                let name = &self.rules.rules[rule_ids[plan.rules[r].slot]].name;
+                                format!("rule {name}: {detail}")
+                            }
+                            None => format!("distinct group {g}: {detail}"),
+                        })
+                    })?;
+                }
+                for (w, &ri) in rule_ids.iter().enumerate() {
+                    if layout.plan.place[w].is_none() {
+                        let name = &self.rules.rules[ri].name;
+                        key.counts[layout.count_place[w]]
+                            .check()
+                            .map_err(|detail| fail(format!("rule {name}: {detail}")))?;
+                    }
+                }
+            }
+        }
+        if pairs != self.cv_pairs {
+            return Err(SnapshotError::Mismatch {
+                at: "the engine".into(),
+                detail: format!(
+                    "{} live (key, CV) pairs counted, the tables hold {pairs}",
+                    self.cv_pairs
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn mismatch(kind: KeyKind, key: &str, detail: String) -> SnapshotError {
+    SnapshotError::Mismatch {
+        at: format!("{} key {key:?}", kind.as_str()),
+        detail,
+    }
+}
+
+/// What a key's snapshot must be for its state to be rebuilt faithfully, as of the
+/// snapshot's newest second `now`: every second one a `Stamp` can hold and none after
+/// the key's newest event (nor that after `now`), count buckets ascending and not empty,
+/// each CV once per group with at least one access.
+fn check_key_snapshot(k: &KeySnapshot, now: i64) -> Result<(), String> {
+    if k.last_sec > now {
+        return Err(format!(
+            "its newest event (second {}) is after the snapshot's ({now})",
+            k.last_sec
+        ));
+    }
+    let in_range = |sec: i64| (0..=k.last_sec).contains(&sec) && unstamp(stamp(sec)) == sec;
+    for (w, buckets) in k.counts.iter().enumerate() {
+        let mut previous = None;
+        for &(sec, n) in buckets {
+            if !in_range(sec) || n == 0 || previous.is_some_and(|p| p >= sec) {
+                return Err(format!("count window {w} has a bucket ({sec}, {n}) out of place"));
+            }
+            previous = Some(sec);
+        }
+    }
+    for (g, entries) in k.groups.iter().enumerate() {
+        let mut names = rustc_hash::FxHashSet::default();
+        for (name, first, last, _, _) in entries {
+            if !names.insert(name.as_str()) {
+                return Err(format!("distinct group {g} holds CV {name} twice"));
+            }
+            if last.iter().all(Option::is_none) {
+                return Err(format!("distinct group {g} holds CV {name} with no access"));
+            }
+            if !in_range(*first) || last.iter().flatten().any(|s| !in_range(*s)) {
+                return Err(format!(
+                    "distinct group {g} has CV {name} accessed at seconds {first}, {last:?}, outside 0..={}",
+                    k.last_sec
+                ));
+            }
+        }
+    }
+    Ok(())
 }

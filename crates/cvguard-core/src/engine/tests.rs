@@ -776,3 +776,113 @@ fn a_reload_keeps_counts_of_a_key_quiet_past_its_window() {
     let org = snap.keys.iter().find(|k| k.key == "quiet").unwrap();
     assert_eq!(org.groups[0].len(), 2, "c1..c3 left with the queue front");
 }
+
+/// A small org and account state with late events, snapshotted: what the refusal
+/// tests tamper with.
+fn snapshotted_state() -> (Engine, EngineSnapshot) {
+    let mut e = engine(vec![
+        rule("org-24h", KeyKind::OrgId, Measure::DistinctCvs, "24h", 100),
+        rule("org-1h", KeyKind::OrgId, Measure::DistinctCvs, "1h", 100),
+        rule("org-events", KeyKind::OrgId, Measure::Events, "1h", 100),
+        rule("acct-cvs", KeyKind::AccountId, Measure::Cvs, "1h", 100),
+    ]);
+    for (sec, org, cvs) in [
+        (0, "o1", vec!["c1", "c2"]),
+        (60, "o2", vec!["c1"]),
+        (30, "o1", vec!["c3"]),
+        (2 * 3600, "o1", vec!["c4"]),
+        (2 * 3600 - 10, "o2", vec!["c2", "c5"]),
+    ] {
+        send_json(
+            &mut e,
+            &serde_json::json!({"ts": T0 + sec * 1000, "account_id": format!("a-{org}"), "org_id": org,
+                "action": "cv_view", "cv_ids": cvs}),
+        );
+    }
+    e.check_state().unwrap();
+    let snap = e.snapshot();
+    (e, snap)
+}
+
+fn refusal(e: &Engine, snap: &EngineSnapshot) -> String {
+    match Engine::restore(e.rules().clone(), snap) {
+        Err(err @ SnapshotError::Mismatch { .. }) => err.to_string(),
+        Err(other) => panic!("refused for another reason: {other}"),
+        Ok(_) => panic!("a snapshot that disagrees with itself was restored"),
+    }
+}
+
+#[test]
+fn restore_refuses_a_snapshot_that_no_engine_could_have_written() {
+    let (e, snap) = snapshotted_state();
+    let restored = Engine::restore(e.rules().clone(), &snap).unwrap();
+    restored.check_state().unwrap();
+    let org = |s: &mut EngineSnapshot| -> usize {
+        s.keys
+            .iter()
+            .position(|k| k.kind == KeyKind::OrgId && k.key == "o1")
+            .unwrap()
+    };
+
+    let mut twice = snap.clone();
+    let i = org(&mut twice);
+    let cv = twice.keys[i].groups[0][0].clone();
+    twice.keys[i].groups[0].push(cv);
+    assert_eq!(
+        refusal(&e, &twice),
+        "the snapshot disagrees with itself at org_id key \"o1\": distinct group 0 holds CV c1 twice"
+    );
+
+    let mut never = snap.clone();
+    let i = org(&mut never);
+    never.keys[i].groups[0][0].2 = [None; crate::distinct::CLASS_SLOTS];
+    assert!(refusal(&e, &never).contains("holds CV c1 with no access"));
+
+    let mut future = snap.clone();
+    let i = org(&mut future);
+    future.keys[i].groups[0][0].2[0] = Some(future.keys[i].last_sec + 1);
+    assert!(refusal(&e, &future).contains("outside 0..="));
+
+    let mut buckets = snap.clone();
+    let i = org(&mut buckets);
+    buckets.keys[i].counts[0].insert(0, (T0 / 1000 + 7200, 1));
+    assert!(refusal(&e, &buckets).contains("count window 0 has a bucket"));
+
+    let mut empty = snap.clone();
+    let i = org(&mut empty);
+    empty.keys[i].counts[0][0].1 = 0;
+    assert!(refusal(&e, &empty).contains("out of place"));
+
+    let mut key_twice = snap.clone();
+    let i = org(&mut key_twice);
+    let k = key_twice.keys[i].clone();
+    key_twice.keys.push(k);
+    assert!(refusal(&e, &key_twice).contains("the key appears twice"));
+
+    let mut late_key = snap.clone();
+    let i = org(&mut late_key);
+    late_key.keys[i].last_sec += 3600;
+    assert!(refusal(&e, &late_key).contains("after the snapshot's"));
+}
+
+#[test]
+fn check_state_finds_a_count_that_disagrees_with_its_queues() {
+    let (mut e, _) = snapshotted_state();
+    let kind = KeyKind::OrgId.index();
+    let slot = e.tables[kind].find("o1").unwrap() as usize;
+    // The 1h rule walks a cursor; the 24h rule leaves with the queue fronts.
+    for (at, rule) in [(1, "org-1h"), (0, "org-24h")] {
+        let saved = e.tables[kind].progress.row(slot)[at];
+        e.tables[kind].progress.row_mut(slot)[at] = RuleProgress::default();
+        let err = match e.check_state() {
+            Err(SnapshotError::Mismatch { at, detail }) => format!("{at}: {detail}"),
+            other => panic!("{other:?}"),
+        };
+        assert!(
+            err.starts_with(&format!("org_id key \"o1\": rule {rule}: counts 0 CVs")),
+            "{err}"
+        );
+        e.tables[kind].progress.row_mut(slot)[at] = saved;
+        e.check_state().unwrap();
+    }
+}
