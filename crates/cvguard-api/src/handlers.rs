@@ -95,9 +95,20 @@ pub async fn ingest(State(s): State<ApiState>, peer: Peer, headers: HeaderMap, b
         return error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
     }
     let now = now_ms();
-    // Parsing and routing may wait for full shard queues: keep it off the async threads.
+    // Appending to the ingest log waits for an fsync: keep it off the async threads.
     let report = match tokio::task::spawn_blocking(move || pipeline.submit(&body, now)).await {
-        Ok(r) => r,
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            // Nothing was accepted: the client may send the same body again.
+            let retry_after = match e {
+                cvguard_stream::http::IngestError::Busy { .. } => "1",
+                cvguard_stream::http::IngestError::Log(_) => "10",
+            };
+            let mut r = error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static(retry_after));
+            return r;
+        }
         Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     };
     let code = if report.accepted > 0 {
@@ -107,7 +118,12 @@ pub async fn ingest(State(s): State<ApiState>, peer: Peer, headers: HeaderMap, b
     };
     (
         code,
-        Json(json!({"accepted": report.accepted, "rejected": report.rejected})),
+        Json(json!({
+            "accepted": report.accepted,
+            "rejected": report.rejected,
+            "late": report.late,
+            "decided": report.decided,
+        })),
     )
         .into_response()
 }

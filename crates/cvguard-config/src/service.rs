@@ -38,6 +38,10 @@ pub struct HttpSection {
     /// Largest accepted request body (NDJSON ingest) in bytes; larger answers 413.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
+    /// Ingest bytes accepted but not yet decided by every shard. Past it, ingest answers
+    /// 503 with Retry-After and accepts nothing, so a fast producer cannot grow memory.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight_bytes: usize,
     /// API tokens, stored as SHA-256 hashes. None: the API answers loopback clients only.
     #[serde(default)]
     pub tokens: Vec<TokenSpec>,
@@ -109,11 +113,16 @@ fn default_max_body() -> usize {
     16 << 20
 }
 
+fn default_max_in_flight() -> usize {
+    64 << 20
+}
+
 impl Default for HttpSection {
     fn default() -> Self {
         HttpSection {
             listen: default_listen(),
             max_body_bytes: default_max_body(),
+            max_in_flight_bytes: default_max_in_flight(),
             tokens: Vec::new(),
         }
     }

@@ -12,6 +12,10 @@ pub struct Health {
     pub started: AtomicBool,
     /// Set when shutting down: stop taking new work.
     pub draining: AtomicBool,
+    /// The incident store failed its last write: decisions wait for it.
+    pub store_failing: AtomicBool,
+    /// Epoch ms after which store retries give up (0: not shutting down).
+    pub shutdown_deadline_ms: AtomicI64,
 }
 
 impl Health {
@@ -20,5 +24,17 @@ impl Health {
             && self.started.load(Ordering::Relaxed)
             && self.rebuilding.load(Ordering::Relaxed) <= 0
             && !self.draining.load(Ordering::Relaxed)
+            && !self.store_failing.load(Ordering::Relaxed)
+    }
+
+    /// Starts the drain's clock: retries stop at `deadline_ms`.
+    pub fn begin_shutdown(&self, deadline_ms: i64) {
+        self.draining.store(true, Ordering::Relaxed);
+        self.shutdown_deadline_ms.store(deadline_ms, Ordering::Relaxed);
+    }
+
+    pub fn past_shutdown_deadline(&self) -> bool {
+        let deadline = self.shutdown_deadline_ms.load(Ordering::Relaxed);
+        deadline > 0 && crate::effects::wall_clock_ms() >= deadline
     }
 }

@@ -1,30 +1,55 @@
-//! The HTTP ingest pipeline (`[source] kind = "http"`): events posted as NDJSON are
-//! parsed once, then routed by (key kind, key) to one of N shard threads, each running
-//! one engine per key kind. So every (rule, key) lives on exactly one shard, as it does
-//! with Kafka, and both cores are used.
+//! The HTTP ingest pipeline (`[source] kind = "http"`).
 //!
-//! State is snapshotted per shard (periodically and on shutdown) and restored at start
-//! when the shard count and rules are unchanged.
+//! A posted NDJSON body is validated, its accepted lines are appended to the ingest log
+//! and fsynced (`ingest_log.rs`), and only then answered: a 202 means the events count
+//! after any crash. The record goes, in log order, to every shard thread; a shard decides
+//! the events of the keys it owns.
+//!
+//! Keys are spread over a fixed number of parts (`PARTS`), each with one engine per key
+//! kind, its own snapshot and its own position in the log; a shard thread runs the parts
+//! `p` with `p % shards == i`. So a part sees the same events in the same order whatever
+//! the `workers` setting, and a restart with another worker count keeps every window.
+//! At start each part is restored from its snapshot and the log is replayed from the
+//! oldest part's position; a part skips records its snapshot already covers.
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
-use std::sync::mpsc::{self, RecvTimeoutError, SyncSender};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use cvguard_core::{parse_event, Engine, EngineStats, KeyKind, RejectReason, RuleSet, StateSize, WindowValue};
+use cvguard_core::{
+    parse_event, Alert, Engine, EngineStats, IncidentUpdate, KeyKind, Outcome, RejectReason, RuleSet, StateSize,
+    WindowValue,
+};
 use serde::Serialize;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
+use crate::effects::{Effects, GaveUp};
+use crate::ingest_log::IngestLog;
 use crate::snapshot_store::SnapshotStore;
 use cvguard_respond::SinkSet;
+
+/// Parts the keys are spread over. Fixed: changing it would move keys between parts and
+/// so between snapshots.
+pub const PARTS: usize = 16;
+
+/// How long a request waits for the shards' verdict (late counts) after its events are
+/// durable. Past it the answer says `decided: false`; the events still count.
+const DECIDE_WAIT: Duration = Duration::from_secs(5);
 
 /// The answer to one ingest request.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct IngestReport {
+    /// Events appended to the ingest log: they count after any crash.
     pub accepted: u64,
     pub rejected: BTreeMap<&'static str, u64>,
+    /// Accepted events older than some key's watermark: logged, counted, in no window.
+    pub late: u64,
+    /// Whether every shard decided the accepted events before the answer.
+    pub decided: bool,
 }
 
 impl IngestReport {
@@ -33,16 +58,51 @@ impl IngestReport {
     }
 }
 
+/// Why nothing of a request was accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// Too many bytes accepted and not yet decided: the client should retry later.
+    #[error("ingest is {in_flight} bytes behind (limit {limit}); retry later")]
+    Busy { in_flight: u64, limit: u64 },
+    /// The ingest log could not be written (a full disk, an I/O error).
+    #[error("the ingest log could not be written: {0}")]
+    Log(std::io::Error),
+}
+
+/// One record of the ingest log on its way through the shards.
+struct Batch {
+    seq: u64,
+    clock_ms: i64,
+    /// The accepted lines, each ending in `\n`.
+    lines: Vec<u8>,
+    arrived: Instant,
+    /// Shards that have not finished it yet.
+    pending: AtomicUsize,
+    /// Per line: late for some key kind.
+    late: Vec<AtomicBool>,
+    /// Told when the last shard finished (a live request waits on it).
+    done: Mutex<Option<Sender<u64>>>,
+    in_flight: Arc<AtomicU64>,
+}
+
+impl Batch {
+    fn finish(&self) {
+        if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.in_flight.fetch_sub(self.lines.len() as u64, Ordering::AcqRel);
+            let late = self.late.iter().filter(|l| l.load(Ordering::Relaxed)).count() as u64;
+            if let Some(tx) = self.done.lock().expect("batch").take() {
+                let _ = tx.send(late);
+            }
+        }
+    }
+}
+
 enum ShardMsg {
-    Event {
-        kind: KeyKind,
-        line: Vec<u8>,
-        clock: i64,
-        arrived: Instant,
-    },
-    Flush(mpsc::Sender<()>),
-    Reload([Option<Arc<RuleSet>>; 4]),
-    Query(KeyKind, String, mpsc::Sender<Vec<WindowValue>>),
+    Batch(Arc<Batch>),
+    /// Snapshot every part now; reply whether the effects owed were recorded.
+    Flush(Sender<Result<(), GaveUp>>),
+    Reload(Arc<RuleSet>),
+    Query(KeyKind, String, Sender<Vec<WindowValue>>),
 }
 
 /// Per key kind, the rule set an engine of that kind runs (`None`: the kind has no rules).
@@ -53,145 +113,173 @@ fn per_kind(rules: &RuleSet) -> [Option<Arc<RuleSet>>; 4] {
 pub struct HttpPipeline {
     rules: std::sync::RwLock<Arc<RuleSet>>,
     metrics: Arc<crate::Metrics>,
-    shards: Vec<SyncSender<ShardMsg>>,
+    log: Arc<IngestLog>,
+    shards: Vec<Sender<ShardMsg>>,
     handles: Mutex<Vec<JoinHandle<()>>>,
     /// Rejections counted at ingest, by reason index, plus accepted.
     ingest: Mutex<(u64, [u64; RejectReason::ALL.len()])>,
     stats: Arc<Mutex<Vec<(EngineStats, StateSize)>>>,
+    in_flight: Arc<AtomicU64>,
+    max_in_flight: u64,
+}
+
+/// What `HttpPipeline::start` needs.
+pub struct HttpOptions {
+    pub rules: Arc<RuleSet>,
+    pub shards: usize,
+    pub sinks: SinkSet,
+    pub store: SnapshotStore,
+    pub snapshot_interval: Duration,
+    pub effects: Effects,
+    pub metrics: Arc<crate::Metrics>,
+    pub max_in_flight_bytes: u64,
 }
 
 impl HttpPipeline {
-    /// Starts `shards` threads, restoring each from its snapshot when possible.
-    pub fn start(
-        rules: Arc<RuleSet>,
-        shards: usize,
-        sinks: SinkSet,
-        store: SnapshotStore,
-        snapshot_interval: Duration,
-        responder: Option<Arc<cvguard_respond::Responder>>,
-        metrics: Arc<crate::Metrics>,
-    ) -> HttpPipeline {
-        let n = shards.max(1);
-        let per_kind = per_kind(&rules);
+    /// Opens the ingest log, restores every part, starts the shard threads and replays
+    /// the log from the oldest part's position before returning.
+    pub fn start(o: HttpOptions) -> std::io::Result<HttpPipeline> {
+        let n = o.shards.clamp(1, PARTS);
+        let log = Arc::new(IngestLog::open(o.store.dir().join("ingest"))?);
+        let sets = per_kind(&o.rules);
+        let present: Vec<Arc<RuleSet>> = sets.iter().flatten().cloned().collect();
+        let mut parts: Vec<Option<Part>> = (0..PARTS)
+            .map(|p| {
+                let name = part_name(p);
+                let (next, engines) = match o.store.restore(&name, &present, &o.metrics) {
+                    Some((next, engines)) => (next.max(0) as u64, Some(engines)),
+                    None => (0, None),
+                };
+                let mut it = engines.map(Vec::into_iter);
+                let mut engines = sets.clone().map(|set| {
+                    set.map(|set| match it.as_mut() {
+                        Some(it) => it.next().expect("one engine per present kind"),
+                        None => Engine::new(set),
+                    })
+                });
+                for e in engines.iter_mut().flatten() {
+                    e.track_exposure(o.effects.records());
+                }
+                Some(Part { name, next, engines })
+            })
+            .collect();
+        let positions: Vec<u64> = parts.iter().flatten().map(|p| p.next).collect();
+        let replay_from = positions.iter().copied().min().unwrap_or(0);
+        let saved = Arc::new(Mutex::new(positions));
         let stats = Arc::new(Mutex::new(vec![(EngineStats::default(), StateSize::default()); n]));
+        let in_flight = Arc::new(AtomicU64::new(0));
         let mut senders = Vec::new();
         let mut handles = Vec::new();
         for i in 0..n {
-            let name = format!("http/shard-{i}-of-{n}");
-            let mut engines = restore(&store, &name, &per_kind);
-            for e in engines.iter_mut().flatten() {
-                e.track_exposure(responder.is_some());
-            }
-            let responder = responder.clone();
-            let metrics = metrics.clone();
-            let (tx, rx) = mpsc::sync_channel::<ShardMsg>(16_384);
+            let (tx, rx) = mpsc::channel::<ShardMsg>();
             senders.push(tx);
-            let (sinks, store, stats) = (sinks.clone(), store.clone(), stats.clone());
-            let handle = thread::Builder::new()
-                .name(format!("shard-{i}"))
-                .spawn(move || {
-                    let mut engines = engines;
-                    let mut alerts = Vec::new();
-                    let mut last_snapshot = Instant::now();
-                    let mut changed = false;
-                    loop {
-                        match rx.recv_timeout(Duration::from_millis(200)) {
-                            Ok(ShardMsg::Event {
-                                kind,
-                                line,
-                                clock,
-                                arrived,
-                            }) => {
-                                let Some(engine) = engines[kind.index()].as_mut() else { continue };
-                                engine.process_bytes(&line, Some(clock), &mut alerts);
-                                metrics.decided(arrived.elapsed());
-                                let now = wall_clock_ms();
-                                for mut a in alerts.drain(..) {
-                                    if let Some(r) = &responder {
-                                        match r.open(&mut a, now) {
-                                            Ok(true) => {}
-                                            Ok(false) => continue,
-                                            Err(e) => warn!(message = "Incident store failed; alert published without a record.", error = %e),
-                                        }
-                                    }
-                                    metrics.alert(&a);
-                                    info!(message = "Alert.", rule = %a.rule, key_kind = a.key_kind.as_str(),
-                                        action = a.action.as_str(), value = a.value, alert_id = %a.alert_id);
-                                    sinks.publish(&serde_json::to_vec(&a).expect("alerts serialize"));
-                                    if let Some(r) = &responder {
-                                        let _ = r.mark_published(std::slice::from_ref(&a.alert_id));
-                                    }
-                                }
-                                if let Some(r) = &responder {
-                                    let updates = engine.take_updates();
-                                    if let Err(e) = r.apply_updates(&updates, now) {
-                                        warn!(message = "Incident store failed; exposed CVs not recorded.", error = %e);
-                                    }
-                                }
-                                changed = true;
-                            }
-                            Ok(ShardMsg::Flush(reply)) => {
-                                save(&store, &name, &engines);
-                                changed = false;
-                                let _ = reply.send(());
-                            }
-                            Ok(ShardMsg::Reload(sets)) => {
-                                for (slot, set) in engines.iter_mut().zip(sets) {
-                                    match (slot.as_mut(), set) {
-                                        (Some(e), Some(set)) => {
-                                            e.reload(set);
-                                        }
-                                        (None, Some(set)) => {
-                                            let mut e = Engine::new(set);
-                                            e.track_exposure(responder.is_some());
-                                            *slot = Some(e);
-                                        }
-                                        (_, None) => *slot = None,
-                                    }
-                                }
-                                changed = true;
-                            }
-                            Ok(ShardMsg::Query(kind, key, reply)) => {
-                                let values = engines[kind.index()].as_ref().map(|e| e.key_values(kind, &key)).unwrap_or_default();
-                                let _ = reply.send(values);
-                            }
-                            Err(RecvTimeoutError::Timeout) => {}
-                            Err(RecvTimeoutError::Disconnected) => break,
-                        }
-                        if changed && last_snapshot.elapsed() >= snapshot_interval {
-                            save(&store, &name, &engines);
-                            last_snapshot = Instant::now();
-                            changed = false;
-                        }
-                        let mut sum = EngineStats::default();
-                        let mut size = StateSize::default();
-                        for e in engines.iter().flatten() {
-                            sum.add(e.stats());
-                            size.add(&e.state_size());
-                        }
-                        stats.lock().expect("stats")[i] = (sum, size);
-                    }
-                })
-                .expect("spawn shard");
-            handles.push(handle);
+            let mine: Vec<(usize, Part)> = (0..PARTS)
+                .filter(|p| p % n == i)
+                .map(|p| (p, parts[p].take().expect("each part goes to one shard")))
+                .collect();
+            let shard = Shard {
+                index: i,
+                shards: n,
+                parts: mine,
+                rules: o.rules.clone(),
+                effects: o.effects.clone(),
+                sinks: o.sinks.clone(),
+                store: o.store.clone(),
+                metrics: o.metrics.clone(),
+                stats: stats.clone(),
+                saved: saved.clone(),
+                log: log.clone(),
+                snapshot_interval: o.snapshot_interval,
+                gave_up: false,
+            };
+            handles.push(
+                thread::Builder::new()
+                    .name(format!("shard-{i}"))
+                    .spawn(move || shard.run(rx))?,
+            );
         }
-        HttpPipeline {
-            rules: std::sync::RwLock::new(rules),
-            metrics,
+        let pipeline = HttpPipeline {
+            rules: std::sync::RwLock::new(o.rules),
+            metrics: o.metrics,
+            log,
             shards: senders,
             handles: Mutex::new(handles),
             ingest: Mutex::new((0, [0; RejectReason::ALL.len()])),
             stats,
+            in_flight,
+            max_in_flight: o.max_in_flight_bytes.max(1),
+        };
+        pipeline.replay(replay_from)?;
+        Ok(pipeline)
+    }
+
+    /// Hands the log's records from `from` on to the shards, as at the time they were
+    /// accepted, keeping no more than the in-flight limit in memory.
+    fn replay(&self, from: u64) -> std::io::Result<()> {
+        let started = Instant::now();
+        let mut records = 0u64;
+        let end = self.log.next_seq();
+        if from < end {
+            info!(message = "Replaying the ingest log.", from, to = end);
+        }
+        self.log
+            .read_from(from, |r| {
+                while self.in_flight.load(Ordering::Acquire) > self.max_in_flight {
+                    thread::sleep(Duration::from_millis(5));
+                }
+                self.route(r.seq, r.clock_ms, r.payload.to_vec(), None);
+                records += 1;
+                Ok::<(), ()>(())
+            })?
+            .ok();
+        if records > 0 {
+            info!(message = "Ingest log replayed.", records, elapsed = ?started.elapsed());
+        }
+        Ok(())
+    }
+
+    fn route(&self, seq: u64, clock_ms: i64, lines: Vec<u8>, done: Option<Sender<u64>>) {
+        let count = lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count();
+        self.in_flight.fetch_add(lines.len() as u64, Ordering::AcqRel);
+        self.metrics
+            .ingest_in_flight_bytes
+            .set(self.in_flight.load(Ordering::Relaxed) as i64);
+        let batch = Arc::new(Batch {
+            seq,
+            clock_ms,
+            lines,
+            arrived: Instant::now(),
+            pending: AtomicUsize::new(self.shards.len()),
+            late: (0..count).map(|_| AtomicBool::new(false)).collect(),
+            done: Mutex::new(done),
+            in_flight: self.in_flight.clone(),
+        });
+        for s in &self.shards {
+            if s.send(ShardMsg::Batch(batch.clone())).is_err() {
+                // A shard that ended (a panic) will not finish it; the request must not wait.
+                batch.finish();
+            }
         }
     }
 
-    /// Parses an NDJSON body and routes each valid event; blocks when shards are full.
-    pub fn submit(&self, body: &[u8], clock_ms: i64) -> IngestReport {
+    /// Validates an NDJSON body, appends its accepted events to the ingest log (fsync),
+    /// hands them to the shards and waits briefly for their verdict. Nothing is accepted
+    /// when ingest is too far behind or the log cannot be written.
+    pub fn submit(&self, body: &[u8], clock_ms: i64) -> Result<IngestReport, IngestError> {
+        let in_flight = self.in_flight.load(Ordering::Acquire);
+        if in_flight > self.max_in_flight {
+            self.metrics.ingest_refused.with_label_values(&["busy"]).inc();
+            return Err(IngestError::Busy {
+                in_flight,
+                limit: self.max_in_flight,
+            });
+        }
         let rules = self.rules.read().expect("rules").clone();
         let settings = rules.settings;
-        let arrived = Instant::now();
         let mut report = IngestReport::default();
         let mut counted = [0u64; RejectReason::ALL.len()];
+        let mut accepted = Vec::with_capacity(body.len());
+        let mut by_action: Vec<(String, u64)> = Vec::new();
         for line in body.split(|b| *b == b'\n') {
             let line = line.strip_suffix(b"\r").unwrap_or(line);
             if line.iter().all(u8::is_ascii_whitespace) {
@@ -205,21 +293,13 @@ impl HttpPipeline {
                 Err(reason) => counted[reason.index()] += 1,
                 Ok(ev) => {
                     report.accepted += 1;
-                    self.metrics
-                        .events_by_action
-                        .with_label_values(&[crate::metrics::action_label(&rules, &ev.action)])
-                        .inc();
-                    for kind in rules.kinds() {
-                        if let Some(key) = rules.key_for(kind, &ev) {
-                            let shard = shard_of(kind, key, self.shards.len());
-                            let _ = self.shards[shard].send(ShardMsg::Event {
-                                kind,
-                                line: line.to_vec(),
-                                clock: clock_ms,
-                                arrived,
-                            });
-                        }
+                    let label = crate::metrics::action_label(&rules, &ev.action);
+                    match by_action.iter_mut().find(|(a, _)| *a == label) {
+                        Some((_, n)) => *n += 1,
+                        None => by_action.push((label.to_string(), 1)),
                     }
+                    accepted.extend_from_slice(line);
+                    accepted.push(b'\n');
                 }
             }
         }
@@ -228,12 +308,42 @@ impl HttpPipeline {
                 report.rejected.insert(r.as_str(), counted[r.index()]);
             }
         }
-        let mut ingest = self.ingest.lock().expect("ingest");
-        ingest.0 += report.accepted;
-        for (a, b) in ingest.1.iter_mut().zip(counted) {
-            *a += b;
+        let waiter = if report.accepted > 0 {
+            let (tx, rx) = mpsc::channel();
+            let appended = self.log.append(clock_ms, &accepted, |seq| {
+                self.route(seq, clock_ms, accepted.clone(), Some(tx));
+            });
+            if let Err(e) = appended {
+                self.metrics.ingest_refused.with_label_values(&["log"]).inc();
+                error!(message = "Ingest log write failed; the request is refused and nothing accepted.", error = %e);
+                return Err(IngestError::Log(e));
+            }
+            Some(rx)
+        } else {
+            None
+        };
+        for (label, n) in by_action {
+            self.metrics
+                .events_by_action
+                .with_label_values(&[label.as_str()])
+                .inc_by(n);
         }
-        report
+        {
+            let mut ingest = self.ingest.lock().expect("ingest");
+            ingest.0 += report.accepted;
+            for (a, b) in ingest.1.iter_mut().zip(counted) {
+                *a += b;
+            }
+        }
+        self.metrics.ingest_log_bytes.set(self.log.bytes() as i64);
+        report.decided = true;
+        if let Some(rx) = waiter {
+            match rx.recv_timeout(DECIDE_WAIT) {
+                Ok(late) => report.late = late,
+                Err(_) => report.decided = false,
+            }
+        }
+        Ok(report)
     }
 
     /// Accepted events and ingest rejections by reason since start.
@@ -254,93 +364,252 @@ impl HttpPipeline {
 
     /// Swaps the rules on every shard, keeping window state (see `Engine::reload`).
     pub fn reload(&self, rules: Arc<RuleSet>) {
-        let sets = per_kind(&rules);
-        *self.rules.write().expect("rules") = rules;
+        *self.rules.write().expect("rules") = rules.clone();
         for s in &self.shards {
-            let _ = s.send(ShardMsg::Reload(sets.clone()));
+            let _ = s.send(ShardMsg::Reload(rules.clone()));
         }
     }
 
     /// The live windows of a key, from the shard that holds it.
     pub fn query(&self, kind: KeyKind, key: &str) -> Vec<WindowValue> {
         let (tx, rx) = mpsc::channel();
-        let shard = shard_of(kind, key, self.shards.len());
+        let shard = part_of(kind, key) % self.shards.len();
         let _ = self.shards[shard].send(ShardMsg::Query(kind, key.to_string(), tx));
         rx.recv_timeout(Duration::from_secs(5)).unwrap_or_default()
     }
 
-    /// Finishes queued events and snapshots every shard.
-    pub fn flush(&self) {
+    /// Finishes queued events and snapshots every part. An error says some shard could
+    /// not record its effects before the shutdown deadline: its snapshot was not moved,
+    /// so a restart decides those events again from the log.
+    pub fn flush(&self) -> Result<(), GaveUp> {
         let (tx, rx) = mpsc::channel();
         for s in &self.shards {
             let _ = s.send(ShardMsg::Flush(tx.clone()));
         }
         drop(tx);
-        for () in rx.iter() {}
+        rx.iter().collect()
     }
 
-    /// Flushes, then stops the shard threads.
-    pub fn shutdown(self) {
-        self.flush();
+    /// Flushes, then stops the shard threads. An error if a shard panicked or gave up.
+    pub fn shutdown(self) -> Result<(), String> {
+        let flushed = self.flush();
         drop(self.shards);
+        let mut panicked = 0;
         for h in self.handles.into_inner().expect("handles") {
-            let _ = h.join();
+            if h.join().is_err() {
+                panicked += 1;
+            }
+        }
+        match (flushed, panicked) {
+            (Ok(()), 0) => Ok(()),
+            (Err(e), _) => Err(e.to_string()),
+            (_, n) => Err(format!("{n} shard thread(s) panicked")),
         }
     }
 }
 
-fn wall_clock_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+fn part_name(p: usize) -> String {
+    format!("http/part-{p}-of-{PARTS}")
 }
 
-fn shard_of(kind: KeyKind, key: &str, n: usize) -> usize {
+/// The part a key belongs to: fixed for a key, whatever the number of shards.
+pub fn part_of(kind: KeyKind, key: &str) -> usize {
     let mut h = rustc_hash::FxHasher::default();
     kind.as_str().hash(&mut h);
     key.hash(&mut h);
-    (h.finish() as usize) % n
+    (h.finish() as usize) % PARTS
 }
 
-type Engines = [Option<Engine>; 4];
+struct Part {
+    name: String,
+    /// The next log record this part has not decided.
+    next: u64,
+    engines: [Option<Engine>; 4],
+}
 
-fn restore(store: &SnapshotStore, name: &str, per_kind: &[Option<Arc<RuleSet>>; 4]) -> Engines {
-    let fresh = || per_kind.clone().map(|r| r.map(Engine::new));
-    let present: Vec<&Arc<RuleSet>> = per_kind.iter().flatten().collect();
-    match store.load(name) {
-        Ok(Some((_, snaps))) if snaps.len() == present.len() => {
-            let restored: Result<Vec<Engine>, _> = present
-                .iter()
-                .zip(&snaps)
-                .map(|(r, s)| Engine::restore((*r).clone(), s))
-                .collect();
-            match restored {
-                Ok(engines) => {
-                    info!(message = "Restored snapshot.", shard = name);
-                    let mut it = engines.into_iter();
-                    per_kind.clone().map(|r| r.and_then(|_| it.next()))
+struct Shard {
+    index: usize,
+    shards: usize,
+    /// (part number, part), the parts `p % shards == index`.
+    parts: Vec<(usize, Part)>,
+    rules: Arc<RuleSet>,
+    effects: Effects,
+    sinks: SinkSet,
+    store: SnapshotStore,
+    metrics: Arc<crate::Metrics>,
+    stats: Arc<Mutex<Vec<(EngineStats, StateSize)>>>,
+    /// Every part's snapshotted position, to trim the log behind the oldest.
+    saved: Arc<Mutex<Vec<u64>>>,
+    log: Arc<IngestLog>,
+    snapshot_interval: Duration,
+    /// The store stayed down past the shutdown deadline: nothing more is decided or
+    /// snapshotted, so a restart decides again from the log.
+    gave_up: bool,
+}
+
+impl Shard {
+    fn run(mut self, rx: Receiver<ShardMsg>) {
+        let mut alerts = Vec::new();
+        let mut updates = Vec::new();
+        let mut last_snapshot = Instant::now();
+        let mut changed = false;
+        loop {
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(ShardMsg::Batch(batch)) => {
+                    if !self.gave_up {
+                        if let Err(GaveUp) = self.decide(&batch, &mut alerts, &mut updates) {
+                            error!(message = "Shard stops deciding: the incident store stayed down until the shutdown deadline. A restart decides the rest again from the ingest log.",
+                                shard = self.index);
+                            self.gave_up = true;
+                        }
+                        changed = true;
+                    }
+                    batch.finish();
                 }
+                Ok(ShardMsg::Flush(reply)) => {
+                    let _ = reply.send(self.snapshot());
+                    last_snapshot = Instant::now();
+                    changed = false;
+                }
+                Ok(ShardMsg::Reload(rules)) => {
+                    self.reload(rules);
+                    changed = true;
+                }
+                Ok(ShardMsg::Query(kind, key, reply)) => {
+                    let values = self
+                        .parts
+                        .iter()
+                        .find(|(p, _)| *p == part_of(kind, &key))
+                        .and_then(|(_, part)| part.engines[kind.index()].as_ref())
+                        .map(|e| e.key_values(kind, &key))
+                        .unwrap_or_default();
+                    let _ = reply.send(values);
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if changed && last_snapshot.elapsed() >= self.snapshot_interval {
+                let _ = self.snapshot();
+                last_snapshot = Instant::now();
+                changed = false;
+            }
+            self.publish_stats();
+        }
+    }
+
+    /// Decides one log record's events for the keys of this shard's parts, records the
+    /// effects, and moves the parts' positions past it.
+    fn decide(
+        &mut self,
+        batch: &Batch,
+        alerts: &mut Vec<Alert>,
+        updates: &mut Vec<IncidentUpdate>,
+    ) -> Result<(), GaveUp> {
+        let limits = self.rules.settings.limits;
+        for (i, line) in batch.lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()).enumerate() {
+            let Ok(ev) = parse_event(line, &limits) else { continue };
+            for kind in KeyKind::ALL {
+                let Some(key) = self.rules.key_for(kind, &ev) else {
+                    continue;
+                };
+                let p = part_of(kind, key);
+                if p % self.shards != self.index {
+                    continue;
+                }
+                let Some((_, part)) = self.parts.iter_mut().find(|(q, _)| *q == p) else {
+                    continue;
+                };
+                if part.next > batch.seq {
+                    continue; // the part's snapshot already covers this record
+                }
+                let Some(engine) = part.engines[kind.index()].as_mut() else {
+                    continue;
+                };
+                alerts.clear();
+                if engine.process(&ev, Some(batch.clock_ms), alerts) == Outcome::Late {
+                    batch.late[i].store(true, Ordering::Relaxed);
+                }
+                if !alerts.is_empty() {
+                    let sinks = &self.sinks;
+                    let ids = self.effects.decide(alerts, |a| {
+                        sinks.publish(&serde_json::to_vec(a).expect("alerts serialize"));
+                    })?;
+                    self.effects.mark_published(&ids)?;
+                }
+            }
+            // Latency once per event: on the shard that owns its account.
+            if self
+                .rules
+                .key_for(KeyKind::AccountId, &ev)
+                .is_some_and(|a| part_of(KeyKind::AccountId, a) % self.shards == self.index)
+            {
+                self.metrics.decided(batch.arrived.elapsed());
+            }
+        }
+        // One store transaction per shard and record for the CVs open incidents exposed.
+        for (_, part) in &mut self.parts {
+            for e in part.engines.iter_mut().flatten() {
+                updates.extend(e.take_updates());
+            }
+        }
+        self.effects.record_updates(updates)?;
+        updates.clear();
+        for (_, part) in &mut self.parts {
+            part.next = part.next.max(batch.seq + 1);
+        }
+        Ok(())
+    }
+
+    /// Saves every part of this shard, then trims the log behind the oldest saved part.
+    fn snapshot(&mut self) -> Result<(), GaveUp> {
+        if self.gave_up {
+            return Err(GaveUp);
+        }
+        for (p, part) in &self.parts {
+            let snaps: Vec<_> = part.engines.iter().flatten().map(Engine::snapshot).collect();
+            match self.store.save(&part.name, part.next as i64, &snaps) {
+                Ok(()) => self.saved.lock().expect("saved")[*p] = part.next,
                 Err(e) => {
-                    warn!(message = "Snapshot taken under other rules; starting empty.", shard = name, error = %e);
-                    fresh()
+                    warn!(message = "Snapshot failed; the ingest log is kept from the last one.", part = %part.name, error = %e)
                 }
             }
         }
-        Ok(Some(_)) => {
-            warn!(message = "Snapshot has other key kinds; starting empty.", shard = name);
-            fresh()
+        let oldest = self.saved.lock().expect("saved").iter().copied().min().unwrap_or(0);
+        if let Err(e) = self.log.trim_before(oldest) {
+            warn!(message = "Trimming the ingest log failed.", error = %e);
         }
-        Ok(None) => fresh(),
-        Err(e) => {
-            warn!(message = "Snapshot unreadable; starting empty.", shard = name, error = %e);
-            fresh()
-        }
+        Ok(())
     }
-}
 
-fn save(store: &SnapshotStore, name: &str, engines: &Engines) {
-    let snaps: Vec<_> = engines.iter().flatten().map(Engine::snapshot).collect();
-    if let Err(e) = store.save(name, 0, &snaps) {
-        warn!(message = "Snapshot failed.", shard = name, error = %e);
+    fn reload(&mut self, rules: Arc<RuleSet>) {
+        let sets = per_kind(&rules);
+        for (_, part) in &mut self.parts {
+            for (slot, set) in part.engines.iter_mut().zip(sets.clone()) {
+                match (slot.as_mut(), set) {
+                    (Some(e), Some(set)) => {
+                        e.reload(set);
+                    }
+                    (None, Some(set)) => {
+                        let mut e = Engine::new(set);
+                        e.track_exposure(self.effects.records());
+                        *slot = Some(e);
+                    }
+                    (_, None) => *slot = None,
+                }
+            }
+        }
+        self.rules = rules;
+    }
+
+    fn publish_stats(&self) {
+        let mut sum = EngineStats::default();
+        let mut size = StateSize::default();
+        for (_, part) in &self.parts {
+            for e in part.engines.iter().flatten() {
+                sum.add(e.stats());
+                size.add(&e.state_size());
+            }
+        }
+        self.stats.lock().expect("stats")[self.index] = (sum, size);
     }
 }

@@ -6,14 +6,17 @@
 //! account's events; org, user and ip rules on the partition of the repartition topic
 //! their key hashes to.
 
+pub mod effects;
 pub mod health;
 pub mod http;
+pub mod ingest_log;
 pub mod kafka;
 pub mod metrics;
 pub mod records;
 pub mod snapshot_store;
 
 pub use cvguard_respond::SinkSet;
+pub use effects::Effects;
 pub use health::Health;
 pub use metrics::Metrics;
 pub use snapshot_store::SnapshotStore;

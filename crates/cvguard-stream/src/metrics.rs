@@ -17,6 +17,16 @@ pub struct Metrics {
     pub decision_latency: Histogram,
     pub config_reloads: IntCounterVec,
     pub consumer_lag: IntGaugeVec,
+    /// Failed incident-store writes, by operation (each is retried).
+    pub store_errors: IntCounterVec,
+    /// Snapshots restored or refused at start.
+    pub snapshot_restores: IntCounterVec,
+    /// HTTP ingest requests refused before anything was accepted, by reason.
+    pub ingest_refused: IntCounterVec,
+    /// Bytes of the HTTP ingest log on disk.
+    pub ingest_log_bytes: prometheus::IntGauge,
+    /// Ingest-log bytes accepted but not yet decided by every shard.
+    pub ingest_in_flight_bytes: prometheus::IntGauge,
     /// Arrival-to-decision latency in microseconds, for the periodic percentile log line.
     hdr: Mutex<Hdr<u64>>,
 }
@@ -61,12 +71,59 @@ impl Metrics {
             &["topic", "partition"],
         )
         .expect("metric");
+        let store_errors = IntCounterVec::new(
+            Opts::new(
+                "cvguard_store_errors_total",
+                "Failed incident-store writes by operation; each is retried and detection waits for it.",
+            ),
+            &["operation"],
+        )
+        .expect("metric");
+        // Born at zero, so an alert on its increase sees the first failure.
+        for op in ["open_incident", "record_exposures", "mark_published"] {
+            store_errors.with_label_values(&[op]);
+        }
+        let snapshot_restores = IntCounterVec::new(
+            Opts::new(
+                "cvguard_snapshot_restores_total",
+                "Snapshots at start: restored, or refused (unreadable, other rules, counters that disagree with their state) and rebuilt.",
+            ),
+            &["result"],
+        )
+        .expect("metric");
+        for r in ["restored", "refused"] {
+            snapshot_restores.with_label_values(&[r]);
+        }
+        let ingest_refused = IntCounterVec::new(
+            Opts::new(
+                "cvguard_ingest_refused_total",
+                "HTTP ingest requests refused with nothing accepted: busy (too many bytes in flight) or log (the ingest log could not be written).",
+            ),
+            &["reason"],
+        )
+        .expect("metric");
+        for r in ["busy", "log"] {
+            ingest_refused.with_label_values(&[r]);
+        }
+        let ingest_log_bytes =
+            prometheus::IntGauge::new("cvguard_ingest_log_bytes", "Bytes of the HTTP ingest log on disk.")
+                .expect("metric");
+        let ingest_in_flight_bytes = prometheus::IntGauge::new(
+            "cvguard_ingest_in_flight_bytes",
+            "Bytes accepted into the HTTP ingest log and not yet decided by every shard.",
+        )
+        .expect("metric");
         for m in [
             Box::new(events_by_action.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(alerts.clone()),
             Box::new(decision_latency.clone()),
             Box::new(config_reloads.clone()),
             Box::new(consumer_lag.clone()),
+            Box::new(store_errors.clone()),
+            Box::new(snapshot_restores.clone()),
+            Box::new(ingest_refused.clone()),
+            Box::new(ingest_log_bytes.clone()),
+            Box::new(ingest_in_flight_bytes.clone()),
         ] {
             registry.register(m).expect("register metric");
         }
@@ -77,6 +134,11 @@ impl Metrics {
             decision_latency,
             config_reloads,
             consumer_lag,
+            store_errors,
+            snapshot_restores,
+            ingest_refused,
+            ingest_log_bytes,
+            ingest_in_flight_bytes,
             hdr: Mutex::new(Hdr::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")),
         }
     }

@@ -125,6 +125,54 @@ impl SnapshotStore {
         Ok(Some((header, engines)))
     }
 
+    /// The one restore of engines from a snapshot, for Kafka partitions and HTTP parts
+    /// alike: one engine per rule set in `sets`, in that order, with the position the
+    /// state covers. `None` when there is no snapshot or it cannot be used (unreadable,
+    /// another format, other rules or key kinds, counters that disagree with their state):
+    /// such a snapshot is refused with a log line and `cvguard_snapshot_restores_total
+    /// {result="refused"}`, never half-used, and the caller rebuilds from its source.
+    pub fn restore(
+        &self,
+        name: &str,
+        sets: &[std::sync::Arc<cvguard_core::RuleSet>],
+        metrics: &crate::Metrics,
+    ) -> Option<(i64, Vec<cvguard_core::Engine>)> {
+        let refused = |why: String| {
+            metrics.snapshot_restores.with_label_values(&["refused"]).inc();
+            tracing::warn!(message = "Snapshot refused; rebuilding the state from the source.", snapshot = name, reason = %why);
+            None
+        };
+        let (header, snaps) = match self.load(name) {
+            Ok(Some(x)) => x,
+            Ok(None) => return None,
+            Err(e) => return refused(e.to_string()),
+        };
+        if snaps.len() != sets.len() {
+            return refused(format!(
+                "{} engines, the rules have {} key kinds",
+                snaps.len(),
+                sets.len()
+            ));
+        }
+        let engines: Result<Vec<_>, _> = sets
+            .iter()
+            .zip(&snaps)
+            .map(|(r, s)| cvguard_core::Engine::restore(r.clone(), s))
+            .collect();
+        match engines {
+            Ok(engines) => {
+                metrics.snapshot_restores.with_label_values(&["restored"]).inc();
+                tracing::info!(
+                    message = "Restored snapshot.",
+                    snapshot = name,
+                    next_offset = header.next_offset
+                );
+                Some((header.next_offset, engines))
+            }
+            Err(e) => refused(e.to_string()),
+        }
+    }
+
     pub fn remove(&self, name: &str) {
         let _ = fs::remove_file(self.path(name));
     }

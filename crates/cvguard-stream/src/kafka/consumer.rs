@@ -36,6 +36,7 @@ struct Shared {
     store: SnapshotStore,
     repartition_topic: String,
     health: Arc<Health>,
+    metrics: Arc<crate::Metrics>,
     /// The committed offset of each assigned partition when it was assigned: never
     /// commit below it.
     floors: Mutex<HashMap<Tp, i64>>,
@@ -257,56 +258,22 @@ fn assign(shared: &Shared, consumer: &BaseConsumer<Ctx>, tpl: &TopicPartitionLis
 /// rules, else fresh. Returns the snapshot's next offset when restored.
 fn build_stage(shared: &Shared, tp: &Tp) -> (Stage, Option<i64>) {
     let kinds = &shared.kinds();
-    let fresh = || {
-        if *tp.topic == *shared.repartition_topic {
-            Stage::Repartition(kinds.cross.iter().map(|(k, r)| (*k, Engine::new(r.clone()))).collect())
-        } else {
-            Stage::Input(Box::new(Engine::new(kinds.account.clone())))
-        }
-    };
-    let loaded = match shared.store.load(&tp.snapshot_name()) {
-        Ok(Some(x)) => x,
-        Ok(None) => return (fresh(), None),
-        Err(e) => {
-            warn!(message = "Snapshot unreadable; rebuilding from Kafka.", error = %e);
-            return (fresh(), None);
-        }
-    };
-    let (header, snaps) = loaded;
-    let restored: Result<Stage, String> = if *tp.topic == *shared.repartition_topic {
-        if snaps.len() != kinds.cross.len() {
-            Err("other key kinds".into())
-        } else {
-            kinds
-                .cross
-                .iter()
-                .zip(&snaps)
-                .map(|((k, r), s)| {
-                    Engine::restore(r.clone(), s)
-                        .map(|e| (*k, e))
-                        .map_err(|e| e.to_string())
-                })
-                .collect::<Result<Vec<(KeyKind, Engine)>, String>>()
-                .map(Stage::Repartition)
-        }
+    let repartition = *tp.topic == *shared.repartition_topic;
+    let sets: Vec<Arc<cvguard_core::RuleSet>> = if repartition {
+        kinds.cross.iter().map(|(_, r)| r.clone()).collect()
     } else {
-        match snaps.first() {
-            Some(s) if snaps.len() == 1 => Engine::restore(kinds.account.clone(), s)
-                .map(|e| Stage::Input(Box::new(e)))
-                .map_err(|e| e.to_string()),
-            _ => Err("not one engine".into()),
-        }
+        vec![kinds.account.clone()]
     };
-    match restored {
-        Ok(stage) => {
-            info!(message = "Restored snapshot.", topic = %tp.topic, partition = tp.partition, next_offset = header.next_offset);
-            (stage, Some(header.next_offset))
-        }
-        Err(why) => {
-            warn!(message = "Snapshot not usable; rebuilding from Kafka.", topic = %tp.topic, partition = tp.partition, reason = %why);
-            (fresh(), None)
-        }
-    }
+    let (next, engines) = match shared.store.restore(&tp.snapshot_name(), &sets, &shared.metrics) {
+        Some((next, engines)) => (Some(next), engines),
+        None => (None, sets.into_iter().map(Engine::new).collect()),
+    };
+    let stage = if repartition {
+        Stage::Repartition(kinds.cross.iter().map(|(k, _)| *k).zip(engines).collect())
+    } else {
+        Stage::Input(Box::new(engines.into_iter().next().expect("one engine")))
+    };
+    (stage, next)
 }
 
 /// What a run processed, for the log line at exit.
@@ -421,7 +388,8 @@ pub fn start(opts: KafkaOptions, stats: PartitionStats) -> Result<KafkaHandle, K
             snapshot_interval: opts.snapshot_interval,
             health: opts.health.clone(),
             stats: stats.clone(),
-            responder: opts.responder.clone(),
+            effects: opts.effects.clone(),
+            gave_up: false,
             metrics: opts.metrics.clone(),
         };
         handles.push(
@@ -440,6 +408,7 @@ pub fn start(opts: KafkaOptions, stats: PartitionStats) -> Result<KafkaHandle, K
         store: opts.store.clone(),
         repartition_topic: section.repartition_topic.clone(),
         health: opts.health.clone(),
+        metrics: opts.metrics.clone(),
         floors: Mutex::new(HashMap::new()),
         durable: Mutex::new(HashMap::new()),
     });

@@ -92,7 +92,8 @@ pub struct KafkaOptions {
     pub sinks: SinkSet,
     pub health: Arc<Health>,
     pub shutdown: Arc<AtomicBool>,
-    pub responder: Option<Arc<cvguard_respond::Responder>>,
+    /// Records, publishes and marks each decision (`effects.rs`).
+    pub effects: crate::Effects,
     pub metrics: Arc<crate::Metrics>,
 }
 

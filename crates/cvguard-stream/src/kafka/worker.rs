@@ -173,8 +173,11 @@ pub struct Worker {
     pub snapshot_interval: Duration,
     pub health: Arc<Health>,
     pub stats: super::PartitionStats,
-    /// The incident store and rails; alerts are recorded there before they are published.
-    pub responder: Option<Arc<cvguard_respond::Responder>>,
+    /// Records each decision before it is published (`effects.rs`).
+    pub effects: crate::Effects,
+    /// The store stayed down until the shutdown deadline: no offset or snapshot moves
+    /// past what was not recorded, so a restart decides it again.
+    pub gave_up: bool,
     pub metrics: Arc<crate::Metrics>,
 }
 
@@ -270,7 +273,7 @@ impl Worker {
                         handled += batch.len().saturating_sub(1);
                     }
                     ToWorker::Assign(tp, mut work) => {
-                        let track = self.responder.is_some();
+                        let track = self.effects.records();
                         match &mut work.stage {
                             Stage::Input(e) => e.track_exposure(track),
                             Stage::Repartition(v) => v.iter_mut().for_each(|(_, e)| e.track_exposure(track)),
@@ -306,7 +309,7 @@ impl Worker {
                     ToWorker::Stop => return,
                     ToWorker::Reload(kinds) => {
                         for live in parts.values_mut() {
-                            let track = self.responder.is_some();
+                            let track = self.effects.records();
                             match &mut live.work.stage {
                                 Stage::Input(e) => {
                                     e.reload(kinds.account.clone());
@@ -386,26 +389,27 @@ impl Worker {
     /// Records exposed CVs, waits for every delivery, marks the incidents published,
     /// then reports the partitions' offsets as durable.
     fn settle(
-        &self,
+        &mut self,
         pending: &mut Pending,
         owed: &mut Owed,
         touched: &mut HashMap<Tp, bool>,
         parts: &HashMap<Tp, Live>,
     ) {
-        if let Some(r) = &self.responder {
-            if !owed.updates.is_empty() {
-                let updates = std::mem::take(&mut owed.updates);
-                retry_store("record exposed CVs", || r.apply_updates(&updates, wall_clock_ms()));
-            }
+        if self.gave_up {
+            return;
+        }
+        let updates = std::mem::take(&mut owed.updates);
+        if self.effects.record_updates(&updates).is_err() {
+            self.give_up();
+            return;
         }
         if !pending.is_empty() {
             self.outputs.await_all(pending);
         }
-        if let Some(r) = &self.responder {
-            if !owed.published.is_empty() {
-                let ids = std::mem::take(&mut owed.published);
-                retry_store("mark incidents published", || r.mark_published(&ids));
-            }
+        let ids = std::mem::take(&mut owed.published);
+        if self.effects.mark_published(&ids).is_err() {
+            self.give_up();
+            return;
         }
         for (tp, urgent) in touched.drain() {
             if let Some(next) = parts.get(&tp).and_then(|l| l.work.next_offset) {
@@ -416,6 +420,13 @@ impl Worker {
                 });
             }
         }
+    }
+
+    fn give_up(&mut self) {
+        if !self.gave_up {
+            tracing::error!(message = "Worker stops committing: the incident store stayed down until the shutdown deadline. A restart decides the rest again from Kafka.");
+        }
+        self.gave_up = true;
     }
 
     fn publish_stats(&self, parts: &HashMap<Tp, Live>) {
@@ -432,6 +443,9 @@ impl Worker {
     }
 
     fn snapshot(&self, tp: &Tp, live: &Live) {
+        if self.gave_up {
+            return;
+        }
         let Some(next) = live.work.next_offset else { return };
         let engines: Vec<_> = live.work.stage.engines().iter().map(|e| e.snapshot()).collect();
         if let Err(e) = self.store.save(&tp.snapshot_name(), next, &engines) {
@@ -440,7 +454,7 @@ impl Worker {
     }
 
     /// Processes one message; returns true when it published an alert.
-    fn process(&self, live: &mut Live, m: &Msg<'_>, out: &mut BatchOut) -> bool {
+    fn process(&mut self, live: &mut Live, m: &Msg<'_>, out: &mut BatchOut) -> bool {
         let BatchOut {
             alerts,
             packer,
@@ -525,7 +539,7 @@ impl Worker {
                 }
             }
         }
-        if self.responder.is_some() {
+        if self.effects.records() {
             // Updates are idempotent in the store, so a rebuild records them again safely.
             match &mut work.stage {
                 Stage::Input(e) => owed.updates.extend(e.take_updates()),
@@ -552,22 +566,18 @@ impl Worker {
             live.counters.alerts_suppressed += alerts.len() as u64;
             return false;
         }
+        if self.gave_up {
+            return false;
+        }
         let now = wall_clock_ms();
-        for a in alerts.iter_mut() {
-            if let Some(r) = &self.responder {
-                // The incident (and any suspend call) is durable before the alert goes out.
-                let publish = retry_store("record the incident", || r.open(a, now));
-                if !publish {
-                    live.counters.alerts_suppressed += 1;
-                    continue;
-                }
-                owed.published.push(a.alert_id.clone());
+        let outputs = &self.outputs;
+        match self.effects.decide(alerts, |a| outputs.alert(a, now, pending)) {
+            Ok(ids) => {
+                live.counters.alerts_suppressed += (alerts.len() - ids.len()) as u64;
+                live.counters.alerts_published += ids.len() as u64;
+                owed.published.extend(ids);
             }
-            self.outputs.alert(a, now, pending);
-            self.metrics.alert(a);
-            live.counters.alerts_published += 1;
-            info!(message = "Alert.", rule = %a.rule, key_kind = a.key_kind.as_str(), action = a.action.as_str(),
-                value = a.value, threshold = a.threshold, alert_id = %a.alert_id);
+            Err(_) => self.give_up(),
         }
         true
     }
@@ -593,22 +603,6 @@ impl Worker {
 fn no_rules_for(m: &Msg<'_>, kind: &str) {
     warn!(message = "Repartitioned event for a key kind with no rules; skipped.",
         topic = %m.tp.topic, partition = m.tp.partition, offset = m.offset, key_kind = kind);
-}
-
-/// Retries a store operation until it succeeds: a partition stops rather than commit
-/// past evidence it could not record.
-fn retry_store<T>(what: &str, mut op: impl FnMut() -> Result<T, cvguard_store::StoreError>) -> T {
-    let mut delay = Duration::from_millis(100);
-    loop {
-        match op() {
-            Ok(v) => return v,
-            Err(e) => {
-                tracing::error!(message = "Incident store failed; retrying.", operation = what, error = %e);
-                std::thread::sleep(delay);
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
 }
 
 pub fn wall_clock_ms() -> i64 {

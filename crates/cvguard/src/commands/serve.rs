@@ -12,7 +12,7 @@ use anyhow::Context;
 use cvguard_api::{router, ApiState, Tokens};
 use cvguard_config::{Config, ConfigSource, Overrides, SourceKind};
 use cvguard_core::RuleSet;
-use cvguard_stream::http::HttpPipeline;
+use cvguard_stream::http::{HttpOptions, HttpPipeline};
 use cvguard_stream::kafka::{self, KafkaOptions};
 use cvguard_stream::{Detection, Health, KafkaDetection, Metrics, SinkSet, SnapshotStore};
 use tracing::{error, info, warn};
@@ -38,7 +38,15 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(config, source))?;
+    let timeout = config.timing.shutdown_timeout;
+    let served = runtime.block_on(serve(config, source));
+    // Dropping a runtime waits for its blocking tasks for ever; a drain that overran the
+    // timeout must not keep the process alive.
+    runtime.shutdown_timeout(Duration::from_secs(2).min(timeout));
+    served?;
+    if telemetry::panicked() {
+        return Err(Failure::Other(anyhow::anyhow!("a thread panicked; see the log")));
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -74,6 +82,7 @@ async fn serve(config: Config, source: ConfigSource) -> Result<(), Failure> {
     });
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
+    let effects = cvguard_stream::Effects::new(Some(responder.clone()), sinks.clone(), metrics.clone(), health.clone());
     let shutdown = Arc::new(AtomicBool::new(false));
     let rules = Arc::new(config.ruleset.clone());
     info!(message = "Starting.", config = %config.source_name, source = ?config.source.kind, rules = rules.rules.len(), workers);
@@ -82,15 +91,19 @@ async fn serve(config: Config, source: ConfigSource) -> Result<(), Failure> {
     let mut kafka_handle = None;
     let detection: Arc<dyn Detection> = match config.source.kind {
         SourceKind::Http => {
-            let pipeline = Arc::new(HttpPipeline::start(
-                rules.clone(),
-                workers,
-                sinks.clone(),
-                snapshots,
-                config.timing.snapshot_interval,
-                Some(responder.clone()),
-                metrics.clone(),
-            ));
+            let pipeline = Arc::new(
+                HttpPipeline::start(HttpOptions {
+                    rules: rules.clone(),
+                    shards: workers,
+                    sinks: sinks.clone(),
+                    store: snapshots,
+                    snapshot_interval: config.timing.snapshot_interval,
+                    effects: effects.clone(),
+                    metrics: metrics.clone(),
+                    max_in_flight_bytes: config.http.max_in_flight_bytes as u64,
+                })
+                .with_context(|| format!("opening the ingest log in {}", config.state.dir))?,
+            );
             health.source_connected.store(true, Ordering::Relaxed);
             health.started.store(true, Ordering::Relaxed);
             ingest = Some(pipeline.clone());
@@ -108,7 +121,7 @@ async fn serve(config: Config, source: ConfigSource) -> Result<(), Failure> {
                 sinks: sinks.clone(),
                 health: health.clone(),
                 shutdown: shutdown.clone(),
-                responder: Some(responder.clone()),
+                effects: effects.clone(),
                 metrics: metrics.clone(),
             };
             let handle = tokio::task::spawn_blocking(move || kafka::start(opts, stats.clone()).map(|h| (h, stats)))
@@ -194,11 +207,14 @@ async fn serve(config: Config, source: ConfigSource) -> Result<(), Failure> {
         _ = shutdown_signal() => info!(message = "Signal received; draining."),
         _ = consumer_done => warn!(message = "The consumer stopped."),
     }
-    health.draining.store(true, Ordering::Relaxed);
+    let timeout = config.timing.shutdown_timeout;
+    // Store retries stop a quarter of the timeout before it ends, so what could not be
+    // recorded is left to the next start (from the ingest log or Kafka) and the process
+    // still exits in time.
+    health.begin_shutdown(cvguard_stream::effects::wall_clock_ms() + (timeout * 3 / 4).as_millis() as i64);
     shutdown.store(true, Ordering::Relaxed);
     reloader.abort();
     // Stop taking requests first, so the ingest pipeline has no other owner left.
-    let timeout = config.timing.shutdown_timeout;
     if tokio::time::timeout(timeout, server).await.is_err() {
         warn!(message = "HTTP server did not stop in time.");
     }
@@ -209,8 +225,8 @@ async fn serve(config: Config, source: ConfigSource) -> Result<(), Failure> {
         }
         if let Some(p) = ingest {
             match Arc::try_unwrap(p) {
-                Ok(p) => p.shutdown(),
-                Err(p) => p.flush(),
+                Ok(p) => p.shutdown().map_err(anyhow::Error::msg)?,
+                Err(p) => p.flush()?,
             }
         }
         Ok(())
