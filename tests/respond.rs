@@ -123,7 +123,11 @@ fn a_500_then_200_suspends_once_with_a_signed_idempotent_call_and_the_export_lis
     assert_eq!(body["rule"], "mass-harvest-24h");
     assert_eq!(body["value"], 4000);
     assert_eq!(body["threshold"], 4000);
-    assert_eq!(body["incident_id"], keys[0]);
+    // The key names the incident, the kind of call and the account, and nothing else.
+    assert_eq!(
+        keys[0],
+        format!("{}:suspend:harvester-1", body["incident_id"].as_str().unwrap())
+    );
     assert!(body["detected_at"].as_str().unwrap().ends_with('Z'));
 
     let inc = e.wait_incident(|i| i["rule"] == "mass-harvest-24h" && i["suspended"] == true);
@@ -372,6 +376,184 @@ fn false_positive_unsuspends_and_the_cooldown_keeps_the_account_from_being_suspe
     // Bad transitions are refused.
     let out = cvguard(&["incidents", "set", &id, "acknowledged", "--config", cfg]);
     assert!(!out.status.success());
+}
+
+/// The incident id of the first suspend call the receiver saw.
+fn incident_of(call: &cvguard_tests::receiver::Received) -> String {
+    call.json()["incident_id"].as_str().unwrap().to_string()
+}
+
+fn mark_false_positive(e: &Env, id: &str) {
+    cvguard_ok(&[
+        "incidents",
+        "set",
+        id,
+        "false-positive",
+        "--actor",
+        "soc-bob",
+        "--config",
+        e.config.to_str().unwrap(),
+    ]);
+}
+
+/// Sets the suspend call's timeout.
+fn suspend_timeout(e: &Env, timeout: &str) {
+    let text = std::fs::read_to_string(&e.config).unwrap();
+    std::fs::write(
+        &e.config,
+        text.replace(
+            "timeout = \"1s\"\nmax_attempts",
+            &format!("timeout = \"{timeout}\"\nmax_attempts"),
+        ),
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_false_positive_marked_while_the_suspend_call_is_in_flight_is_undone_when_the_platform_suspends_anyway() {
+    // The platform takes 4 s to answer 200; the SOC marks the incident a false positive meanwhile.
+    let receiver = Receiver::start(0, SECRET, vec![Reply::Slow(Duration::from_secs(4), 200)]);
+    let e = env(Some(&receiver.url("/s")), "", None);
+    suspend_timeout(&e, "15s");
+    let _svc = e.start();
+    e.post(&harvest(21));
+    let first = receiver.wait_for(1, WAIT);
+    let id = incident_of(&first[0]);
+    mark_false_positive(&e, &id);
+    assert_eq!(receiver.calls().len(), 1, "still in flight when it was marked");
+    // The suspension happened all the same: an unsuspend undoes it.
+    let calls = receiver.wait_for(2, WAIT);
+    let unsuspend: Vec<_> = calls
+        .iter()
+        .filter(|c| c.body.contains("\"action\":\"unsuspend\""))
+        .collect();
+    assert_eq!(unsuspend.len(), 1, "{calls:?}");
+    assert!(unsuspend[0].signature_ok);
+    assert_eq!(
+        unsuspend[0].header("Idempotency-Key"),
+        Some(format!("{id}:unsuspend:harvester-1").as_str())
+    );
+    assert_eq!(unsuspend[0].json()["account_id"], "harvester-1");
+    assert_eq!(unsuspend[0].json()["reason"], "false_positive");
+    e.wait_incident(|i| i["id"] == id.as_str() && i["status"] == "false_positive" && i["suspended"] == false);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(suspend_calls(&receiver).len(), 1, "the suspend was not sent again");
+    let actions = e.show(&id)["actions"].as_array().unwrap().clone();
+    let outcomes: Vec<(&str, &str)> = actions
+        .iter()
+        .map(|a| (a["action"].as_str().unwrap(), a["outcome"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            ("suspend", "pending"),
+            ("suspend", "delivered"),
+            ("unsuspend", "pending"),
+            ("unsuspend", "delivered")
+        ]
+    );
+    assert!(
+        actions[1]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("after the incident was marked false positive"),
+        "{actions:?}"
+    );
+}
+
+#[test]
+fn a_suspend_call_cancelled_by_a_false_positive_while_it_timed_out_is_not_sent_again() {
+    // The first answer comes after the 3 s timeout; the incident is marked a false positive
+    // before that. The retry the timeout asks for must not revive the cancelled call.
+    let receiver = Receiver::start(0, SECRET, vec![Reply::Slow(Duration::from_secs(6), 200)]);
+    let e = env(Some(&receiver.url("/s")), "", None);
+    suspend_timeout(&e, "3s");
+    let _svc = e.start();
+    e.post(&harvest(21));
+    let first = receiver.wait_for(1, WAIT);
+    let id = incident_of(&first[0]);
+    mark_false_positive(&e, &id);
+    // Past the timeout and any backoff (0.25-0.5 s after the first attempt).
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(suspend_calls(&receiver).len(), 1, "{:?}", receiver.calls());
+    let inc = e.wait_incident(|i| i["id"] == id.as_str());
+    assert_eq!(inc["status"], "false_positive");
+    assert_eq!(inc["suspended"], false);
+}
+
+#[test]
+fn a_redirect_is_not_followed_by_the_suspend_call_nor_by_the_webhook_sink() {
+    // Both answer 302 to a path that would answer 200: followed, it would count as done.
+    let platform = Receiver::start(0, SECRET, vec![Reply::Redirect(302, "/followed")]);
+    let hook = Receiver::start(0, SECRET, vec![Reply::Redirect(307, "/followed")]);
+    let extra = format!(
+        "[[sinks]]\nkind = \"webhook\"\nurl = \"{}\"\nsecret_env = \"CVGUARD_TEST_SUSPEND_SECRET\"\ntimeout = \"1s\"\n",
+        hook.url("/alerts")
+    );
+    let e = env(Some(&platform.url("/s")), &extra, None);
+    let _svc = e.start();
+    e.post(&harvest(21));
+    let inc = e.wait_incident(|i| i["rule"] == "mass-harvest-24h");
+    platform.wait_for(1, WAIT);
+    hook.wait_for(1, WAIT);
+    std::thread::sleep(Duration::from_secs(3));
+    let paths = |r: &Receiver| r.calls().iter().map(|c| c.path.clone()).collect::<Vec<_>>();
+    assert_eq!(paths(&platform), vec!["/s"], "not followed, not retried");
+    let hook_paths = paths(&hook);
+    assert!(!hook_paths.iter().any(|p| p == "/followed"), "{hook_paths:?}");
+    assert_eq!(hook_paths[0], "/alerts");
+    // The first alert was given up after the redirect, not retried: each alert arrives once.
+    let ids: Vec<String> = hook
+        .calls()
+        .iter()
+        .map(|c| c.header("Idempotency-Key").unwrap().to_string())
+        .collect();
+    let unique: std::collections::BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "{ids:?}");
+    let detail = e.show(inc["id"].as_str().unwrap());
+    assert_eq!(detail["suspended"], false);
+    let last = detail["actions"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["outcome"], "failed");
+    assert!(last["detail"].as_str().unwrap().contains("302"), "{last}");
+    assert!(
+        e.sink_alerts()
+            .iter()
+            .any(|a| a["rule"] == "suspend-webhook-failed" && a["key"] == "harvester-1"),
+        "{:?}",
+        e.sink_alerts()
+    );
+}
+
+#[test]
+fn a_webhook_sink_whose_secret_variable_is_unset_refuses_to_start() {
+    let extra = "[[sinks]]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:1/x\"\nsecret_env = \"CVGUARD_TEST_UNSET_SINK_SECRET\"\n";
+    let e = env(None, extra, None);
+    let mut child = std::process::Command::new(cvguard_tests::bin())
+        .args(["serve", "--config", e.config.to_str().unwrap()])
+        .env_remove("CVGUARD_TEST_UNSET_SINK_SECRET")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("serve started with a webhook sink that would send unsigned");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!status.success());
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(
+        err.contains("sinks[0].secret_env") && err.contains("CVGUARD_TEST_UNSET_SINK_SECRET"),
+        "{err}"
+    );
 }
 
 #[test]

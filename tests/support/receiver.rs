@@ -1,5 +1,6 @@
 //! A real HTTP receiver for webhook tests: records every request, checks its signature
-//! with the shared secret (independently of cvguard's code), and answers from a script.
+//! with the shared secret (independently of cvguard's code: HMAC-SHA256 over
+//! `timestamp.idempotency_key.body`, docs/WEBHOOKS.md), and answers from a script.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -16,6 +17,8 @@ pub enum Reply {
     Status(u16),
     /// Sleep, then answer.
     Slow(Duration, u16),
+    /// A redirect (301, 302, 307, 308) to this location.
+    Redirect(u16, &'static str),
 }
 
 #[derive(Debug, Clone)]
@@ -117,6 +120,8 @@ fn handle(stream: TcpStream, received: &Mutex<Vec<Received>>, script: &Mutex<Vec
             let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap();
             mac.update(ts.as_bytes());
             mac.update(b".");
+            mac.update(get("idempotency-key").unwrap_or_default().as_bytes());
+            mac.update(b".");
             mac.update(&body);
             let fresh = ts
                 .parse::<i64>()
@@ -134,16 +139,17 @@ fn handle(stream: TcpStream, received: &Mutex<Vec<Received>>, script: &Mutex<Vec
         signature_ok,
     });
     let reply = script.lock().unwrap().pop_front().unwrap_or(Reply::Status(200));
-    let code = match reply {
-        Reply::Status(c) => c,
+    let (code, location) = match reply {
+        Reply::Status(c) => (c, String::new()),
         Reply::Slow(d, c) => {
             std::thread::sleep(d);
-            c
+            (c, String::new())
         }
+        Reply::Redirect(c, to) => (c, format!("Location: {to}\r\n")),
     };
     let mut stream = stream;
     let _ = write!(
         stream,
-        "HTTP/1.1 {code} X\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+        "HTTP/1.1 {code} X\r\n{location}Content-Length: 2\r\nConnection: close\r\n\r\nok"
     );
 }

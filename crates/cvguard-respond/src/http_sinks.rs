@@ -25,8 +25,11 @@ impl LazyClient {
 
     fn get(&mut self) -> Result<&reqwest::blocking::Client, SinkError> {
         if self.client.is_none() {
+            // No redirects: a redirected POST arrives as a GET without its body elsewhere,
+            // and a 2xx there would count as delivered.
             let c = reqwest::blocking::Client::builder()
                 .timeout(self.timeout)
+                .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .map_err(|e| SinkError {
                     message: e.to_string(),
@@ -38,10 +41,15 @@ impl LazyClient {
     }
 }
 
-/// 2xx is done; 429, 5xx and transport errors may pass; any other answer will not.
+/// 2xx is done; 429, 5xx and transport errors may pass; any other answer will not, a
+/// redirect (3xx, never followed) included: the URL needs fixing.
 pub fn classify(result: Result<u16, String>) -> Result<(), SinkError> {
     match result {
         Ok(code) if (200..300).contains(&code) => Ok(()),
+        Ok(code) if (300..400).contains(&code) => Err(SinkError {
+            message: format!("HTTP {code}: redirect not followed"),
+            hint: RetryHint::GiveUp,
+        }),
         Ok(code) if code == 429 || code >= 500 => Err(SinkError {
             message: format!("HTTP {code}"),
             hint: RetryHint::Retry,
@@ -57,42 +65,80 @@ pub fn classify(result: Result<u16, String>) -> Result<(), SinkError> {
     }
 }
 
+/// What a redirect answer says, for the error it becomes: where it pointed.
+pub fn redirect_error(code: u16, headers: &reqwest::header::HeaderMap) -> String {
+    let to = headers
+        .get(reqwest::header::LOCATION)
+        .map(|l| {
+            String::from_utf8_lossy(l.as_bytes())
+                .chars()
+                .take(200)
+                .collect::<String>()
+        })
+        .unwrap_or_else(|| "nowhere".into());
+    format!("HTTP {code}: redirect to {to} not followed; point the URL at the endpoint itself")
+}
+
+/// The outcome of one POST.
+fn answer(r: reqwest::Result<reqwest::blocking::Response>) -> Result<(), SinkError> {
+    match r {
+        Ok(resp) if resp.status().is_redirection() => Err(SinkError {
+            message: redirect_error(resp.status().as_u16(), resp.headers()),
+            hint: RetryHint::GiveUp,
+        }),
+        Ok(resp) => classify(Ok(resp.status().as_u16())),
+        Err(e) => classify(Err(e.to_string())),
+    }
+}
+
 pub struct WebhookSink {
     url: String,
+    /// The HMAC key; unsigned without one.
     secret: Option<Vec<u8>>,
     client: LazyClient,
 }
 
 impl WebhookSink {
-    pub fn new(url: &str, secret_env: Option<&str>, timeout: Duration) -> std::io::Result<WebhookSink> {
-        Ok(WebhookSink {
+    /// A sink signing with `secret` (read by [`crate::sinks::SinkSet::start`] from the
+    /// variable `secret_env` names, which must be set), or unsigned without one.
+    pub fn new(url: &str, secret: Option<Vec<u8>>, timeout: Duration) -> WebhookSink {
+        WebhookSink {
             url: url.to_string(),
-            secret: secret_env.and_then(|v| std::env::var(v).ok()).map(String::into_bytes),
+            secret,
             client: LazyClient::new(timeout),
-        })
+        }
     }
 }
 
 impl Sink for WebhookSink {
     fn deliver(&mut self, alert_json: &[u8]) -> Result<(), SinkError> {
+        let alert_id = match serde_json::from_slice::<Value>(alert_json) {
+            Ok(Value::Object(a)) => a.get("alert_id").and_then(Value::as_str).map(String::from),
+            _ => None,
+        };
         let mut req = self
             .client
             .get()?
             .post(&self.url)
             .header("Content-Type", "application/json")
             .body(alert_json.to_vec());
-        if let Ok(Value::Object(a)) = serde_json::from_slice::<Value>(alert_json) {
-            if let Some(Value::String(id)) = a.get("alert_id") {
-                req = req.header(IDEMPOTENCY_HEADER, id.as_str());
-            }
+        if let Some(id) = &alert_id {
+            req = req.header(IDEMPOTENCY_HEADER, id.as_str());
         }
         if let Some(secret) = &self.secret {
+            // The signature covers the key: without one there is nothing to sign it with.
+            let Some(id) = &alert_id else {
+                return Err(SinkError {
+                    message: "not an alert with an alert_id: nothing to sign as its Idempotency-Key".into(),
+                    hint: RetryHint::GiveUp,
+                });
+            };
             let ts = unix_now();
             req = req
                 .header(TIMESTAMP_HEADER, ts.to_string())
-                .header(SIGNATURE_HEADER, signature(secret, ts, alert_json));
+                .header(SIGNATURE_HEADER, signature(secret, ts, id, alert_json));
         }
-        classify(req.send().map(|r| r.status().as_u16()).map_err(|e| e.to_string()))
+        answer(req.send())
     }
 }
 
@@ -147,13 +193,13 @@ impl Sink for AlertmanagerSink {
             message: format!("not an alert: {e}"),
             hint: RetryHint::GiveUp,
         })?;
-        let r = self
-            .client
-            .get()?
-            .post(&self.url)
-            .json(&alertmanager_payload(&alert))
-            .send();
-        classify(r.map(|r| r.status().as_u16()).map_err(|e| e.to_string()))
+        answer(
+            self.client
+                .get()?
+                .post(&self.url)
+                .json(&alertmanager_payload(&alert))
+                .send(),
+        )
     }
 }
 

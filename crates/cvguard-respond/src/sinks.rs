@@ -106,8 +106,14 @@ const MAX_ATTEMPTS: u32 = 5;
 
 impl SinkSet {
     /// Opens every configured sink and starts its thread. `kafka` is the connection
-    /// for `kind = "kafka"` sinks.
+    /// for `kind = "kafka"` sinks. Refuses (before starting any) when a webhook sink's
+    /// `secret_env` names a variable that is unset or empty: it would send unsigned.
     pub fn start(specs: &[SinkSpec], kafka: &cvguard_config::KafkaSection) -> io::Result<SinkSet> {
+        let issues = secret_issues(specs);
+        if !issues.is_empty() {
+            let list: Vec<String> = issues.iter().map(ToString::to_string).collect();
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, list.join("; ")));
+        }
         let mut sinks = Vec::new();
         for (i, spec) in specs.iter().enumerate() {
             let (name, sink): (String, Box<dyn Sink>) = match spec {
@@ -121,9 +127,9 @@ impl SinkSet {
                     format!("webhook[{i}]"),
                     Box::new(crate::http_sinks::WebhookSink::new(
                         url,
-                        secret_env.as_deref(),
+                        secret_env.as_deref().and_then(secret).map(String::into_bytes),
                         duration(timeout),
-                    )?),
+                    )),
                 ),
                 SinkSpec::Alertmanager { url, timeout } => (
                     format!("alertmanager[{i}]"),
@@ -174,6 +180,34 @@ impl SinkSet {
     pub fn is_empty(&self) -> bool {
         self.sinks.is_empty()
     }
+}
+
+/// The value of the environment variable `name`, unless unset or empty.
+fn secret(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// Webhook sinks whose `secret_env` names a variable that is unset or empty, one issue each
+/// (key `sinks[i].secret_env`), like `[suspend] secret_env`: such a sink would send alerts
+/// unsigned, which its receiver cannot tell from forged ones.
+pub fn secret_issues(specs: &[SinkSpec]) -> Vec<cvguard_core::ConfigIssue> {
+    specs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, spec)| match spec {
+            SinkSpec::Webhook {
+                secret_env: Some(var), ..
+            } if secret(var).is_none() => Some(cvguard_core::ConfigIssue {
+                rule: None,
+                key: format!("sinks[{i}].secret_env"),
+                message: format!(
+                    "sink webhook[{i}] signs with the environment variable {var}, which is empty or unset; \
+                     set it, or remove secret_env to send unsigned"
+                ),
+            }),
+            _ => None,
+        })
+        .collect()
 }
 
 fn duration(text: &str) -> Duration {
@@ -258,5 +292,40 @@ mod tests {
         assert!(counters[0].1.dropped.load(Ordering::Relaxed) >= 49);
         assert_eq!(counters[1].1.dropped.load(Ordering::Relaxed), 0);
         release.store(true, Ordering::Relaxed);
+    }
+
+    #[test]
+    fn a_webhook_whose_secret_variable_is_unset_is_refused_naming_sink_and_variable() {
+        let var = "CVGUARD_UNIT_TEST_SURELY_UNSET_SECRET";
+        assert!(std::env::var_os(var).is_none());
+        let specs = vec![
+            SinkSpec::Stdout {},
+            SinkSpec::Webhook {
+                url: "http://127.0.0.1:1/x".into(),
+                secret_env: Some(var.into()),
+                timeout: "1s".into(),
+            },
+        ];
+        let err = SinkSet::start(&specs, &Default::default()).err().expect("refused");
+        let text = err.to_string();
+        assert!(
+            text.contains("sinks[1].secret_env") && text.contains("webhook[1]") && text.contains(var),
+            "{text}"
+        );
+        // Without secret_env the sink is unsigned on purpose, and starts.
+        let unsigned = vec![SinkSpec::Webhook {
+            url: "http://127.0.0.1:1/x".into(),
+            secret_env: None,
+            timeout: "1s".into(),
+        }];
+        assert!(secret_issues(&unsigned).is_empty());
+    }
+
+    #[test]
+    fn a_redirect_is_given_up_not_retried() {
+        let e = crate::http_sinks::classify(Ok(302)).unwrap_err();
+        assert_eq!(e.hint, RetryHint::GiveUp);
+        assert!(crate::http_sinks::classify(Ok(204)).is_ok());
+        assert_eq!(crate::http_sinks::classify(Ok(503)).unwrap_err().hint, RetryHint::Retry);
     }
 }
