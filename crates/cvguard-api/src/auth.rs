@@ -1,12 +1,13 @@
 //! Bearer tokens: stored as SHA-256 hashes, compared in constant time, each with a role.
-//! 401 when the token is missing or unknown, 403 when its role is not enough.
+//! 401 when the token is missing or unknown, 403 when its role is not enough. The scheme
+//! `Bearer` is matched without regard to case (RFC 7235).
 
 use std::net::SocketAddr;
 
 use axum::http::{HeaderMap, StatusCode};
 use cvguard_config::{Role, TokenSpec};
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
+use subtle::{ConditionallySelectable, ConstantTimeEq};
 
 /// Who is calling.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,20 +38,29 @@ impl Tokens {
         self.entries.is_empty()
     }
 
-    /// Checks every entry (no early exit), so the time taken says nothing about which
-    /// token, if any, matched.
+    /// Compares the token's hash with every entry in constant time and without an early
+    /// exit or a branch on the result, so the time taken says nothing about which token,
+    /// if any, matched.
     fn find(&self, token: &str) -> Option<Caller> {
         let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let mut found = None;
-        for (name, role, expected) in &self.entries {
-            if bool::from(expected.ct_eq(&hash)) {
-                found = Some(Caller {
-                    name: name.clone(),
-                    role: *role,
-                });
-            }
+        // 1-based index of the match, 0 for none, chosen without branching.
+        let mut found = 0u32;
+        for (i, (_, _, expected)) in self.entries.iter().enumerate() {
+            found.conditional_assign(&(i as u32 + 1), expected.ct_eq(&hash));
         }
-        found
+        let (name, role, _) = self.entries.get((found as usize).checked_sub(1)?)?;
+        Some(Caller {
+            name: name.clone(),
+            role: *role,
+        })
+    }
+
+    /// What a request's `Authorization` header carries after `Bearer ` (any case).
+    fn bearer(headers: &HeaderMap) -> Option<&str> {
+        let value = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+        let (scheme, token) = value.trim_start().split_once(' ')?;
+        let token = token.trim();
+        (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
     }
 
     /// The caller of a request that needs `needed`, or the status to answer.
@@ -61,8 +71,9 @@ impl Tokens {
         needed: Role,
     ) -> Result<Caller, (StatusCode, &'static str)> {
         if self.is_empty() {
-            // No tokens configured: loopback clients only, with every role.
-            return if peer.ip().is_loopback() {
+            // No tokens configured: loopback clients only, with every role. An IPv4 client
+            // of a `[::]` listener arrives as ::ffff:a.b.c.d, so compare its canonical form.
+            return if peer.ip().to_canonical().is_loopback() {
                 Ok(Caller {
                     name: "loopback".into(),
                     role: Role::Admin,
@@ -74,13 +85,7 @@ impl Tokens {
                 ))
             };
         }
-        let token = headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or((StatusCode::UNAUTHORIZED, "missing bearer token"))?;
+        let token = Self::bearer(headers).ok_or((StatusCode::UNAUTHORIZED, "missing bearer token"))?;
         let caller = self.find(token).ok_or((StatusCode::UNAUTHORIZED, "unknown token"))?;
         if caller.role.allows(needed) {
             Ok(caller)
@@ -153,5 +158,77 @@ mod tests {
             open.authorize(&HeaderMap::new(), peer, Role::Viewer).unwrap_err().0,
             StatusCode::FORBIDDEN
         );
+    }
+
+    fn two_tokens() -> (Tokens, String, String) {
+        let (a, ah) = new_token().unwrap();
+        let (b, bh) = new_token().unwrap();
+        let t = Tokens::new(&[
+            TokenSpec {
+                name: "first".into(),
+                role: Role::Viewer,
+                sha256: ah,
+            },
+            TokenSpec {
+                name: "second".into(),
+                role: Role::Admin,
+                sha256: bh,
+            },
+        ]);
+        (t, a, b)
+    }
+
+    fn auth(value: &str) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        m.insert("authorization", value.parse().unwrap());
+        m
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_matched_in_any_case() {
+        let (t, a, b) = two_tokens();
+        let peer: SocketAddr = "10.0.0.1:5000".parse().unwrap();
+        for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+            let c = t.authorize(&auth(&format!("{scheme} {b}")), peer, Role::Admin).unwrap();
+            assert_eq!(c.name, "second", "{scheme}");
+        }
+        assert_eq!(
+            t.authorize(&auth(&format!("bearer   {a}")), peer, Role::Viewer)
+                .unwrap()
+                .name,
+            "first"
+        );
+        for bad in [
+            format!("Basic {a}"),
+            format!("Bearer{a}"),
+            "bearer ".to_string(),
+            a.clone(),
+        ] {
+            assert_eq!(
+                t.authorize(&auth(&bad), peer, Role::Viewer).unwrap_err().0,
+                StatusCode::UNAUTHORIZED,
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_entry_is_found_by_its_own_token_only() {
+        let (t, a, b) = two_tokens();
+        assert_eq!(t.find(&a).unwrap().name, "first");
+        assert_eq!(t.find(&b).unwrap().name, "second");
+        assert!(t.find("cvg_nope").is_none());
+        assert!(Tokens::new(&[]).find(&a).is_none());
+    }
+
+    #[test]
+    fn an_ipv4_mapped_loopback_client_is_loopback_and_a_mapped_remote_one_is_not() {
+        let open = Tokens::new(&[]);
+        let ok = |peer: &str| open.authorize(&HeaderMap::new(), peer.parse().unwrap(), Role::Admin);
+        assert!(ok("[::ffff:127.0.0.1]:40000").is_ok());
+        assert!(ok("[::1]:40000").is_ok());
+        assert!(ok("127.0.0.1:40000").is_ok());
+        assert_eq!(ok("[::ffff:10.0.0.1]:40000").unwrap_err().0, StatusCode::FORBIDDEN);
+        assert_eq!(ok("[2001:db8::1]:40000").unwrap_err().0, StatusCode::FORBIDDEN);
     }
 }

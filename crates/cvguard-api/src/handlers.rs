@@ -279,10 +279,7 @@ pub async fn affected_csv(
     }
     match s.store.exposed_cvs(&id).await {
         Ok(rows) => {
-            let mut out = Vec::new();
-            if let Err(e) = cvguard_store::write_exposed_csv(&mut out, &rows) {
-                return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string());
-            }
+            let out = affected_csv_text(&rows);
             (
                 [
                     (header::CONTENT_TYPE, "text/csv".to_string()),
@@ -296,6 +293,34 @@ pub async fn affected_csv(
                 .into_response()
         }
         Err(e) => store_error(e),
+    }
+}
+
+/// The people to notify as CSV (`cv_id,first_access,action,visibility`), safe to open in
+/// a spreadsheet: CV ids and actions come from events, so a field that a spreadsheet would
+/// read as a formula (starting with `=`, `+`, `-`, `@`, a tab or a carriage return) gets a
+/// leading `'` (OWASP's advice on CSV injection), and a field holding a separator (`,` or
+/// the `;` some locales use), a quote or a line break is quoted, quotes doubled.
+fn affected_csv_text(rows: &[cvguard_store::ExposedCv]) -> Vec<u8> {
+    let mut out = String::from("cv_id,first_access,action,visibility\n");
+    for r in rows {
+        let fields = [&r.cv_id, &r.first_access, &r.action, &r.visibility].map(|f| csv_field(f));
+        out.push_str(&fields.join(","));
+        out.push('\n');
+    }
+    out.into_bytes()
+}
+
+fn csv_field(s: &str) -> std::borrow::Cow<'_, str> {
+    let neutral: std::borrow::Cow<'_, str> = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{s}").into()
+    } else {
+        s.into()
+    };
+    if neutral.contains([',', ';', '"', '\n', '\r']) {
+        format!("\"{}\"", neutral.replace('"', "\"\"")).into()
+    } else {
+        neutral
     }
 }
 
@@ -358,4 +383,45 @@ pub async fn rules(State(s): State<ApiState>, peer: Peer, headers: HeaderMap) ->
         })
         .collect();
     Json(json!({"rules": list, "dry_run": rules.settings.dry_run})).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(cv_id: &str, action: &str) -> cvguard_store::ExposedCv {
+        cvguard_store::ExposedCv {
+            cv_id: cv_id.into(),
+            first_access: "2024-05-04T04:00:00.000Z".into(),
+            action: action.into(),
+            visibility: "named".into(),
+        }
+    }
+
+    #[test]
+    fn the_affected_csv_neutralises_formulas_and_quotes_separators() {
+        let rows = [
+            row("cv-1", "cv_download"),
+            row("=HYPERLINK(\"http://x\",\"y\")", "cv_download"),
+            row("+1", "-2"),
+            row("@SUM(A1)", "cv_view"),
+            row("\tx", "cv_view"),
+            row("\r=1", "cv_view"),
+            row("a,b", "c;d"),
+            row("say \"hi\"", "line\nbreak"),
+            row("x=1", "cv_view"),
+        ];
+        let text = String::from_utf8(affected_csv_text(&rows)).unwrap();
+        let expected = "cv_id,first_access,action,visibility\n\
+            cv-1,2024-05-04T04:00:00.000Z,cv_download,named\n\
+            \"'=HYPERLINK(\"\"http://x\"\",\"\"y\"\")\",2024-05-04T04:00:00.000Z,cv_download,named\n\
+            '+1,2024-05-04T04:00:00.000Z,'-2,named\n\
+            '@SUM(A1),2024-05-04T04:00:00.000Z,cv_view,named\n\
+            '\tx,2024-05-04T04:00:00.000Z,cv_view,named\n\
+            \"'\r=1\",2024-05-04T04:00:00.000Z,cv_view,named\n\
+            \"a,b\",2024-05-04T04:00:00.000Z,\"c;d\",named\n\
+            \"say \"\"hi\"\"\",2024-05-04T04:00:00.000Z,\"line\nbreak\",named\n\
+            x=1,2024-05-04T04:00:00.000Z,cv_view,named\n";
+        assert_eq!(text, expected);
+    }
 }
