@@ -276,18 +276,29 @@ mod tests {
                 Box::new(JsonlSink::open(path.to_str().unwrap()).unwrap()),
             ),
         ]);
+        let lines = || std::fs::read_to_string(&path).unwrap().lines().count();
+        let wait_for = |n: usize| {
+            for _ in 0..1000 {
+                if lines() == n {
+                    break;
+                }
+                thread::sleep(Duration::from_millis(10));
+            }
+        };
+        // A queue's worth, then 50 more once the file sink has written them: publish()
+        // never waits, so on a busy machine the file sink's own queue could overflow if it
+        // were not given the time to drain. The stuck sink's stays full.
+        for i in 0..QUEUE {
+            set.publish(format!("{{\"n\":{i}}}").as_bytes());
+        }
+        wait_for(QUEUE);
         let n = QUEUE + 50;
-        for i in 0..n {
+        for i in QUEUE..n {
             set.publish(format!("{{\"n\":{i}}}").as_bytes());
         }
         // publish() returned although one sink is stuck; the file sink gets everything.
-        for _ in 0..200 {
-            if std::fs::read_to_string(&path).unwrap().lines().count() == n {
-                break;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), n);
+        wait_for(n);
+        assert_eq!(lines(), n);
         let counters = set.counters();
         assert!(counters[0].1.dropped.load(Ordering::Relaxed) >= 49);
         assert_eq!(counters[1].1.dropped.load(Ordering::Relaxed), 0);
