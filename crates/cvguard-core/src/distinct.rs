@@ -481,15 +481,21 @@ impl GroupState {
         let queue = &mut self.queues[class];
         if queue.back().is_none_or(|(last, _)| *last <= s) {
             queue.push_back((s, cv));
-            return;
+        } else {
+            // A late access (within the allowed lateness): keep the queue ordered.
+            let at = queue.partition_point(|(t, _)| *t <= s);
+            queue.insert(at, (s, cv));
         }
-        // A late access (within the allowed lateness): keep the queue ordered, and move
-        // the cursors of rules whose window it is already outside past it.
-        let at = queue.partition_point(|(t, _)| *t <= s);
-        queue.insert(at, (s, cv));
-        for (progress, rule) in rules.iter_mut().zip(&plan.rules) {
-            if rule.classes & (1 << class) != 0 && s <= stamp(now - rule.window_secs) {
-                progress.cursor[class] = progress.cursor[class].wrapping_add(1);
+        // An access already outside some rules' windows (late by more than the shortest
+        // window of its class) lands before their cursors, which move past it: they did
+        // not count it. That holds at the back too, when it is the newest access of its
+        // class (a key's first, say): left at the cursor, the next advance would take it
+        // out of a count it never entered, and the u32 count wrapped below zero.
+        if s <= stamp(now - plan.shortest[class]) {
+            for (progress, rule) in rules.iter_mut().zip(&plan.rules) {
+                if rule.classes & (1 << class) != 0 && s <= stamp(now - rule.window_secs) {
+                    progress.cursor[class] = progress.cursor[class].wrapping_add(1);
+                }
             }
         }
     }
