@@ -74,6 +74,18 @@ pub enum SnapshotError {
     },
 }
 
+impl SnapshotError {
+    /// A fixed name for the kind of refusal, fit for a metric label: `other_rules`,
+    /// `other_shape` or `mismatch`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SnapshotError::OtherRules { .. } => "other_rules",
+            SnapshotError::Inconsistent(_) => "other_shape",
+            SnapshotError::Mismatch { .. } => "mismatch",
+        }
+    }
+}
+
 impl Engine {
     /// The whole state as plain data. Keys come out in a fixed order.
     pub fn snapshot(&self) -> EngineSnapshot {
@@ -333,3 +345,6 @@ fn check_key_snapshot(k: &KeySnapshot, now: i64) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod props;

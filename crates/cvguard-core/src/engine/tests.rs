@@ -806,7 +806,10 @@ fn snapshotted_state() -> (Engine, EngineSnapshot) {
 
 fn refusal(e: &Engine, snap: &EngineSnapshot) -> String {
     match Engine::restore(e.rules().clone(), snap) {
-        Err(err @ SnapshotError::Mismatch { .. }) => err.to_string(),
+        Err(err @ SnapshotError::Mismatch { .. }) => {
+            assert_eq!(err.reason(), "mismatch");
+            err.to_string()
+        }
         Err(other) => panic!("refused for another reason: {other}"),
         Ok(_) => panic!("a snapshot that disagrees with itself was restored"),
     }
