@@ -615,12 +615,15 @@ impl Engine {
         let bit = 1u64 << action;
         let sec = ev.ts.div_euclid(1000);
 
-        // Intern the CV ids once for all keys; windows that keep one retain it, the rest
-        // is freed below.
+        // Intern the CV ids once for all keys, and hold them while the keys decide: a
+        // key's advance may release a CV's last window reference (an org that alone held
+        // it reads it again after it left the window), and without this hold the handle
+        // would be freed, then retained by the add, and later given to another CV.
+        // Windows that keep one retain it; the hold is let go below, freeing the rest.
         let mut cvs = std::mem::take(&mut self.scratch);
         cvs.clear();
         if rules.distinct_mask() & bit != 0 {
-            cvs.extend(ev.cv_ids.iter().map(|id| self.interner.intern(id)));
+            cvs.extend(ev.cv_ids.iter().map(|id| self.interner.intern_retained(id)));
         }
         let names = EventNames::of(ev);
 
@@ -636,7 +639,7 @@ impl Engine {
         }
 
         for cv in &cvs {
-            self.interner.release_if_unused(*cv);
+            self.interner.release(*cv);
         }
         self.scratch = cvs;
     }

@@ -931,7 +931,6 @@ fn a_late_first_access_outside_a_shorter_window_is_never_uncounted() {
 /// add releases the CV's last reference: the handle the event interned must survive
 /// until the add retains it, else it is freed while held and given to another CV.
 #[test]
-#[ignore = "engine.rs: Engine::apply must retain the event's CV handles while it updates keys (see #13 report)"]
 fn a_cv_read_again_after_leaving_the_window_keeps_its_handle() {
     let rules = vec![rule("org-10s", KeyKind::OrgId, Measure::DistinctCvs, "10s", 100)];
     let set = engine(rules).rules().restricted_to(KeyKind::OrgId);

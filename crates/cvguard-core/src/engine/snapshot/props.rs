@@ -256,7 +256,6 @@ proptest! {
     })]
 
     #[test]
-    #[ignore = "engine.rs: Engine::apply must retain the event's CV handles while it updates keys (see #13 report)"]
     fn a_restored_engine_goes_on_exactly_as_one_never_stopped(
         (draws, lateness) in rules_draw(),
         steps in prop::collection::vec(step(), 1..120),
