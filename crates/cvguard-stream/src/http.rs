@@ -83,12 +83,14 @@ struct Batch {
     /// Told when the last shard finished (a live request waits on it).
     done: Mutex<Option<Sender<u64>>>,
     in_flight: Arc<AtomicU64>,
+    in_flight_gauge: prometheus::IntGauge,
 }
 
 impl Batch {
     fn finish(&self) {
         if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.in_flight.fetch_sub(self.lines.len() as u64, Ordering::AcqRel);
+            let left = self.in_flight.fetch_sub(self.lines.len() as u64, Ordering::AcqRel) - self.lines.len() as u64;
+            self.in_flight_gauge.set(left as i64);
             let late = self.late.iter().filter(|l| l.load(Ordering::Relaxed)).count() as u64;
             if let Some(tx) = self.done.lock().expect("batch").take() {
                 let _ = tx.send(late);
@@ -160,12 +162,24 @@ impl HttpPipeline {
                 for e in engines.iter_mut().flatten() {
                     e.track_exposure(o.effects.records());
                 }
-                Some(Part { name, next, engines })
+                Some(Part {
+                    name,
+                    next,
+                    engines,
+                    dirty: false,
+                })
             })
             .collect();
         let positions: Vec<u64> = parts.iter().flatten().map(|p| p.next).collect();
         let replay_from = positions.iter().copied().min().unwrap_or(0);
-        let saved = Arc::new(Mutex::new(positions));
+        let (writer, jobs) = mpsc::channel();
+        let unsaved: Arc<Vec<AtomicBool>> = Arc::new((0..PARTS).map(|_| AtomicBool::new(false)).collect());
+        let snapshot_writer = {
+            let (store, log, unsaved) = (o.store.clone(), log.clone(), unsaved.clone());
+            thread::Builder::new()
+                .name("snapshots".into())
+                .spawn(move || write_snapshots(jobs, store, log, positions, &unsaved))?
+        };
         let stats = Arc::new(Mutex::new(vec![(EngineStats::default(), StateSize::default()); n]));
         let in_flight = Arc::new(AtomicU64::new(0));
         let mut senders = Vec::new();
@@ -184,11 +198,10 @@ impl HttpPipeline {
                 rules: o.rules.clone(),
                 effects: o.effects.clone(),
                 sinks: o.sinks.clone(),
-                store: o.store.clone(),
                 metrics: o.metrics.clone(),
                 stats: stats.clone(),
-                saved: saved.clone(),
-                log: log.clone(),
+                writer: writer.clone(),
+                unsaved: unsaved.clone(),
                 snapshot_interval: o.snapshot_interval,
                 gave_up: false,
             };
@@ -198,6 +211,8 @@ impl HttpPipeline {
                     .spawn(move || shard.run(rx))?,
             );
         }
+        drop(writer);
+        handles.push(snapshot_writer);
         let pipeline = HttpPipeline {
             rules: std::sync::RwLock::new(o.rules),
             metrics: o.metrics,
@@ -253,6 +268,7 @@ impl HttpPipeline {
             late: (0..count).map(|_| AtomicBool::new(false)).collect(),
             done: Mutex::new(done),
             in_flight: self.in_flight.clone(),
+            in_flight_gauge: self.metrics.ingest_in_flight_bytes.clone(),
         });
         for s in &self.shards {
             if s.send(ShardMsg::Batch(batch.clone())).is_err() {
@@ -425,6 +441,8 @@ struct Part {
     /// The next log record this part has not decided.
     next: u64,
     engines: [Option<Engine>; 4],
+    /// Some event of its keys was decided since its last snapshot.
+    dirty: bool,
 }
 
 struct Shard {
@@ -435,12 +453,12 @@ struct Shard {
     rules: Arc<RuleSet>,
     effects: Effects,
     sinks: SinkSet,
-    store: SnapshotStore,
     metrics: Arc<crate::Metrics>,
     stats: Arc<Mutex<Vec<(EngineStats, StateSize)>>>,
-    /// Every part's snapshotted position, to trim the log behind the oldest.
-    saved: Arc<Mutex<Vec<u64>>>,
-    log: Arc<IngestLog>,
+    /// Where snapshots are written, off the deciding thread.
+    writer: Sender<SaveJob>,
+    /// Per part, set by the writer when its snapshot failed: copy it again next time.
+    unsaved: Arc<Vec<AtomicBool>>,
     snapshot_interval: Duration,
     /// The store stayed down past the shutdown deadline: nothing more is decided or
     /// snapshotted, so a restart decides again from the log.
@@ -467,7 +485,7 @@ impl Shard {
                     batch.finish();
                 }
                 Ok(ShardMsg::Flush(reply)) => {
-                    let _ = reply.send(self.snapshot());
+                    self.snapshot(Some(reply));
                     last_snapshot = Instant::now();
                     changed = false;
                 }
@@ -489,7 +507,7 @@ impl Shard {
                 Err(RecvTimeoutError::Disconnected) => break,
             }
             if changed && last_snapshot.elapsed() >= self.snapshot_interval {
-                let _ = self.snapshot();
+                self.snapshot(None);
                 last_snapshot = Instant::now();
                 changed = false;
             }
@@ -560,25 +578,32 @@ impl Shard {
         Ok(())
     }
 
-    /// Saves every part of this shard, then trims the log behind the oldest saved part.
-    fn snapshot(&mut self) -> Result<(), GaveUp> {
+    /// Hands a copy of every part that changed to the snapshot writer; a part that did
+    /// not change moves its position on without a new file (the records it skips hold
+    /// nothing of its keys). With `done`, replies once the writer has finished them.
+    fn snapshot(&mut self, done: Option<Sender<Result<(), GaveUp>>>) {
         if self.gave_up {
-            return Err(GaveUp);
-        }
-        for (p, part) in &self.parts {
-            let snaps: Vec<_> = part.engines.iter().flatten().map(Engine::snapshot).collect();
-            match self.store.save(&part.name, part.next as i64, &snaps) {
-                Ok(()) => self.saved.lock().expect("saved")[*p] = part.next,
-                Err(e) => {
-                    warn!(message = "Snapshot failed; the ingest log is kept from the last one.", part = %part.name, error = %e)
-                }
+            if let Some(done) = done {
+                let _ = done.send(Err(GaveUp));
             }
+            return;
         }
-        let oldest = self.saved.lock().expect("saved").iter().copied().min().unwrap_or(0);
-        if let Err(e) = self.log.trim_before(oldest) {
-            warn!(message = "Trimming the ingest log failed.", error = %e);
+        for (p, part) in &mut self.parts {
+            part.dirty |= self.unsaved[*p].swap(false, Ordering::Relaxed);
+            let copy = part
+                .dirty
+                .then(|| part.engines.iter().flatten().map(Engine::snapshot).collect());
+            let _ = self.writer.send(SaveJob::Part {
+                part: *p,
+                name: part.name.clone(),
+                next: part.next,
+                copy,
+            });
+            part.dirty = false;
         }
-        Ok(())
+        if let Some(done) = done {
+            let _ = self.writer.send(SaveJob::Done(done));
+        }
     }
 
     fn reload(&mut self, rules: Arc<RuleSet>) {
@@ -611,5 +636,61 @@ impl Shard {
             }
         }
         self.stats.lock().expect("stats")[self.index] = (sum, size);
+    }
+}
+
+/// A snapshot to write, or a position to move on.
+enum SaveJob {
+    Part {
+        part: usize,
+        name: String,
+        next: u64,
+        /// `None`: the part did not change since its last snapshot.
+        copy: Option<Vec<cvguard_core::engine::EngineSnapshot>>,
+    },
+    /// Everything sent before is written: reply.
+    Done(Sender<Result<(), GaveUp>>),
+}
+
+/// Writes snapshots in the order the shards sent them and trims the ingest log behind
+/// the oldest part. A part whose last write failed keeps its old position (and so the
+/// log behind it) until a write succeeds.
+fn write_snapshots(
+    jobs: Receiver<SaveJob>,
+    store: SnapshotStore,
+    log: Arc<IngestLog>,
+    mut saved: Vec<u64>,
+    unsaved: &[AtomicBool],
+) {
+    let mut failed = vec![false; saved.len()];
+    let mut oldest = saved.iter().copied().min().unwrap_or(0);
+    for job in jobs {
+        match job {
+            SaveJob::Part { part, name, next, copy } => match copy {
+                Some(engines) => match store.save(&name, next as i64, &engines) {
+                    Ok(()) => {
+                        saved[part] = next;
+                        failed[part] = false;
+                    }
+                    Err(e) => {
+                        failed[part] = true;
+                        unsaved[part].store(true, Ordering::Relaxed);
+                        warn!(message = "Snapshot failed; the ingest log is kept from the last one.", part = %name, error = %e);
+                    }
+                },
+                None if !failed[part] => saved[part] = saved[part].max(next),
+                None => {}
+            },
+            SaveJob::Done(reply) => {
+                let _ = reply.send(Ok(()));
+            }
+        }
+        let now_oldest = saved.iter().copied().min().unwrap_or(0);
+        if now_oldest > oldest {
+            oldest = now_oldest;
+            if let Err(e) = log.trim_before(oldest) {
+                warn!(message = "Trimming the ingest log failed.", error = %e);
+            }
+        }
     }
 }
