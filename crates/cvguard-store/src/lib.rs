@@ -58,8 +58,13 @@ const INCIDENT_COLUMNS: &str = "id, rule, key_kind, key, accounts, severity, sta
      opened_at, first_event_ms, last_event_ms, value_at_detection, latest_value, threshold, evidence, \
      notify_authority_by, cvs_named, cvs_anonymous, cvs_unknown";
 
-/// Rows per multi-row INSERT of exposed CVs (5 parameters each, well under both limits).
-const CV_CHUNK: usize = 400;
+/// Rows per multi-row INSERT of exposed CVs. Small on purpose: sqlx's SQLite driver looks
+/// up each numbered parameter by a linear scan, so a statement's cost grows with the square
+/// of its parameters (400 rows of 5 spent half of a harvest's time in
+/// `sqlite3_bind_parameter_name`).
+const CV_CHUNK: usize = 64;
+/// PostgreSQL binds by position: larger statements cost no more per row.
+const CV_CHUNK_POSTGRES: usize = 400;
 
 impl Store {
     /// Connects and migrates. `sqlite://PATH` creates the file (and its folder).
@@ -310,20 +315,37 @@ impl Store {
             let mut cvs: Vec<Exposure> = m.cvs.into_values().collect();
             cvs.sort_by(|a, b| a.cv_id.cmp(&b.cv_id));
             let mut delta = [0i64; 3];
-            for chunk in cvs.chunks(CV_CHUNK) {
-                let before = recorded_visibility(&mut tx, &id, chunk).await?;
+            let chunk_rows = match self.dialect {
+                Dialect::Sqlite => CV_CHUNK,
+                Dialect::Postgres => CV_CHUNK_POSTGRES,
+            };
+            let mut changed = Vec::new();
+            for chunk in cvs.chunks(chunk_rows) {
+                let before = recorded(&mut tx, &id, chunk).await?;
+                changed.clear();
                 for cv in chunk {
                     let new = cv.visibility as usize;
                     match before.get(cv.cv_id.as_str()) {
-                        None => delta[new] += 1,
-                        Some(&old) if new > old => {
-                            delta[old] -= 1;
+                        None => {
                             delta[new] += 1;
+                            changed.push(cv.clone());
                         }
-                        Some(_) => {}
+                        Some(&(old, first)) => {
+                            if new > old {
+                                delta[old] -= 1;
+                                delta[new] += 1;
+                            }
+                            // Re-reading a CV already recorded as revealing, and earlier,
+                            // changes nothing: the common case while a harvest goes on.
+                            if new > old || cv.first_access_ms < first {
+                                changed.push(cv.clone());
+                            }
+                        }
                     }
                 }
-                insert_cvs(&mut tx, &id, chunk).await?;
+                if !changed.is_empty() {
+                    insert_cvs(&mut tx, &id, &changed).await?;
+                }
             }
             let [unknown, anonymous, named] = delta;
             sqlx::query(
@@ -700,14 +722,16 @@ async fn incident_of(conn: &mut AnyConnection, alert_id: &str) -> Result<String,
     })
 }
 
-/// The visibility (as `Visibility as usize`) already recorded for those of `cvs` the
-/// incident has.
-async fn recorded_visibility(
+/// The visibility (as `Visibility as usize`) and first access already recorded for those
+/// of `cvs` the incident has.
+async fn recorded(
     conn: &mut AnyConnection,
     incident_id: &str,
     cvs: &[Exposure],
-) -> Result<std::collections::HashMap<String, usize>, StoreError> {
-    let mut sql = String::from("SELECT cv_id, visibility FROM incident_cvs WHERE incident_id = $1 AND cv_id IN (");
+) -> Result<std::collections::HashMap<String, (usize, i64)>, StoreError> {
+    let mut sql = String::from(
+        "SELECT cv_id, visibility, first_access_ms FROM incident_cvs WHERE incident_id = $1 AND cv_id IN (",
+    );
     for i in 0..cvs.len() {
         if i > 0 {
             sql.push(',');
@@ -726,7 +750,7 @@ async fn recorded_visibility(
             "anonymous" => Visibility::Anonymous,
             _ => Visibility::Unknown,
         };
-        seen.insert(r.try_get("cv_id")?, v as usize);
+        seen.insert(r.try_get("cv_id")?, (v as usize, r.try_get("first_access_ms")?));
     }
     Ok(seen)
 }

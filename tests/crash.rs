@@ -1,0 +1,441 @@
+//! Trust through faults (#13): the built binary on HTTP ingest with SQLite, killed with -9
+//! at bad moments, restarted (once with another worker count), compared with an
+//! uninterrupted run of the same simulated board: the same incidents with the same
+//! exposed CVs, one suspend call per suspended account, no alert twice, no value above
+//! what the input can give. And a full disk, freed again, loses no incident.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use cvguard_tests::receiver::{Receiver, Reply};
+use cvguard_tests::service::{free_port, http, Service};
+use cvguard_tests::{cvguard_ok, read_labels};
+
+const SECRET: &str = "crash-secret-71c2";
+const WAIT: Duration = Duration::from_secs(60);
+const CHUNK: usize = 5_000;
+
+/// A small simulated board: three days, a werk.nl harvester, an organisation ring, an
+/// allowlisted partner, a slow harvester and a few hundred ordinary employers.
+fn simulate(dir: &Path) -> PathBuf {
+    let out = dir.join("sim");
+    cvguard_ok(&[
+        "simulate",
+        "--out",
+        out.to_str().unwrap(),
+        "--days",
+        "3",
+        "--employers",
+        "300",
+        "--agencies",
+        "4",
+    ]);
+    out
+}
+
+struct Node {
+    dir: PathBuf,
+    port: u16,
+}
+
+impl Node {
+    fn new(dir: &Path, sim: &Path, suspend_url: &str, store_dir: &Path) -> Node {
+        std::fs::create_dir_all(dir).unwrap();
+        let node = Node {
+            dir: dir.to_path_buf(),
+            port: free_port(),
+        };
+        node.write_config(sim, suspend_url, store_dir, 2);
+        node
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.join("cvguard.toml")
+    }
+
+    fn write_config(&self, sim: &Path, suspend_url: &str, store_dir: &Path, workers: usize) {
+        let shipped = std::fs::read_to_string(cvguard_tests::root().join("config/cvguard.toml")).unwrap();
+        let rules = &shipped[shipped.find("[allowlist]").unwrap()..];
+        let text = format!(
+            "[http]\nlisten = \"127.0.0.1:{port}\"\n[state]\ndir = \"{d}/state\"\nsnapshot_interval = \"1s\"\n\
+             [service]\nworkers = {workers}\nshutdown_timeout = \"10s\"\n\
+             [store]\nurl = \"sqlite://{s}/cvguard.db\"\n\
+             [suspend]\nurl = \"{suspend_url}\"\nsecret_env = \"CVGUARD_TEST_SUSPEND_SECRET\"\ntimeout = \"1s\"\nmax_per_hour = 1000\n\
+             [[sinks]]\nkind = \"jsonl\"\npath = \"{d}/alerts.jsonl\"\n\
+             [profiles]\npath = \"{sim}/accounts.csv\"\n{rules}",
+            port = self.port,
+            d = self.dir.display(),
+            s = store_dir.display(),
+            sim = sim.display(),
+        );
+        std::fs::write(self.config(), text).unwrap();
+    }
+
+    fn start(&self) -> Service {
+        let mut s = Service::start_env(
+            &self.config(),
+            self.port,
+            &self.dir.join("serve.log"),
+            &[("CVGUARD_TEST_SUSPEND_SECRET", SECRET)],
+        );
+        s.wait_ready(WAIT);
+        s
+    }
+
+    fn post(&self, svc: &Service, chunk: &str) -> serde_json::Value {
+        let (code, text) = http(self.port, "POST", "/v1/events", chunk.as_bytes())
+            .unwrap_or_else(|e| panic!("POST failed: {e}; log:\n{}", svc.log_text()));
+        assert_eq!(code, 202, "{text}");
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// Waits until every accepted event was decided by every shard.
+    fn wait_decided(&self, svc: &Service) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let (_, metrics) = http(self.port, "GET", "/metrics", b"").unwrap();
+            if metrics.lines().any(|l| l == "cvguard_ingest_in_flight_bytes 0") {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "events never decided; log:\n{}",
+                svc.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn incidents(&self) -> Vec<serde_json::Value> {
+        let out = cvguard_ok(&[
+            "incidents",
+            "list",
+            "--config",
+            self.config().to_str().unwrap(),
+            "--format",
+            "json",
+            "--limit",
+            "1000",
+        ]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    /// Waits until every event was decided and every suspend decision's call was
+    /// delivered (the receiver answers).
+    fn settled_incidents(&self, svc: &Service) -> Vec<serde_json::Value> {
+        self.wait_decided(svc);
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let incidents = self.incidents();
+            let waiting = incidents
+                .iter()
+                .filter(|i| i["action"] == "suspend" && i["suspended"] != true)
+                .count();
+            if waiting == 0 {
+                return incidents;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{waiting} suspensions never delivered; log:\n{}",
+                svc.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn alerts(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.join("alerts.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+fn chunks(sim: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(sim.join("events.ndjson")).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    lines
+        .chunks(CHUNK)
+        .map(|c| c.iter().map(|l| format!("{l}\n")).collect())
+        .collect()
+}
+
+/// What must be identical between runs: per (rule, key kind, key), the incident's value
+/// at detection, latest value and exposed CVs by visibility.
+fn summary(incidents: &[serde_json::Value]) -> BTreeMap<(String, String, String), String> {
+    let mut out = BTreeMap::new();
+    for i in incidents {
+        let k = (
+            i["rule"].as_str().unwrap().to_string(),
+            i["key_kind"].as_str().unwrap().to_string(),
+            i["key"].as_str().unwrap().to_string(),
+        );
+        let v = format!(
+            "detected {} latest {} cvs {} action {} suspended {}",
+            i["value_at_detection"], i["latest_value"], i["cvs_by_visibility"], i["action"], i["suspended"]
+        );
+        assert!(out.insert(k.clone(), v).is_none(), "two incidents for {k:?}");
+    }
+    out
+}
+
+/// Per key kind and key, the distinct CVs the input gives it: no distinct-CV value may
+/// exceed it (a count wrapped below zero would).
+fn distinct_cvs_in_input(sim: &Path) -> HashMap<(String, String), BTreeSet<String>> {
+    let mut seen: HashMap<(String, String), BTreeSet<String>> = HashMap::new();
+    for line in std::fs::read_to_string(sim.join("events.ndjson")).unwrap().lines() {
+        let ev: serde_json::Value = serde_json::from_str(line).unwrap();
+        let mut cvs: Vec<String> = ev["cv_ids"]
+            .as_array()
+            .map(|a| a.iter().map(|v| v.as_str().unwrap().to_string()).collect())
+            .unwrap_or_default();
+        if let Some(cv) = ev["cv_id"].as_str() {
+            cvs.push(cv.to_string());
+        }
+        for (kind, field) in [
+            ("account_id", "account_id"),
+            ("org_id", "org_id"),
+            ("ip", "ip"),
+            ("user_id", "user_id"),
+        ] {
+            if let Some(key) = ev[field].as_str() {
+                seen.entry((kind.to_string(), key.to_string()))
+                    .or_default()
+                    .extend(cvs.iter().cloned());
+            }
+        }
+    }
+    seen
+}
+
+fn suspend_calls(r: &Receiver) -> BTreeMap<String, usize> {
+    let mut per_account = BTreeMap::new();
+    for c in r.calls() {
+        let body = c.json();
+        if body["action"] == "suspend" && c.signature_ok {
+            *per_account
+                .entry(body["account_id"].as_str().unwrap().to_string())
+                .or_insert(0) += 1;
+        }
+    }
+    per_account
+}
+
+/// Sends the headers and half the body of a POST, leaving the request unfinished.
+fn half_post(port: u16, body: &str) -> std::net::TcpStream {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "POST /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    s.write_all(&body.as_bytes()[..body.len() / 2]).unwrap();
+    s.flush().unwrap();
+    s
+}
+
+#[test]
+fn kill_9_at_bad_moments_gives_the_incidents_and_suspensions_of_an_uninterrupted_run() {
+    let root = tempfile::tempdir().unwrap();
+    let sim = simulate(root.path());
+    let chunks = chunks(&sim);
+    assert!(chunks.len() >= 10, "{} chunks", chunks.len());
+
+    // The uninterrupted run.
+    let calm_receiver = Receiver::start(0, SECRET, vec![Reply::Status(500)]);
+    let calm = Node::new(
+        &root.path().join("calm"),
+        &sim,
+        &calm_receiver.url("/suspend"),
+        &root.path().join("calm"),
+    );
+    let mut svc = calm.start();
+    for c in &chunks {
+        calm.post(&svc, c);
+    }
+    let calm_incidents = calm.settled_incidents(&svc);
+    assert!(svc.sigterm(WAIT).success());
+
+    // The same input, killed with -9: right after the first suspend call reached the
+    // platform (answered 500, so it is retried after the restart), with half a request
+    // in flight, and right after a 202 before any snapshot could cover it; restarted
+    // once with one worker instead of two.
+    let receiver = Receiver::start(0, SECRET, vec![Reply::Status(500)]);
+    let node_dir = root.path().join("crashy");
+    let node = Node::new(&node_dir, &sim, &receiver.url("/suspend"), &node_dir);
+    let mut svc = node.start();
+    let mut killed_after_call = false;
+    for (i, c) in chunks.iter().enumerate() {
+        if i == 4 {
+            let _unfinished = half_post(node.port, c);
+            svc.kill9();
+            node.write_config(&sim, &receiver.url("/suspend"), &node_dir, 1);
+            svc = node.start();
+        }
+        node.post(&svc, c);
+        if !killed_after_call && !receiver.calls().is_empty() {
+            killed_after_call = true;
+            svc.kill9();
+            node.write_config(&sim, &receiver.url("/suspend"), &node_dir, 2);
+            svc = node.start();
+        }
+        if i == 7 {
+            svc.kill9();
+            svc = node.start();
+        }
+    }
+    assert!(killed_after_call, "no suspend call was made during the run");
+    let incidents = node.settled_incidents(&svc);
+    let log = svc.log_text();
+    assert!(svc.sigterm(WAIT).success());
+
+    assert_eq!(summary(&incidents), summary(&calm_incidents), "log:\n{log}");
+    let calls = suspend_calls(&receiver);
+    let calm_calls = suspend_calls(&calm_receiver);
+    // Each account: the refused first call, then one that was delivered; never a second
+    // suspension after a delivered one.
+    assert_eq!(calls, calm_calls);
+    let suspended: BTreeSet<&str> = incidents
+        .iter()
+        .filter(|i| i["suspended"] == true)
+        .map(|i| i["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(suspended.len(), calls.len());
+
+    // The simulator's harvester is among them; the allowlisted partner is not.
+    let labels = read_labels(&sim.join("labels.csv"));
+    for l in labels.iter().filter(|l| l.expected == "suspend") {
+        assert!(suspended.contains(l.key.as_str()), "{} not suspended", l.key);
+    }
+    assert!(!suspended.contains("partner-1"));
+
+    let input = distinct_cvs_in_input(&sim);
+    for i in &incidents {
+        if i["rule"] == "search-scraping-1h" {
+            continue; // counts events, not CVs
+        }
+        let key = (
+            i["key_kind"].as_str().unwrap().to_string(),
+            i["key"].as_str().unwrap().to_string(),
+        );
+        let most = input.get(&key).map_or(0, BTreeSet::len) as i64;
+        assert!(
+            i["latest_value"].as_i64().unwrap() <= most,
+            "{i} above the input's {most}"
+        );
+    }
+
+    // No alert twice; none that the uninterrupted run did not raise.
+    let keys = |alerts: Vec<serde_json::Value>| -> Vec<(String, String)> {
+        alerts
+            .iter()
+            .map(|a| {
+                (
+                    a["rule"].as_str().unwrap().to_string(),
+                    a["key"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let crashy_alerts = keys(node.alerts());
+    let calm_alerts: BTreeSet<_> = keys(calm.alerts()).into_iter().collect();
+    let unique: BTreeSet<_> = crashy_alerts.iter().cloned().collect();
+    assert_eq!(unique.len(), crashy_alerts.len(), "an alert was published twice");
+    assert!(unique.is_subset(&calm_alerts));
+}
+
+/// The store on a disk that fills up: decisions wait (not ready, a metric, a system
+/// alert), nothing is published unrecorded, and once space is freed every incident is
+/// recorded and survives a kill -9.
+#[test]
+fn a_full_disk_freed_again_loses_no_incident() {
+    let root = tempfile::tempdir().unwrap();
+    let sim = simulate(root.path());
+    let chunks = chunks(&sim);
+    let disk = root.path().join("disk");
+    std::fs::create_dir_all(&disk).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs", disk.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "this test mounts a small tmpfs and needs root");
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(disk.clone());
+
+    let receiver = Receiver::start(0, SECRET, vec![]);
+    let node_dir = root.path().join("node");
+    let node = Node::new(&node_dir, &sim, &receiver.url("/suspend"), &disk);
+    let mut svc = node.start();
+    // Fill the store's disk, leaving no room for a transaction.
+    let filler = disk.join("filler");
+    let _ = std::process::Command::new("dd")
+        .args(["if=/dev/zero", &format!("of={}", filler.display()), "bs=64k"])
+        .stderr(std::process::Stdio::null())
+        .status();
+    // The store fails; ingest goes on into the log (on another disk), decisions wait.
+    let poster = {
+        let port = node.port;
+        let chunks = chunks.clone();
+        std::thread::spawn(move || {
+            for c in &chunks {
+                let (code, text) = http(port, "POST", "/v1/events", c.as_bytes()).unwrap();
+                assert_eq!(code, 202, "{text}");
+            }
+        })
+    };
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (code, _) = http(node.port, "GET", "/readyz", b"").unwrap();
+        let (_, metrics) = http(node.port, "GET", "/metrics", b"").unwrap();
+        let failures: u64 = metrics
+            .lines()
+            .filter(|l| l.starts_with("cvguard_store_errors_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum();
+        if code == 503 && failures > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the store never failed; log:\n{}",
+            svc.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let system: Vec<_> = node
+        .alerts()
+        .into_iter()
+        .filter(|a| a["rule"] == "store-unavailable")
+        .collect();
+    assert_eq!(system.len(), 1, "one system alert per outage");
+    // Nothing reached the platform or the sinks that the store does not know of.
+    assert!(receiver.calls().is_empty());
+    assert!(node.alerts().iter().all(|a| a["key_kind"] == "system"));
+
+    std::fs::remove_file(&filler).unwrap();
+    poster.join().unwrap();
+    let incidents = node.settled_incidents(&svc);
+    assert!(!incidents.is_empty());
+    let deadline = Instant::now() + WAIT;
+    while http(node.port, "GET", "/readyz", b"").unwrap().0 != 200 {
+        assert!(Instant::now() < deadline, "not ready again; log:\n{}", svc.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    svc.kill9();
+    let mut svc = node.start();
+    assert_eq!(summary(&node.incidents()), summary(&incidents));
+    assert!(svc.sigterm(WAIT).success());
+}
