@@ -349,11 +349,12 @@ impl Store {
             }
             let [unknown, anonymous, named] = delta;
             sqlx::query(
-                "UPDATE incidents SET latest_value = $1, \
-                 last_event_ms = CASE WHEN last_event_ms < $2 THEN $3 ELSE last_event_ms END, updated_at = $4, \
-                 cvs_named = cvs_named + $5, cvs_anonymous = cvs_anonymous + $6, cvs_unknown = cvs_unknown + $7 \
-                 WHERE id = $8",
+                "UPDATE incidents SET latest_value = CASE WHEN last_event_ms <= $1 THEN $2 ELSE latest_value END, \
+                 last_event_ms = CASE WHEN last_event_ms < $3 THEN $4 ELSE last_event_ms END, updated_at = $5, \
+                 cvs_named = cvs_named + $6, cvs_anonymous = cvs_anonymous + $7, cvs_unknown = cvs_unknown + $8 \
+                 WHERE id = $9",
             )
+            .bind(m.event_time_ms)
             .bind(m.value as i64)
             .bind(m.event_time_ms)
             .bind(m.event_time_ms)

@@ -247,6 +247,11 @@ impl HttpPipeline {
                 Ok::<(), ()>(())
             })?
             .ok();
+        // Ready means caught up: the API answers from state that includes every
+        // acknowledged event.
+        while self.in_flight.load(Ordering::Acquire) > 0 {
+            thread::sleep(Duration::from_millis(5));
+        }
         if records > 0 {
             info!(message = "Ingest log replayed.", records, elapsed = ?started.elapsed());
         }
