@@ -296,32 +296,10 @@ pub async fn affected_csv(
     }
 }
 
-/// The people to notify as CSV (`cv_id,first_access,action,visibility`), safe to open in
-/// a spreadsheet: CV ids and actions come from events, so a field that a spreadsheet would
-/// read as a formula (starting with `=`, `+`, `-`, `@`, a tab or a carriage return) gets a
-/// leading `'` (OWASP's advice on CSV injection), and a field holding a separator (`,` or
-/// the `;` some locales use), a quote or a line break is quoted, quotes doubled.
 fn affected_csv_text(rows: &[cvguard_store::ExposedCv]) -> Vec<u8> {
-    let mut out = String::from("cv_id,first_access,action,visibility\n");
-    for r in rows {
-        let fields = [&r.cv_id, &r.first_access, &r.action, &r.visibility].map(|f| csv_field(f));
-        out.push_str(&fields.join(","));
-        out.push('\n');
-    }
-    out.into_bytes()
-}
-
-fn csv_field(s: &str) -> std::borrow::Cow<'_, str> {
-    let neutral: std::borrow::Cow<'_, str> = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
-        format!("'{s}").into()
-    } else {
-        s.into()
-    };
-    if neutral.contains([',', ';', '"', '\n', '\r']) {
-        format!("\"{}\"", neutral.replace('"', "\"\"")).into()
-    } else {
-        neutral
-    }
+    let mut out = Vec::new();
+    cvguard_store::write_exposed_csv(&mut out, rows).expect("writing to memory");
+    out
 }
 
 pub async fn account(State(s): State<ApiState>, peer: Peer, headers: HeaderMap, Path(id): Path<String>) -> Response {

@@ -42,21 +42,6 @@ pub fn verify_request(
     expected.as_bytes().ct_eq(header.as_bytes()).into()
 }
 
-/// The check for callers that do not pass the `Idempotency-Key` yet (the demo's platform,
-/// `crates/cvguard/src/commands/demo.rs`): verifies a suspend or unsuspend call against the
-/// key its body says it must carry (`incident_id:action:account_id`). It does not see the
-/// key the request carried, so a receiver must use [`verify_request`]; remove this once
-/// the demo does.
-#[doc(hidden)]
-pub fn verify(secret: &[u8], timestamp: i64, body: &[u8], header: &str, now_secs: i64, tolerance_secs: i64) -> bool {
-    let Ok(serde_json::Value::Object(call)) = serde_json::from_slice::<serde_json::Value>(body) else {
-        return false;
-    };
-    let field = |k: &str| call.get(k).and_then(serde_json::Value::as_str).unwrap_or_default();
-    let key = format!("{}:{}:{}", field("incident_id"), field("action"), field("account_id"));
-    verify_request(secret, timestamp, &key, body, header, now_secs, tolerance_secs)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,14 +99,5 @@ mod tests {
         let mut mac = Hmac::<Sha256>::new_from_slice(b"secret").unwrap();
         mac.update(b"1700000000.inc:suspend:acc.{}");
         assert_eq!(s, format!("sha256={}", hex::encode(mac.finalize().into_bytes())));
-    }
-
-    #[test]
-    fn the_keyless_check_derives_a_suspend_calls_key_from_its_body() {
-        let body = br#"{"action":"suspend","incident_id":"inc","account_id":"acc"}"#;
-        let s = signature(b"secret", 1_700_000_000, "inc:suspend:acc", body);
-        assert!(verify(b"secret", 1_700_000_000, body, &s, 1_700_000_000, 300));
-        let other = signature(b"secret", 1_700_000_000, "inc", body);
-        assert!(!verify(b"secret", 1_700_000_000, body, &other, 1_700_000_000, 300));
     }
 }

@@ -117,26 +117,30 @@ pub struct IncidentFilter {
 
 /// Writes the people to notify as CSV: a header, then one row per distinct CV. The one
 /// format for the CLI export, the API's affected.csv and the demo.
+///
+/// Safe to open in a spreadsheet: CV ids and actions come from events, so a field that a
+/// spreadsheet would read as a formula (starting with `=`, `+`, `-`, `@`, a tab or a
+/// carriage return) gets a leading `'` (OWASP's advice on CSV injection), and a field
+/// holding a separator (`,` or the `;` some locales use), a quote or a line break is
+/// quoted, quotes doubled.
 pub fn write_exposed_csv(w: &mut impl std::io::Write, rows: &[ExposedCv]) -> std::io::Result<()> {
     writeln!(w, "cv_id,first_access,action,visibility")?;
     for r in rows {
-        writeln!(
-            w,
-            "{},{},{},{}",
-            csv_field(&r.cv_id),
-            r.first_access,
-            csv_field(&r.action),
-            r.visibility
-        )?;
+        let fields = [&r.cv_id, &r.first_access, &r.action, &r.visibility].map(|f| csv_field(f));
+        writeln!(w, "{}", fields.join(","))?;
     }
     Ok(())
 }
 
-/// Quotes a CSV field when it needs it (ids and actions come from events).
 fn csv_field(s: &str) -> std::borrow::Cow<'_, str> {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\"")).into()
+    let neutral: std::borrow::Cow<'_, str> = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{s}").into()
     } else {
         s.into()
+    };
+    if neutral.contains([',', ';', '"', '\n', '\r']) {
+        format!("\"{}\"", neutral.replace('"', "\"\"")).into()
+    } else {
+        neutral
     }
 }

@@ -389,7 +389,8 @@ impl DemoPlatform {
                 let ts: i64 = get("x-cvguard-timestamp").and_then(|t| t.parse().ok()).unwrap_or(0);
                 let sig = get("x-cvguard-signature").unwrap_or_default();
                 let now = crate::commands::replay::wall_clock_ms() / 1000;
-                if cvguard_respond::sign::verify(DEMO_SECRET.as_bytes(), ts, &body, &sig, now, 300) {
+                let key = get("idempotency-key").unwrap_or_default();
+                if cvguard_respond::sign::verify_request(DEMO_SECRET.as_bytes(), ts, &key, &body, &sig, now, 300) {
                     v.fetch_add(1, Ordering::Relaxed);
                 }
                 let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");

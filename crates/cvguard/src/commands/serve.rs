@@ -55,6 +55,15 @@ async fn serve(config: Config, source: ConfigSource) -> Result<(), Failure> {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
         n => n,
     };
+    // A webhook sink that would sign with an unset secret is a config error (exit 64),
+    // like the suspend webhook's.
+    let issues = cvguard_respond::sinks::secret_issues(&config.sinks);
+    if !issues.is_empty() {
+        return Err(Failure::Config(cvguard_config::ConfigError {
+            file: config.source_name.clone(),
+            issues,
+        }));
+    }
     let sinks = SinkSet::start(&config.sinks, &config.kafka).context("opening sinks")?;
     let snapshots = SnapshotStore::new(&config.state.dir);
     let store = cvguard_store::Store::connect(&config.store.url)
@@ -146,7 +155,7 @@ async fn serve(config: Config, source: ConfigSource) -> Result<(), Failure> {
     if tokens.is_empty() {
         warn!(
             message =
-                "No API tokens configured: the API answers loopback clients only. Create one with `cvguard token new`."
+                "No API tokens configured: every loopback client is admin. Behind a reverse proxy on this host that means every client; configure tokens (`cvguard token new`)."
         );
     }
     let listener = tokio::net::TcpListener::bind(&config.http.listen)
