@@ -428,6 +428,10 @@ pub struct Engine {
     names: Interner,
     /// Newest event time accepted so far: the engine's notion of "now".
     max_ts: Option<Millis>,
+    /// The newest event time no later than its source's clock: what the watermark follows.
+    /// A producer whose clock runs ahead (up to `future_skew`) moves `max_ts`, and so the
+    /// windows, but not the watermark, so it cannot make every honest event late.
+    watermark_ts: Option<Millis>,
     stats: EngineStats,
     cv_pairs: u64,
     scratch: Vec<CvRef>,
@@ -476,6 +480,7 @@ impl Engine {
             interner: CvInterner::default(),
             names: Interner::default(),
             max_ts: None,
+            watermark_ts: None,
             stats: EngineStats::default(),
             cv_pairs: 0,
             scratch: Vec::new(),
@@ -494,7 +499,7 @@ impl Engine {
 
     /// The watermark: events older than this are late.
     pub fn watermark(&self) -> Option<Millis> {
-        self.max_ts.map(|t| t - self.rules.settings.allowed_lateness_ms)
+        self.watermark_ts.map(|t| t - self.rules.settings.allowed_lateness_ms)
     }
 
     /// Where the heap goes, by part. Walks every key: for benchmarks and diagnostics.
@@ -600,6 +605,8 @@ impl Engine {
         self.stats.accepted += 1;
         let now_ms = self.max_ts.map_or(ev.ts, |t| t.max(ev.ts));
         self.max_ts = Some(now_ms);
+        let bounded = clock_ms.map_or(ev.ts, |clock| ev.ts.min(clock));
+        self.watermark_ts = Some(self.watermark_ts.map_or(bounded, |t| t.max(bounded)));
         let now = now_ms.div_euclid(1000);
 
         let rules = Arc::clone(&self.rules);

@@ -17,6 +17,10 @@ pub struct EngineSnapshot {
     /// `RuleSet::fingerprint` of the rules the state was built under.
     pub rules_fingerprint: u64,
     pub max_ts: Option<i64>,
+    /// What the watermark follows (see `Engine::watermark`); snapshots from before it had
+    /// none and take `max_ts`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watermark_ts: Option<i64>,
     pub stats: StatsSnapshot,
     pub keys: Vec<KeySnapshot>,
 }
@@ -139,6 +143,7 @@ impl Engine {
         EngineSnapshot {
             rules_fingerprint: self.rules.fingerprint(),
             max_ts: self.max_ts,
+            watermark_ts: self.watermark_ts,
             stats: StatsSnapshot {
                 events: s.events,
                 accepted: s.accepted,
@@ -163,6 +168,7 @@ impl Engine {
         }
         let mut engine = Engine::new(rules.clone());
         engine.max_ts = snap.max_ts;
+        engine.watermark_ts = snap.watermark_ts.or(snap.max_ts);
         let now = snap.max_ts.unwrap_or(0).div_euclid(1000);
         let st = &snap.stats;
         engine.stats.events = st.events;

@@ -193,7 +193,35 @@ fn future_events_are_rejected_against_the_source_clock() {
         Outcome::Accepted
     );
     assert_eq!(e.stats().rejected[RejectReason::FutureTs.index()], 1);
-    assert_eq!(e.watermark(), Some(T0 + 1000));
+    // The watermark follows the event only as far as its source's clock.
+    assert_eq!(e.watermark(), Some(T0 + 2000 - 300_000));
+}
+
+/// One producer whose clock runs ahead (within `future_skew`) must not make every honest
+/// event late: the watermark follows event time only up to the source's clock (#13).
+#[test]
+fn a_producer_with_a_fast_clock_cannot_make_honest_events_late() {
+    let mut e = engine(vec![rule("r", KeyKind::AccountId, Measure::DistinctCvs, "1h", 4000)]);
+    let mut out = Vec::new();
+    let clock = T0 + 3_600_000;
+    let skewed = serde_json::json!({"ts": clock + 295_000, "account_id": "skewed", "action": "cv_view", "cv_id": "x"});
+    assert_eq!(
+        e.process_bytes(skewed.to_string().as_bytes(), Some(clock), &mut out),
+        Outcome::Accepted
+    );
+    // 30 s later by the real clock, a harvest of 5,000 CVs stamped honestly a minute
+    // before (a batch export): well inside the allowed lateness of 5 minutes.
+    for b in 0..25 {
+        let cvs: Vec<String> = (0..200).map(|i| format!("cv-{b}-{i}")).collect();
+        let ev = serde_json::json!({"ts": clock - 60_000, "account_id": "harvester", "action": "cv_download", "cv_ids": cvs});
+        assert_eq!(
+            e.process_bytes(ev.to_string().as_bytes(), Some(clock + 30_000), &mut out),
+            Outcome::Accepted
+        );
+    }
+    assert_eq!(e.stats().late, 0);
+    assert_eq!(out.len(), 1, "the harvest is caught");
+    assert_eq!(out[0].value, 4000);
 }
 
 #[test]
