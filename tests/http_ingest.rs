@@ -74,3 +74,57 @@ fn ingest_answers_counts_detects_and_keeps_state_across_a_restart() {
     assert_eq!(suspend["event_id"], "harvester-1-b19");
     assert!(svc.sigterm(Duration::from_secs(30)).success());
 }
+
+/// The counters mean what docs/METRICS.md says: each event once, whichever key kinds it
+/// reaches, rejections at ingest included, late ones apart, and the 202 says how many
+/// were late (#13).
+#[test]
+fn metrics_count_each_event_once_by_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = config(dir.path(), port, 1 << 20);
+    let mut svc = Service::start(&cfg, port, &dir.path().join("serve.log"));
+    svc.wait_ready(Duration::from_secs(30));
+    let event = |sec: i64, cv: usize| {
+        serde_json::json!({
+            "ts": (1_714_780_800 + sec) * 1000, "account_id": "acct-a", "org_id": "org-a",
+            "user_id": "user-a", "ip": "192.0.2.7", "action": "cv_view", "cv_id": format!("cv-{cv}")
+        })
+        .to_string()
+    };
+    let mut body: String = (0..10).map(|i| event(i, i as usize) + "\n").collect();
+    body += "{broken\n{\"ts\":\"2024-05-04T00:00:00Z\",\"account_id\":\"a\"}\n";
+    body += &serde_json::json!({"ts": "2099-01-01T00:00:00Z", "account_id": "a", "action": "cv_view"}).to_string();
+    let (code, text) = http(port, "POST", "/v1/events", body.as_bytes()).unwrap();
+    assert_eq!(code, 202, "{text}");
+    // Ten minutes before the newest: behind the watermark (allowed lateness 5 minutes).
+    let (code, text) = http(port, "POST", "/v1/events", (event(-600, 99) + "\n").as_bytes()).unwrap();
+    assert_eq!(code, 202, "{text}");
+    let report: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        (report["accepted"].as_u64(), report["late"].as_u64()),
+        (Some(1), Some(1)),
+        "{text}"
+    );
+
+    let (_, metrics) = http(port, "GET", "/metrics", b"").unwrap();
+    let value = |series: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{series} missing:\n{metrics}"))
+    };
+    assert_eq!(value("cvguard_events_total{outcome=\"accepted\"}"), 10);
+    assert_eq!(value("cvguard_events_total{outcome=\"late\"}"), 1);
+    assert_eq!(value("cvguard_events_total{outcome=\"rejected\"}"), 3);
+    assert_eq!(value("cvguard_events_late_total"), 1);
+    assert_eq!(value("cvguard_events_rejected_total{reason=\"invalid_json\"}"), 1);
+    assert_eq!(value("cvguard_events_rejected_total{reason=\"missing_action\"}"), 1);
+    assert_eq!(value("cvguard_events_rejected_total{reason=\"future_ts\"}"), 1);
+    assert_eq!(value("cvguard_events_by_action_total{action=\"cv_view\"}"), 11);
+    assert_eq!(value("cvguard_suspensions_total{outcome=\"queued\"}"), 0);
+    assert_eq!(value("cvguard_store_errors_total{operation=\"open_incident\"}"), 0);
+    assert_eq!(value("cvguard_ingest_refused_total{reason=\"busy\"}"), 0);
+    assert_eq!(value("cvguard_ingest_in_flight_bytes"), 0);
+    assert!(svc.sigterm(Duration::from_secs(30)).success());
+}

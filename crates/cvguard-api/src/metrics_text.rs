@@ -29,20 +29,22 @@ fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
 
 pub async fn metrics(State(s): State<ApiState>) -> impl IntoResponse {
     let scrape = Registry::new();
-    let (stats, size) = s.detection.stats();
+    let (_, size) = s.detection.stats();
+    let counts = s.detection.event_counts();
     let events = counter_vec(
         &scrape,
         "cvguard_events_total",
-        "Events read, by outcome.",
+        "Events read, by outcome, each event once.",
         &["outcome"],
     );
-    events.with_label_values(&["accepted"]).inc_by(stats.accepted);
-    events.with_label_values(&["late"]).inc_by(stats.late);
-    events.with_label_values(&["rejected"]).inc_by(stats.rejected_total());
+    let rejected_total: u64 = counts.rejected.iter().sum();
+    events.with_label_values(&["accepted"]).inc_by(counts.accepted);
+    events.with_label_values(&["late"]).inc_by(counts.late);
+    events.with_label_values(&["rejected"]).inc_by(rejected_total);
     let late =
         prometheus::IntCounter::new("cvguard_events_late_total", "Events older than the watermark.").expect("metric");
     scrape.register(Box::new(late.clone())).expect("register");
-    late.inc_by(stats.late);
+    late.inc_by(counts.late);
     let rejected = counter_vec(
         &scrape,
         "cvguard_events_rejected_total",
@@ -52,13 +54,7 @@ pub async fn metrics(State(s): State<ApiState>) -> impl IntoResponse {
     for r in RejectReason::ALL {
         rejected
             .with_label_values(&[r.as_str()])
-            .inc_by(stats.rejected[r.index()]);
-    }
-    if let Some(p) = &s.ingest {
-        let (_, by_reason) = p.ingest_counts();
-        for r in RejectReason::ALL {
-            rejected.with_label_values(&[r.as_str()]).inc_by(by_reason[r.index()]);
-        }
+            .inc_by(counts.rejected[r.index()]);
     }
     gauge(&scrape, "cvguard_tracked_keys", "Keys with live window state.").set(size.keys as i64);
     gauge(
@@ -100,16 +96,26 @@ pub async fn metrics(State(s): State<ApiState>) -> impl IntoResponse {
         )
         .expect("metric");
         scrape.register(Box::new(calls.clone())).expect("register");
+        // Only what never changes again counts here, so the counter never goes down:
+        // every suspend call queued, and those that reached a final state. Pending and
+        // sending calls are in the gauge above.
         let suspensions = counter_vec(
             &scrape,
             "cvguard_suspensions_total",
-            "Suspend calls by outcome.",
+            "Suspend calls: queued, and by final outcome (delivered, failed, cancelled).",
             &["outcome"],
         );
+        for outcome in ["queued", "delivered", "failed", "cancelled"] {
+            suspensions.with_label_values(&[outcome]);
+        }
         for (kind, status, n) in rows {
             calls.with_label_values(&[&kind, &status]).set(n);
             if kind == "suspend" {
-                suspensions.with_label_values(&[&status]).inc_by(n.max(0) as u64);
+                let n = n.max(0) as u64;
+                suspensions.with_label_values(&["queued"]).inc_by(n);
+                if matches!(status.as_str(), "delivered" | "failed" | "cancelled") {
+                    suspensions.with_label_values(&[&status]).inc_by(n);
+                }
             }
         }
     }

@@ -84,6 +84,10 @@ struct Batch {
     done: Mutex<Option<Sender<u64>>>,
     in_flight: Arc<AtomicU64>,
     in_flight_gauge: prometheus::IntGauge,
+    /// Late events since start, added to when the last shard finishes a live batch (a
+    /// replayed one was counted by the process that accepted it).
+    late_total: Arc<AtomicU64>,
+    live: bool,
 }
 
 impl Batch {
@@ -92,6 +96,9 @@ impl Batch {
             let left = self.in_flight.fetch_sub(self.lines.len() as u64, Ordering::AcqRel) - self.lines.len() as u64;
             self.in_flight_gauge.set(left as i64);
             let late = self.late.iter().filter(|l| l.load(Ordering::Relaxed)).count() as u64;
+            if self.live {
+                self.late_total.fetch_add(late, Ordering::Relaxed);
+            }
             if let Some(tx) = self.done.lock().expect("batch").take() {
                 let _ = tx.send(late);
             }
@@ -123,6 +130,7 @@ pub struct HttpPipeline {
     stats: Arc<Mutex<Vec<(EngineStats, StateSize)>>>,
     in_flight: Arc<AtomicU64>,
     max_in_flight: u64,
+    late_total: Arc<AtomicU64>,
 }
 
 /// What `HttpPipeline::start` needs.
@@ -223,6 +231,7 @@ impl HttpPipeline {
             stats,
             in_flight,
             max_in_flight: o.max_in_flight_bytes.max(1),
+            late_total: Arc::new(AtomicU64::new(0)),
         };
         pipeline.replay(replay_from)?;
         Ok(pipeline)
@@ -264,6 +273,7 @@ impl HttpPipeline {
         self.metrics
             .ingest_in_flight_bytes
             .set(self.in_flight.load(Ordering::Relaxed) as i64);
+        let live = done.is_some();
         let batch = Arc::new(Batch {
             seq,
             clock_ms,
@@ -274,6 +284,8 @@ impl HttpPipeline {
             done: Mutex::new(done),
             in_flight: self.in_flight.clone(),
             in_flight_gauge: self.metrics.ingest_in_flight_bytes.clone(),
+            late_total: self.late_total.clone(),
+            live,
         });
         for s in &self.shards {
             if s.send(ShardMsg::Batch(batch.clone())).is_err() {
@@ -370,6 +382,18 @@ impl HttpPipeline {
     /// Accepted events and ingest rejections by reason since start.
     pub fn ingest_counts(&self) -> (u64, [u64; RejectReason::ALL.len()]) {
         *self.ingest.lock().expect("ingest")
+    }
+
+    /// Each event once: accepted into the log (less those late for some key kind), late,
+    /// or rejected at ingest. Replayed records are not counted again.
+    pub fn event_counts(&self) -> crate::EventCounts {
+        let (accepted, rejected) = self.ingest_counts();
+        let late = self.late_total.load(Ordering::Relaxed).min(accepted);
+        crate::EventCounts {
+            accepted: accepted - late,
+            late,
+            rejected,
+        }
     }
 
     /// Engine stats and state size summed over shards.

@@ -33,6 +33,20 @@ pub trait Detection: Send + Sync {
     fn reload(&self, rules: Arc<RuleSet>);
     /// Engine counters and state size, summed over partitions or shards.
     fn stats(&self) -> (EngineStats, StateSize);
+    /// Every event read, counted once by outcome: where it entered (HTTP ingest, or the
+    /// input partitions' engines), not once per key kind's engine.
+    fn event_counts(&self) -> EventCounts;
+}
+
+/// Events read by outcome, each event once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EventCounts {
+    /// Accepted into windows (not late).
+    pub accepted: u64,
+    /// Older than the watermark of some key kind: counted, in no window.
+    pub late: u64,
+    /// Refused, by `RejectReason::index`.
+    pub rejected: [u64; cvguard_core::RejectReason::ALL.len()],
 }
 
 impl Detection for http::HttpPipeline {
@@ -45,12 +59,17 @@ impl Detection for http::HttpPipeline {
     fn stats(&self) -> (EngineStats, StateSize) {
         self.engine_stats()
     }
+    fn event_counts(&self) -> EventCounts {
+        http::HttpPipeline::event_counts(self)
+    }
 }
 
 /// A Kafka source as the API sees it.
 pub struct KafkaDetection {
     pub control: kafka::KafkaControl,
     pub stats: kafka::PartitionStats,
+    /// Its partitions hold events already counted on their input partition.
+    pub repartition_topic: String,
 }
 
 impl Detection for KafkaDetection {
@@ -68,5 +87,19 @@ impl Detection for KafkaDetection {
             size.add(z);
         }
         (sum, size)
+    }
+    fn event_counts(&self) -> EventCounts {
+        let mut counts = EventCounts::default();
+        for (tp, (s, _, _)) in self.stats.lock().expect("stats").iter() {
+            if *tp.topic == *self.repartition_topic {
+                continue;
+            }
+            counts.accepted += s.accepted;
+            counts.late += s.late;
+            for (sum, n) in counts.rejected.iter_mut().zip(s.rejected) {
+                *sum += n;
+            }
+        }
+        counts
     }
 }

@@ -19,6 +19,8 @@ pub struct Metrics {
     pub consumer_lag: IntGaugeVec,
     /// Failed incident-store writes, by operation (each is retried).
     pub store_errors: IntCounterVec,
+    /// Suspend decisions turned into alerts by the blast-radius limit.
+    pub suspensions_limited: prometheus::IntCounter,
     /// Snapshots restored or refused at start.
     pub snapshot_restores: IntCounterVec,
     /// HTTP ingest requests refused before anything was accepted, by reason.
@@ -83,6 +85,11 @@ impl Metrics {
         for op in ["open_incident", "record_exposures", "mark_published"] {
             store_errors.with_label_values(&[op]);
         }
+        let suspensions_limited = prometheus::IntCounter::new(
+            "cvguard_suspensions_limited_total",
+            "Suspend decisions turned into alerts because suspend.max_per_hour was reached.",
+        )
+        .expect("metric");
         let snapshot_restores = IntCounterVec::new(
             Opts::new(
                 "cvguard_snapshot_restores_total",
@@ -121,6 +128,7 @@ impl Metrics {
             Box::new(consumer_lag.clone()),
             Box::new(store_errors.clone()),
             Box::new(snapshot_restores.clone()),
+            Box::new(suspensions_limited.clone()),
             Box::new(ingest_refused.clone()),
             Box::new(ingest_log_bytes.clone()),
             Box::new(ingest_in_flight_bytes.clone()),
@@ -136,6 +144,7 @@ impl Metrics {
             consumer_lag,
             store_errors,
             snapshot_restores,
+            suspensions_limited,
             ingest_refused,
             ingest_log_bytes,
             ingest_in_flight_bytes,
@@ -161,6 +170,9 @@ impl Metrics {
     }
 
     pub fn alert(&self, a: &cvguard_core::Alert) {
+        if a.reason == cvguard_core::AlertReason::SuspensionLimit {
+            self.suspensions_limited.inc();
+        }
         self.alerts
             .with_label_values(&[a.rule.as_str(), a.severity.as_str(), a.action.as_str()])
             .inc();

@@ -145,6 +145,7 @@ async fn serve(config: Config, source: ConfigSource) -> Result<(), Failure> {
             let detection = Arc::new(KafkaDetection {
                 control: handle.0.control(),
                 stats: handle.1,
+                repartition_topic: config.kafka.repartition_topic.clone(),
             });
             kafka_handle = Some(handle.0);
             detection
