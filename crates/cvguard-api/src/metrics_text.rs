@@ -29,7 +29,7 @@ fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
 
 pub async fn metrics(State(s): State<ApiState>) -> impl IntoResponse {
     let scrape = Registry::new();
-    let (_, size) = s.detection.stats();
+    let (stats, size) = s.detection.stats();
     let counts = s.detection.event_counts();
     let events = counter_vec(
         &scrape,
@@ -57,6 +57,13 @@ pub async fn metrics(State(s): State<ApiState>) -> impl IntoResponse {
             .inc_by(counts.rejected[r.index()]);
     }
     gauge(&scrape, "cvguard_tracked_keys", "Keys with live window state.").set(size.keys as i64);
+    let refused = prometheus::IntCounter::new(
+        "cvguard_keys_refused_total",
+        "Events of a new key not tracked for its kind because engine.max_tracked_keys was reached.",
+    )
+    .expect("metric");
+    scrape.register(Box::new(refused.clone())).expect("register");
+    refused.inc_by(stats.keys_refused);
     gauge(
         &scrape,
         "cvguard_live_cv_pairs",

@@ -44,6 +44,8 @@ pub struct EngineStats {
     pub unmatched_action: u64,
     pub alerts: u64,
     pub suspensions: u64,
+    /// Times a new key was not tracked because its kind had `max_tracked_keys` already.
+    pub keys_refused: u64,
 }
 
 impl EngineStats {
@@ -58,6 +60,7 @@ impl EngineStats {
         self.unmatched_action += other.unmatched_action;
         self.alerts += other.alerts;
         self.suspensions += other.suspensions;
+        self.keys_refused += other.keys_refused;
     }
 
     pub fn rejected_total(&self) -> u64 {
@@ -432,6 +435,8 @@ pub struct Engine {
     /// A producer whose clock runs ahead (up to `future_skew`) moves `max_ts`, and so the
     /// windows, but not the watermark, so it cannot make every honest event late.
     watermark_ts: Option<Millis>,
+    /// How many engines share the instance's `max_tracked_keys` (parts or partitions).
+    key_share: usize,
     stats: EngineStats,
     cv_pairs: u64,
     scratch: Vec<CvRef>,
@@ -481,6 +486,7 @@ impl Engine {
             names: Interner::default(),
             max_ts: None,
             watermark_ts: None,
+            key_share: 1,
             stats: EngineStats::default(),
             cv_pairs: 0,
             scratch: Vec::new(),
@@ -641,7 +647,10 @@ impl Engine {
             let Some(key) = rules.key_for_action(kind, ev, action) else {
                 continue;
             };
-            let slot = self.slot_for(rules, kind, key, &ev.account_id, sec);
+            let Some(slot) = self.slot_for(rules, kind, key, &ev.account_id, sec) else {
+                self.stats.keys_refused += 1;
+                continue;
+            };
             self.update_key(rules, kind, slot, ev, &names, action, sec, now, &cvs, out);
         }
 
@@ -651,10 +660,15 @@ impl Engine {
         self.scratch = cvs;
     }
 
-    fn slot_for(&mut self, rules: &RuleSet, kind: KeyKind, key: &str, account: &str, sec: i64) -> u32 {
+    /// The key's slot, made on its first event; `None` when its kind is at this engine's
+    /// share of `max_tracked_keys`.
+    fn slot_for(&mut self, rules: &RuleSet, kind: KeyKind, key: &str, account: &str, sec: i64) -> Option<u32> {
         let table = &mut self.tables[kind.index()];
         if let Some(slot) = table.find(key) {
-            return slot;
+            return Some(slot);
+        }
+        if table.len() >= rules.settings.max_tracked_keys.div_ceil(self.key_share) {
+            return None;
         }
         let layout = &self.layouts[kind.index()];
         let hint = (kind == KeyKind::UserId).then_some(account);
@@ -671,13 +685,19 @@ impl Engine {
             firing: 0,
             evidence: KeyEvidence::default(),
         };
-        table.insert(
+        Some(table.insert(
             state,
             (0..layout.counts).map(|_| CountWindow::default()),
             layout.plan.groups.iter().map(|_| GroupState::default()),
             layout.plan.groups.iter().flat_map(GroupState::new_progress),
             sec + rules.max_window_secs(kind),
-        )
+        ))
+    }
+
+    /// This engine holds a `1/share` part of the instance's keys (one of `share` HTTP
+    /// parts or Kafka partitions), and so that share of `max_tracked_keys` per kind.
+    pub fn share_keys(&mut self, share: usize) {
+        self.key_share = share.max(1);
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -86,10 +86,12 @@ pub enum RejectReason {
     TooLarge,
     /// Event time is later than the source's clock plus the allowed skew.
     FutureTs,
+    /// A string field is longer than the configured maximum.
+    FieldTooLong,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 14] = [
+    pub const ALL: [RejectReason; 15] = [
         RejectReason::InvalidJson,
         RejectReason::NotAnObject,
         RejectReason::MissingTs,
@@ -104,6 +106,7 @@ impl RejectReason {
         RejectReason::InvalidVisibility,
         RejectReason::TooLarge,
         RejectReason::FutureTs,
+        RejectReason::FieldTooLong,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -122,6 +125,7 @@ impl RejectReason {
             RejectReason::InvalidVisibility => "invalid_visibility",
             RejectReason::TooLarge => "too_large",
             RejectReason::FutureTs => "future_ts",
+            RejectReason::FieldTooLong => "field_too_long",
         }
     }
 
@@ -141,6 +145,8 @@ impl fmt::Display for RejectReason {
 pub struct ParseLimits {
     pub max_cv_ids: usize,
     pub max_event_bytes: usize,
+    /// Longest string field; `account_id` has its own, smaller limit (256 bytes).
+    pub max_field_bytes: usize,
 }
 
 impl Default for ParseLimits {
@@ -149,6 +155,8 @@ impl Default for ParseLimits {
             max_cv_ids: DEFAULT_MAX_CV_IDS,
             // A 10,000-id batch with 40-byte ids is ~0.5 MB; leave room for the rest.
             max_event_bytes: 1 << 20,
+            // User agents run to a few hundred bytes; ids far less.
+            max_field_bytes: 1024,
         }
     }
 }
@@ -165,11 +173,27 @@ pub fn parse_event<'a>(input: &'a [u8], limits: &ParseLimits) -> Result<Event<'a
         limits,
     };
     match seed.deserialize(&mut de).and_then(|ev| de.end().map(|()| ev)) {
-        Ok(raw) => raw.finish(),
+        Ok(raw) => raw
+            .finish()
+            .and_then(|ev| within_field_limit(ev, limits.max_field_bytes)),
         Err(err) => Err(reason.unwrap_or(match err.classify() {
             serde_json::error::Category::Data => RejectReason::NotAnObject,
             _ => RejectReason::InvalidJson,
         })),
+    }
+}
+
+/// Refuses an event with a string field longer than `max`: every one of them can end up
+/// as a key, an interned CV id or an evidence value, so each is bounded.
+fn within_field_limit(ev: Event<'_>, max: usize) -> Result<Event<'_>, RejectReason> {
+    let optional = [&ev.event_id, &ev.user_id, &ev.org_id, &ev.ip, &ev.user_agent];
+    let too_long = ev.action.len() > max
+        || optional.iter().any(|f| f.as_ref().is_some_and(|s| s.len() > max))
+        || ev.cv_ids.iter().any(|c| c.len() > max);
+    if too_long {
+        Err(RejectReason::FieldTooLong)
+    } else {
+        Ok(ev)
     }
 }
 

@@ -150,6 +150,15 @@ pub struct EngineSpec {
     /// Largest event in bytes.
     #[serde(default = "default_max_event_bytes")]
     pub max_event_bytes: usize,
+    /// Longest string field (action, CV id, event, user, org id, IP, user agent) in
+    /// bytes; an event with a longer one is rejected (`field_too_long`).
+    #[serde(default = "default_max_field_bytes")]
+    pub max_field_bytes: usize,
+    /// Most keys of one kind (accounts, orgs, users, IPs) an instance tracks at once.
+    /// Past it, events of new keys of that kind are not tracked for that kind (counted as
+    /// `keys_refused`, with a system alert): memory stays bounded whatever is sent.
+    #[serde(default = "default_max_tracked_keys")]
+    pub max_tracked_keys: usize,
     /// Global dry run: every `suspend` decision becomes an alert with reason `dry_run`.
     #[serde(default)]
     pub dry_run: bool,
@@ -167,6 +176,12 @@ fn default_max_cv_ids() -> usize {
 fn default_max_event_bytes() -> usize {
     ParseLimits::default().max_event_bytes
 }
+fn default_max_field_bytes() -> usize {
+    ParseLimits::default().max_field_bytes
+}
+fn default_max_tracked_keys() -> usize {
+    2_000_000
+}
 
 impl Default for EngineSpec {
     fn default() -> Self {
@@ -175,6 +190,8 @@ impl Default for EngineSpec {
             future_skew: default_future_skew(),
             max_cv_ids: default_max_cv_ids(),
             max_event_bytes: default_max_event_bytes(),
+            max_field_bytes: default_max_field_bytes(),
+            max_tracked_keys: default_max_tracked_keys(),
             dry_run: false,
         }
     }
@@ -227,6 +244,8 @@ pub struct EngineSettings {
     pub future_skew_ms: Millis,
     pub limits: ParseLimits,
     pub dry_run: bool,
+    /// Per key kind, per instance (an engine tracks its share, see `Engine::share_keys`).
+    pub max_tracked_keys: usize,
 }
 
 /// Longest accepted window. The engine keeps exact state for it, so it bounds memory.
@@ -562,6 +581,18 @@ fn compile_engine(spec: &EngineSpec, issues: &mut Vec<ConfigIssue>) -> EngineSet
     };
     let allowed_lateness_ms = duration("allowed_lateness", &spec.allowed_lateness);
     let future_skew_ms = duration("future_skew", &spec.future_skew);
+    for (key, value) in [
+        ("max_field_bytes", spec.max_field_bytes),
+        ("max_tracked_keys", spec.max_tracked_keys),
+    ] {
+        if value == 0 {
+            issues.push(ConfigIssue {
+                rule: None,
+                key: format!("engine.{key}"),
+                message: "must be at least 1".into(),
+            });
+        }
+    }
     if spec.max_cv_ids == 0 {
         issues.push(ConfigIssue {
             rule: None,
@@ -575,8 +606,10 @@ fn compile_engine(spec: &EngineSpec, issues: &mut Vec<ConfigIssue>) -> EngineSet
         limits: ParseLimits {
             max_cv_ids: spec.max_cv_ids,
             max_event_bytes: spec.max_event_bytes,
+            max_field_bytes: spec.max_field_bytes,
         },
         dry_run: spec.dry_run,
+        max_tracked_keys: spec.max_tracked_keys,
     }
 }
 

@@ -112,7 +112,11 @@ impl Effects {
                     self.metrics.store_errors.with_label_values(&[what]).inc();
                     error!(message = "Incident store failed; retrying.", operation = what, error = %e);
                     if !self.health.store_failing.swap(true, Ordering::Relaxed) {
-                        self.system_alert(what, &e);
+                        self.system_alert(
+                            "store-unavailable",
+                            "store",
+                            &format!("{what}: {e}; detection waits for the store and retries"),
+                        );
                     }
                     if self.health.past_shutdown_deadline() {
                         return Err(GaveUp);
@@ -124,21 +128,22 @@ impl Effects {
         }
     }
 
-    /// Tells the SOC through the sinks, which do not depend on the store, that decisions
-    /// wait for it.
-    fn system_alert(&self, what: &str, e: &StoreError) {
+    /// A system alert: about cvguard itself, not a key. It goes to the sinks only, which
+    /// do not depend on the store (it may be the store that failed).
+    pub fn system_alert(&self, rule: &str, key: &str, detail: &str) {
         let now = wall_clock_ms();
         let alert = json!({
-            "alert_id": format!("store-unavailable-{now}"),
-            "rule": "store-unavailable",
+            "alert_id": format!("{rule}-{now}"),
+            "rule": rule,
             "severity": "critical",
             "key_kind": "system",
-            "key": "store",
+            "key": key,
             "action": "alert",
-            "reason": "store_unavailable",
-            "detail": format!("{what}: {e}; detection waits for the store and retries"),
+            "reason": rule.replace('-', "_"),
+            "detail": detail,
             "event_time": format_rfc3339_ms(now),
         });
+        tracing::warn!(message = "System alert.", rule, detail);
         self.sinks.publish(alert.to_string().as_bytes());
     }
 }

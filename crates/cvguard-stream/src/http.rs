@@ -169,6 +169,7 @@ impl HttpPipeline {
                 });
                 for e in engines.iter_mut().flatten() {
                     e.track_exposure(o.effects.records());
+                    e.share_keys(PARTS);
                 }
                 Some(Part {
                     name,
@@ -212,6 +213,7 @@ impl HttpPipeline {
                 unsaved: unsaved.clone(),
                 snapshot_interval: o.snapshot_interval,
                 gave_up: false,
+                told_key_limit: false,
             };
             handles.push(
                 thread::Builder::new()
@@ -492,6 +494,8 @@ struct Shard {
     /// The store stayed down past the shutdown deadline: nothing more is decided or
     /// snapshotted, so a restart decides again from the log.
     gave_up: bool,
+    /// The key limit's system alert went out (once per process and shard).
+    told_key_limit: bool,
 }
 
 impl Shard {
@@ -646,6 +650,7 @@ impl Shard {
                     (None, Some(set)) => {
                         let mut e = Engine::new(set);
                         e.track_exposure(self.effects.records());
+                        e.share_keys(PARTS);
                         *slot = Some(e);
                     }
                     (_, None) => *slot = None,
@@ -655,7 +660,7 @@ impl Shard {
         self.rules = rules;
     }
 
-    fn publish_stats(&self) {
+    fn publish_stats(&mut self) {
         let mut sum = EngineStats::default();
         let mut size = StateSize::default();
         for (_, part) in &self.parts {
@@ -663,6 +668,14 @@ impl Shard {
                 sum.add(e.stats());
                 size.add(&e.state_size());
             }
+        }
+        if sum.keys_refused > 0 && !self.told_key_limit {
+            self.told_key_limit = true;
+            self.effects.system_alert(
+                "key-limit-reached",
+                "engine.max_tracked_keys",
+                "a key kind reached engine.max_tracked_keys: events of new keys of that kind are not tracked for it",
+            );
         }
         self.stats.lock().expect("stats")[self.index] = (sum, size);
     }

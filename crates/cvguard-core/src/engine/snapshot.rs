@@ -34,6 +34,8 @@ pub struct StatsSnapshot {
     pub unmatched_action: u64,
     pub alerts: u64,
     pub suspensions: u64,
+    #[serde(default)]
+    pub keys_refused: u64,
 }
 
 /// One CV of a key: (cv id, first second, latest second per action class, visibility,
@@ -152,6 +154,7 @@ impl Engine {
                 unmatched_action: s.unmatched_action,
                 alerts: s.alerts,
                 suspensions: s.suspensions,
+                keys_refused: s.keys_refused,
             },
             keys,
         }
@@ -180,6 +183,7 @@ impl Engine {
         engine.stats.unmatched_action = st.unmatched_action;
         engine.stats.alerts = st.alerts;
         engine.stats.suspensions = st.suspensions;
+        engine.stats.keys_refused = st.keys_refused;
 
         for k in &snap.keys {
             let rule_ids = rules.rules_of(k.kind);

@@ -983,3 +983,50 @@ fn a_cv_read_again_after_leaving_the_window_keeps_its_handle() {
     assert_eq!(held, vec!["c1", "c0"]);
     assert_eq!(e.state_size().interned_cvs, 3);
 }
+
+/// Memory stays bounded whatever is sent: past `max_tracked_keys` (this engine's share of
+/// it) a new key is not tracked and the refusal is counted; known keys go on as before.
+#[test]
+fn keys_past_the_limit_are_refused_and_counted_and_known_keys_go_on() {
+    let spec = EngineSpec {
+        max_tracked_keys: 10,
+        ..EngineSpec::default()
+    };
+    let rules = vec![rule("r", KeyKind::AccountId, Measure::DistinctCvs, "1h", 3)];
+    let mut e2 = engine_with(spec, rules, Profiles::default(), &[]);
+    e2.share_keys(2);
+    let mut out = Vec::new();
+    let ev = |acc: &str, cv: &str| {
+        serde_json::json!({"ts": T0, "account_id": acc, "action": "cv_view", "cv_id": cv}).to_string()
+    };
+    for i in 0..8 {
+        e2.process_bytes(ev(&format!("acc-{i}"), "cv").as_bytes(), None, &mut out);
+    }
+    assert_eq!(e2.state_size().keys, 5, "a share of 2 holds half of 10");
+    assert_eq!(e2.stats().keys_refused, 3);
+    for cv in ["a", "b", "c"] {
+        e2.process_bytes(ev("acc-0", cv).as_bytes(), None, &mut out);
+    }
+    assert_eq!(out.len(), 1, "a tracked key still fires");
+}
+
+#[test]
+fn an_event_with_an_overlong_field_is_rejected_by_reason() {
+    let mut e = engine(vec![rule("r", KeyKind::AccountId, Measure::DistinctCvs, "1h", 3)]);
+    let mut out = Vec::new();
+    let long = "x".repeat(1025);
+    for field in ["cv_id", "ip", "user_agent", "org_id", "event_id", "action"] {
+        let mut ev = serde_json::json!({"ts": T0, "account_id": "a", "action": "cv_view", "cv_id": "c"});
+        ev[field] = serde_json::Value::String(long.clone());
+        assert_eq!(
+            e.process_bytes(ev.to_string().as_bytes(), None, &mut out),
+            Outcome::Rejected(RejectReason::FieldTooLong),
+            "{field}"
+        );
+    }
+    let ok = serde_json::json!({"ts": T0, "account_id": "a", "action": "cv_view", "cv_id": "c", "user_agent": "x".repeat(1024)});
+    assert_eq!(
+        e.process_bytes(ok.to_string().as_bytes(), None, &mut out),
+        Outcome::Accepted
+    );
+}
