@@ -55,6 +55,11 @@ impl Effects {
         }
     }
 
+    /// The store failed its last write: decisions are waiting for it.
+    pub fn store_failing(&self) -> bool {
+        self.health.store_failing.load(Ordering::Relaxed)
+    }
+
     /// Whether decisions are recorded (and exposures tracked) at all.
     pub fn records(&self) -> bool {
         self.responder.is_some()

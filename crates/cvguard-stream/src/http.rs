@@ -131,6 +131,7 @@ pub struct HttpPipeline {
     in_flight: Arc<AtomicU64>,
     max_in_flight: u64,
     late_total: Arc<AtomicU64>,
+    effects: Effects,
 }
 
 /// What `HttpPipeline::start` needs.
@@ -234,6 +235,7 @@ impl HttpPipeline {
             in_flight,
             max_in_flight: o.max_in_flight_bytes.max(1),
             late_total: Arc::new(AtomicU64::new(0)),
+            effects: o.effects.clone(),
         };
         pipeline.replay(replay_from)?;
         Ok(pipeline)
@@ -373,7 +375,14 @@ impl HttpPipeline {
         self.metrics.ingest_log_bytes.set(self.log.bytes() as i64);
         report.decided = true;
         if let Some(rx) = waiter {
-            match rx.recv_timeout(DECIDE_WAIT) {
+            // While the store fails, decisions wait for it: the events are durable, and
+            // the client need not wait too.
+            let wait = if self.effects.store_failing() {
+                Duration::ZERO
+            } else {
+                DECIDE_WAIT
+            };
+            match rx.recv_timeout(wait) {
                 Ok(late) => report.late = late,
                 Err(_) => report.decided = false,
             }

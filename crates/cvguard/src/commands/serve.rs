@@ -213,9 +213,17 @@ async fn serve(config: Config, source: ConfigSource) -> Result<(), Failure> {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     };
+    // A panicked engine or consumer thread leaves keys unwatched: stop (non-zero) rather
+    // than run blind; a restart decides the rest again from the ingest log or Kafka.
+    let a_thread_panicked = async {
+        while !telemetry::panicked() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
     tokio::select! {
         _ = shutdown_signal() => info!(message = "Signal received; draining."),
         _ = consumer_done => warn!(message = "The consumer stopped."),
+        _ = a_thread_panicked => error!(message = "A thread panicked; stopping."),
     }
     let timeout = config.timing.shutdown_timeout;
     // Store retries stop a quarter of the timeout before it ends, so what could not be
