@@ -605,6 +605,7 @@ impl Engine {
         if let Some(wm) = self.watermark() {
             if ev.ts < wm {
                 self.stats.late += 1;
+                self.record_late_exposure(ev);
                 return Outcome::Late;
             }
         }
@@ -838,6 +839,48 @@ impl Engine {
                 out.push(alert);
             }
         }
+    }
+
+    /// A late event is in no window, but the CVs it names were exposed all the same: when
+    /// its key has an open incident for a rule that counts its action, they join that
+    /// incident's list (the people to notify).
+    fn record_late_exposure(&mut self, ev: &Event<'_>) {
+        if !self.track_exposure {
+            return;
+        }
+        let rules = Arc::clone(&self.rules);
+        let Some(action) = rules.action_id(&ev.action) else {
+            return;
+        };
+        let bit = 1u64 << action;
+        let sec = ev.ts.div_euclid(1000);
+        let mut late = Vec::new();
+        for kind in KeyKind::ALL {
+            if rules.kind_mask(kind) & bit == 0 {
+                continue;
+            }
+            let Some(key) = rules.key_for_action(kind, ev, action) else {
+                continue;
+            };
+            let table = &self.tables[kind.index()];
+            let (Some(slot), Some(view)) = (table.find(key), self.view(kind, key)) else {
+                continue;
+            };
+            for (w, &ri) in rules.rules_of(kind).iter().enumerate() {
+                if rules.rules[ri].action_mask & bit == 0 {
+                    continue;
+                }
+                if let Some(id) = table.firing.get(view.key.state.firing, slot, w) {
+                    late.push(IncidentUpdate {
+                        incident_id: format!("{id:016x}"),
+                        value: view.key.value(view.layout, w),
+                        event_time_ms: ev.ts,
+                        cvs: event_exposure(ev, sec),
+                    });
+                }
+            }
+        }
+        self.updates.extend(late);
     }
 
     /// Turns on incident updates: from now on every firing, and every later event on a

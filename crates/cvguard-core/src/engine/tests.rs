@@ -1030,3 +1030,38 @@ fn an_event_with_an_overlong_field_is_rejected_by_reason() {
         Outcome::Accepted
     );
 }
+
+/// A late event's CVs were exposed though they count in no window: while its key has an
+/// open incident, they reach the incident's list of people to notify (#13).
+#[test]
+fn a_late_events_cvs_join_the_open_incident() {
+    let mut e = engine(vec![rule("r", KeyKind::AccountId, Measure::DistinctCvs, "1h", 3)]);
+    e.track_exposure(true);
+    let mut out = Vec::new();
+    let ev = |ms: i64, cv: &str| {
+        serde_json::json!({"ts": ms, "account_id": "h", "action": "cv_view", "cv_id": cv}).to_string()
+    };
+    for (i, cv) in ["a", "b", "c"].iter().enumerate() {
+        e.process_bytes(ev(T0 + 600_000 + i as i64, cv).as_bytes(), None, &mut out);
+    }
+    assert_eq!(out.len(), 1);
+    e.take_updates();
+    // Ten minutes before the newest: behind the watermark (5 minutes of lateness).
+    assert_eq!(
+        e.process_bytes(ev(T0, "late-cv").as_bytes(), None, &mut out),
+        Outcome::Late
+    );
+    let updates = e.take_updates();
+    assert_eq!(updates.len(), 1);
+    assert_eq!(updates[0].incident_id, out[0].alert_id);
+    assert_eq!(updates[0].cvs[0].cv_id, "late-cv");
+    // Without an open incident a late event records nothing.
+    let mut quiet = engine(vec![rule("r", KeyKind::AccountId, Measure::DistinctCvs, "1h", 3)]);
+    quiet.track_exposure(true);
+    quiet.process_bytes(ev(T0 + 600_000, "a").as_bytes(), None, &mut out);
+    assert_eq!(
+        quiet.process_bytes(ev(T0, "b").as_bytes(), None, &mut out),
+        Outcome::Late
+    );
+    assert!(quiet.take_updates().is_empty());
+}
