@@ -310,7 +310,19 @@ pub async fn account(State(s): State<ApiState>, peer: Peer, headers: HeaderMap, 
     let key = id.clone();
     let windows = tokio::task::spawn_blocking(move || detection.query(KeyKind::AccountId, &key))
         .await
-        .unwrap_or_default();
+        .ok()
+        .flatten();
+    let Some(windows) = windows else {
+        // The shard holding the key is busy (a harvest, a store outage): say so rather
+        // than answer that the account is not tracked.
+        let mut r = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the engine holding this account did not answer in time; retry",
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+        return r;
+    };
     let rules = s.rules.read().expect("rules").clone();
     let list: Vec<serde_json::Value> = windows
         .iter()

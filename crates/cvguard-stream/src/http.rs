@@ -427,11 +427,11 @@ impl HttpPipeline {
     }
 
     /// The live windows of a key, from the shard that holds it.
-    pub fn query(&self, kind: KeyKind, key: &str) -> Vec<WindowValue> {
+    pub fn query(&self, kind: KeyKind, key: &str) -> Option<Vec<WindowValue>> {
         let (tx, rx) = mpsc::channel();
         let shard = part_of(kind, key) % self.shards.len();
         let _ = self.shards[shard].send(ShardMsg::Query(kind, key.to_string(), tx));
-        rx.recv_timeout(Duration::from_secs(5)).unwrap_or_default()
+        rx.recv_timeout(Duration::from_secs(5)).ok()
     }
 
     /// Finishes queued events and snapshots every part. An error says some shard could

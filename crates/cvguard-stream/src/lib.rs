@@ -27,8 +27,10 @@ use cvguard_core::{EngineStats, KeyKind, RuleSet, StateSize, WindowValue};
 
 /// What the API asks of a running pipeline, whichever source feeds it.
 pub trait Detection: Send + Sync {
-    /// The live windows of a key against its effective thresholds.
-    fn query(&self, kind: KeyKind, key: &str) -> Vec<WindowValue>;
+    /// The live windows of a key against its effective thresholds; `None` when the engine
+    /// holding it did not answer in time (busy: the caller says so, it does not claim the
+    /// key is untracked).
+    fn query(&self, kind: KeyKind, key: &str) -> Option<Vec<WindowValue>>;
     /// Swaps the rules, keeping window state.
     fn reload(&self, rules: Arc<RuleSet>);
     /// Engine counters and state size, summed over partitions or shards.
@@ -50,7 +52,7 @@ pub struct EventCounts {
 }
 
 impl Detection for http::HttpPipeline {
-    fn query(&self, kind: KeyKind, key: &str) -> Vec<WindowValue> {
+    fn query(&self, kind: KeyKind, key: &str) -> Option<Vec<WindowValue>> {
         http::HttpPipeline::query(self, kind, key)
     }
     fn reload(&self, rules: Arc<RuleSet>) {
@@ -73,8 +75,8 @@ pub struct KafkaDetection {
 }
 
 impl Detection for KafkaDetection {
-    fn query(&self, kind: KeyKind, key: &str) -> Vec<WindowValue> {
-        self.control.query(kind, key)
+    fn query(&self, kind: KeyKind, key: &str) -> Option<Vec<WindowValue>> {
+        Some(self.control.query(kind, key))
     }
     fn reload(&self, rules: Arc<RuleSet>) {
         self.control.reload(&rules)
