@@ -1,29 +1,29 @@
-//! Sinks that leave the process: a signed generic webhook, Prometheus Alertmanager's v2
-//! API, and a Kafka topic.
+//! Sinks that leave the process: a signed generic webhook and a Kafka topic, and the HTTP
+//! plumbing they share with the Alertmanager sink ([`crate::alertmanager`]).
 
 use std::time::Duration;
 
 use cvguard_config::KafkaSection;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::sign::{signature, IDEMPOTENCY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use crate::sinks::{RetryHint, Sink, SinkError};
 
 /// A blocking HTTP client, built on the sink's own thread the first time it is needed:
 /// building (or dropping) one inside an async runtime is not allowed.
-struct LazyClient {
+pub(crate) struct LazyClient {
     timeout: Duration,
     client: Option<reqwest::blocking::Client>,
 }
 
 impl LazyClient {
-    fn new(timeout: Duration) -> LazyClient {
+    pub(crate) fn new(timeout: Duration) -> LazyClient {
         LazyClient { timeout, client: None }
     }
 
-    fn get(&mut self) -> Result<&reqwest::blocking::Client, SinkError> {
+    pub(crate) fn get(&mut self) -> Result<&reqwest::blocking::Client, SinkError> {
         if self.client.is_none() {
             // No redirects: a redirected POST arrives as a GET without its body elsewhere,
             // and a 2xx there would count as delivered.
@@ -80,7 +80,7 @@ pub fn redirect_error(code: u16, headers: &reqwest::header::HeaderMap) -> String
 }
 
 /// The outcome of one POST.
-fn answer(r: reqwest::Result<reqwest::blocking::Response>) -> Result<(), SinkError> {
+pub(crate) fn answer(r: reqwest::Result<reqwest::blocking::Response>) -> Result<(), SinkError> {
     match r {
         Ok(resp) if resp.status().is_redirection() => Err(SinkError {
             message: redirect_error(resp.status().as_u16(), resp.headers()),
@@ -142,67 +142,6 @@ impl Sink for WebhookSink {
     }
 }
 
-/// Prometheus Alertmanager: `POST /api/v2/alerts` with labels rule, key, severity and
-/// action, and the values as annotations.
-pub struct AlertmanagerSink {
-    url: String,
-    client: LazyClient,
-}
-
-impl AlertmanagerSink {
-    pub fn new(base: &str, timeout: Duration) -> std::io::Result<AlertmanagerSink> {
-        Ok(AlertmanagerSink {
-            url: format!("{}/api/v2/alerts", base.trim_end_matches('/')),
-            client: LazyClient::new(timeout),
-        })
-    }
-}
-
-/// The Alertmanager v2 payload for one alert.
-pub fn alertmanager_payload(alert: &Value) -> Value {
-    let s = |k: &str| match &alert[k] {
-        Value::String(x) => x.clone(),
-        Value::Null => String::new(),
-        other => other.to_string(),
-    };
-    json!([{
-        "labels": {
-            "alertname": "CvHarvesting",
-            "rule": s("rule"),
-            "key_kind": s("key_kind"),
-            "key": s("key"),
-            "severity": s("severity"),
-            "action": s("action"),
-        },
-        "annotations": {
-            "summary": format!("{} {} reached {} (threshold {}) in {}: {}", s("key_kind"), s("key"), s("value"), s("threshold"), s("window"), s("action")),
-            "value": s("value"),
-            "threshold": s("threshold"),
-            "reason": s("reason"),
-            "alert_id": s("alert_id"),
-            "event_time": s("event_time"),
-            "first_seen": s("first_seen"),
-        },
-        "generatorURL": format!("cvguard://incidents/{}", s("alert_id")),
-    }])
-}
-
-impl Sink for AlertmanagerSink {
-    fn deliver(&mut self, alert_json: &[u8]) -> Result<(), SinkError> {
-        let alert: Value = serde_json::from_slice(alert_json).map_err(|e| SinkError {
-            message: format!("not an alert: {e}"),
-            hint: RetryHint::GiveUp,
-        })?;
-        answer(
-            self.client
-                .get()?
-                .post(&self.url)
-                .json(&alertmanager_payload(&alert))
-                .send(),
-        )
-    }
-}
-
 /// A Kafka topic, key = the alert's key.
 pub struct KafkaSink {
     topic: String,
@@ -251,7 +190,12 @@ impl Sink for KafkaSink {
 }
 
 pub fn unix_now() -> i64 {
+    wall_clock_ms() / 1000
+}
+
+/// Milliseconds since the Unix epoch, by the wall clock.
+pub fn wall_clock_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+        .map_or(0, |d| d.as_millis() as i64)
 }

@@ -4,8 +4,11 @@
 //! - [`suspend`]: the signed suspend webhook, sent from the outbox with retries.
 //! - [`sinks`] and [`http_sinks`]: alert sinks (JSONL, stdout, webhook, Alertmanager,
 //!   Kafka), each on its own thread behind a bounded queue.
+//! - [`alertmanager`]: the Alertmanager sink, and the task that keeps an incident's alert
+//!   alive there while it is open and resolves it when it closes.
 //! - [`sign`]: the webhook signature, for senders and receivers.
 
+pub mod alertmanager;
 pub mod http_sinks;
 pub mod responder;
 pub mod sign;

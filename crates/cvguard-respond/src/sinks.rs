@@ -131,9 +131,13 @@ impl SinkSet {
                         duration(timeout),
                     )),
                 ),
-                SinkSpec::Alertmanager { url, timeout } => (
+                SinkSpec::Alertmanager { url, timeout, .. } => (
                     format!("alertmanager[{i}]"),
-                    Box::new(crate::http_sinks::AlertmanagerSink::new(url, duration(timeout))?),
+                    Box::new(crate::alertmanager::AlertmanagerSink::new(
+                        url,
+                        duration(timeout),
+                        crate::alertmanager::resend_interval(spec),
+                    )),
                 ),
                 SinkSpec::Kafka { topic } => (
                     format!("kafka[{i}]"),
@@ -210,7 +214,7 @@ pub fn secret_issues(specs: &[SinkSpec]) -> Vec<cvguard_core::ConfigIssue> {
         .collect()
 }
 
-fn duration(text: &str) -> Duration {
+pub(crate) fn duration(text: &str) -> Duration {
     humantime::parse_duration(text.trim()).unwrap_or(Duration::from_secs(5))
 }
 
