@@ -573,77 +573,214 @@ fn without_a_secret_in_the_environment_a_suspend_url_is_a_config_error() {
     assert!(!err.contains(SECRET));
 }
 
-/// Prometheus Alertmanager from Debian's package (scripts/prometheus-tools.sh installs it).
+/// A real Prometheus Alertmanager from Debian's package (scripts/prometheus-tools.sh
+/// installs it), on a free port, killed on drop.
+struct Alertmanager {
+    port: u16,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Alertmanager {
+    /// Starts one with `config` (YAML) and waits until it is ready; None (the test skips,
+    /// saying why) when there is no binary.
+    fn start(config: &str) -> Option<Alertmanager> {
+        let Some(bin) = ["prometheus-alertmanager", "alertmanager"].into_iter().find(|b| {
+            std::process::Command::new("which")
+                .arg(b)
+                .output()
+                .is_ok_and(|o| o.status.success())
+        }) else {
+            eprintln!("SKIPPED: no alertmanager binary; scripts/prometheus-tools.sh could not install Debian's prometheus-alertmanager");
+            return None;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let file = dir.path().join("am.yml");
+        std::fs::write(&file, config).unwrap();
+        let child = std::process::Command::new(bin)
+            .arg(format!("--config.file={}", file.display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg(format!("--storage.path={}", dir.path().join("am-data").display()))
+            .arg("--cluster.listen-address=")
+            // Times in its API in UTC, as `epoch_ms` reads them.
+            .env("TZ", "UTC")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let am = Alertmanager { port, child, _dir: dir };
+        for _ in 0..100 {
+            if http(port, "GET", "/-/ready", b"").is_ok_and(|(c, _)| c == 200) {
+                return Some(am);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("Alertmanager did not get ready on port {port}");
+    }
+
+    fn sink(&self) -> String {
+        format!(
+            "[[sinks]]\nkind = \"alertmanager\"\nurl = \"http://127.0.0.1:{}\"\n",
+            self.port
+        )
+    }
+
+    /// Its active alerts, from its own API (resolved ones are not listed).
+    fn alerts(&self) -> Vec<serde_json::Value> {
+        let (code, body) = http(self.port, "GET", "/api/v2/alerts", b"").unwrap();
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    fn alert(&self, pred: impl Fn(&serde_json::Value) -> bool) -> Option<serde_json::Value> {
+        self.alerts().into_iter().find(|a| pred(a))
+    }
+
+    fn wait_alert(&self, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        for _ in 0..150 {
+            if let Some(a) = self.alert(&pred) {
+                return a;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("no such alert in Alertmanager; it has {:?}", self.alerts());
+    }
+}
+
+impl Drop for Alertmanager {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Epoch milliseconds of a UTC time as Alertmanager writes it (`2024-05-04T05:01:46.748Z`).
+fn epoch_ms(t: &str) -> i64 {
+    let n = |r: std::ops::Range<usize>| t[r].parse::<i64>().unwrap();
+    let (y, m, d) = (n(0..4), n(5..7), n(8..10));
+    assert!(t.ends_with('Z'), "not UTC: {t}");
+    let frac = t[19..t.len() - 1].trim_start_matches('.');
+    let ms = format!("{frac:0<3}")[..3].parse::<i64>().unwrap();
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    ((days * 24 + n(11..13)) * 60 + n(14..16)) * 60_000 + n(17..19) * 1000 + ms
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
 #[test]
 fn alerts_reach_a_real_alertmanager_through_its_v2_api() {
-    let Some(bin) = ["prometheus-alertmanager", "alertmanager"].into_iter().find(|b| {
-        std::process::Command::new("which")
-            .arg(b)
-            .output()
-            .is_ok_and(|o| o.status.success())
-    }) else {
-        eprintln!("SKIPPED: no alertmanager binary; scripts/prometheus-tools.sh could not install Debian's prometheus-alertmanager");
+    let Some(am) = Alertmanager::start("route:\n  receiver: blackhole\nreceivers:\n  - name: blackhole\n") else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let am_port = free_port();
-    let am_config = dir.path().join("am.yml");
-    std::fs::write(
-        &am_config,
-        "route:\n  receiver: blackhole\nreceivers:\n  - name: blackhole\n",
-    )
-    .unwrap();
-    let mut am = std::process::Command::new(bin)
-        .arg(format!("--config.file={}", am_config.display()))
-        .arg(format!("--web.listen-address=127.0.0.1:{am_port}"))
-        .arg(format!("--storage.path={}", dir.path().join("am-data").display()))
-        .arg("--cluster.listen-address=")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _guard = Kill(std::mem::replace(
-        &mut am,
-        std::process::Command::new("true").spawn().unwrap(),
-    ));
-    for _ in 0..100 {
-        if http(am_port, "GET", "/-/ready", b"").is_ok_and(|(c, _)| c == 200) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let e = env(
-        None,
-        &format!("[[sinks]]\nkind = \"alertmanager\"\nurl = \"http://127.0.0.1:{am_port}\"\n"),
-        None,
-    );
+    let e = env(None, &am.sink(), None);
     let _svc = e.start();
     e.post(&harvest(21));
-    let mut found = None;
-    for _ in 0..100 {
-        let (code, body) = http(am_port, "GET", "/api/v2/alerts", b"").unwrap();
-        assert_eq!(code, 200);
-        let alerts: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap_or_default();
-        found = alerts
-            .into_iter()
-            .find(|a| a["labels"]["rule"] == "mass-harvest-24h" && a["labels"]["key"] == "harvester-1");
-        if found.is_some() {
+    let a = am.wait_alert(|a| a["labels"]["alertname"] == "mass-harvest-24h" && a["labels"]["key"] == "harvester-1");
+    assert_eq!(a["labels"]["severity"], "critical");
+    assert_eq!(a["labels"]["key_kind"], "account_id");
+    assert_eq!(a["annotations"]["action"], "suspend");
+    assert_eq!(a["annotations"]["threshold"], "4000");
+    assert!(a["annotations"]["value"].as_str().unwrap().parse::<u64>().unwrap() >= 4000);
+}
+
+/// Issue #13: Alertmanager resolves an alert without `endsAt` by itself after its
+/// `resolve_timeout`. An open incident's alert must stay active (it ends 4 resend
+/// intervals after each post, and is posted again while open), and be resolved when the
+/// incident is. resolve_timeout is 5 s here, so the test shows it being outlived.
+#[test]
+fn an_open_incidents_alert_outlives_alertmanagers_resolve_timeout_and_resolves_when_the_incident_does() {
+    const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+    // Alertmanager's own notifications, to see the resolve reach the SOC too.
+    let soc = Receiver::start(0, SECRET, vec![]);
+    let config = format!(
+        "global:\n  resolve_timeout: {}s\nroute:\n  receiver: soc\n  group_by: [incident_id]\n  group_wait: 0s\n  group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: soc\n    webhook_configs:\n      - url: {}\n        send_resolved: true\n",
+        RESOLVE_TIMEOUT.as_secs(),
+        soc.url("/alertmanager")
+    );
+    let Some(am) = Alertmanager::start(&config) else {
+        return;
+    };
+    let e = env(None, &am.sink(), None);
+    let _svc = e.start();
+    e.post(&harvest(21));
+    let incident = e.wait_incident(|i| i["rule"] == "mass-harvest-24h");
+    let id = incident["id"].as_str().unwrap().to_string();
+    let of_incident = |a: &serde_json::Value| a["labels"]["incident_id"] == id.as_str();
+
+    let a = am.wait_alert(of_incident);
+    let arrived = std::time::Instant::now();
+    // One label set per incident, stable for its life; no CV id, no evidence.
+    assert_eq!(
+        a["labels"],
+        serde_json::json!({"alertname": "mass-harvest-24h", "incident_id": id, "key_kind": "account_id",
+                           "key": "harvester-1", "severity": "critical"})
+    );
+    assert!(
+        epoch_ms(a["endsAt"].as_str().unwrap()) > now_ms() + RESOLVE_TIMEOUT.as_millis() as i64,
+        "endsAt is set, beyond the resolve timeout: {a}"
+    );
+
+    // Active at every look until well past the resolve timeout.
+    let mut last = a;
+    while arrived.elapsed() < RESOLVE_TIMEOUT * 2 {
+        last = am
+            .alert(of_incident)
+            .unwrap_or_else(|| panic!("the open incident's alert ended after {:?}", arrived.elapsed()));
+        assert_eq!(last["status"]["state"], "active", "{last}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+
+    cvguard_ok(&[
+        "incidents",
+        "set",
+        &id,
+        "resolved",
+        "--actor",
+        "soc-alice",
+        "--config",
+        e.config.to_str().unwrap(),
+    ]);
+    let ends_at = epoch_ms(last["endsAt"].as_str().unwrap());
+    let mut gone = false;
+    for _ in 0..150 {
+        if am.alert(of_incident).is_none() {
+            gone = true;
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let a = found.expect("the alert reached Alertmanager");
-    assert_eq!(a["labels"]["severity"], "critical");
-    assert_eq!(a["labels"]["action"], "suspend");
-    assert_eq!(a["annotations"]["value"], "4000");
-    assert_eq!(a["annotations"]["threshold"], "4000");
+    assert!(
+        gone,
+        "no resolve reached Alertmanager within 15 s of the incident's close (serve spawns \
+         cvguard_respond::alertmanager::run, which posts it)"
+    );
+    assert!(now_ms() < ends_at, "resolved by cvguard, not expired at its endsAt");
+    // And Alertmanager told its receiver so.
+    let mut resolved = None;
+    for _ in 0..150 {
+        resolved = soc.calls().into_iter().map(|c| c.json()).find(|n| {
+            n["status"] == "resolved"
+                && n["alerts"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|a| a["labels"]["incident_id"] == id.as_str()))
+        });
+        if resolved.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(resolved.is_some(), "no resolved notification; got {:?}", soc.calls());
 }
 
 #[test]
