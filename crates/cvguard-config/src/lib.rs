@@ -233,6 +233,12 @@ pub fn load(source: &ConfigSource, overrides: &Overrides) -> Result<Config, Conf
         suspend_cooldown: duration("suspend.cooldown", &suspend.cooldown, &mut issues),
     };
     for (i, sink) in sinks.iter().enumerate() {
+        if let SinkSpec::Alertmanager { resend_interval, .. } = sink {
+            let key = format!("sinks[{i}].resend_interval");
+            if duration(&key, resend_interval, &mut issues).is_zero() && humantime_parse(resend_interval).is_some() {
+                issues.push(issue(None, &key, "must be longer than 0s".to_string()));
+            }
+        }
         if let SinkSpec::Webhook { timeout, .. } | SinkSpec::Alertmanager { timeout, .. } = sink {
             duration(&format!("sinks[{i}].timeout"), timeout, &mut issues);
         }

@@ -113,6 +113,10 @@ fn default_max_body() -> usize {
     16 << 20
 }
 
+fn default_alertmanager_resend() -> String {
+    "60s".into()
+}
+
 fn default_max_in_flight() -> usize {
     64 << 20
 }
@@ -317,6 +321,10 @@ pub enum SinkSpec {
         url: String,
         #[serde(default = "default_sink_timeout")]
         timeout: String,
+        /// How often an open incident's alert is posted again; its `endsAt` is 4 of these
+        /// ahead, so Alertmanager never resolves it by itself while the incident is open.
+        #[serde(default = "default_alertmanager_resend")]
+        resend_interval: String,
     },
     /// A Kafka topic (the `[kafka.properties]` connection), key = the alert's key.
     Kafka { topic: String },

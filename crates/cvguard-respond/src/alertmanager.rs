@@ -91,8 +91,14 @@ pub fn targets(specs: &[SinkSpec]) -> Vec<Target> {
 
 /// The sink's resend interval: [`DEFAULT_RESEND`] until the `alertmanager` sink config has a
 /// `resend_interval` (cvguard-config has no such field yet).
-pub fn resend_interval(_spec: &SinkSpec) -> Duration {
-    DEFAULT_RESEND
+pub fn resend_interval(spec: &SinkSpec) -> Duration {
+    match spec {
+        SinkSpec::Alertmanager { resend_interval, .. } => humantime::parse_duration(resend_interval.trim())
+            .ok()
+            .filter(|d| !d.is_zero())
+            .unwrap_or(DEFAULT_RESEND),
+        _ => DEFAULT_RESEND,
+    }
 }
 
 /// The labels of an alert: what Alertmanager tells alerts apart by, groups, routes,

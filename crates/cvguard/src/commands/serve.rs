@@ -89,6 +89,8 @@ async fn serve(config: Config, source: ConfigSource) -> Result<(), Failure> {
             dispatcher_stop.clone(),
         ))
     });
+    // Keeps each open incident's Alertmanager alert alive and resolves it when it closes.
+    tokio::spawn(cvguard_respond::alertmanager::run(store.clone(), config.sinks.clone()));
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
     let effects = cvguard_stream::Effects::new(Some(responder.clone()), sinks.clone(), metrics.clone(), health.clone());
