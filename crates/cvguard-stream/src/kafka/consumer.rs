@@ -12,8 +12,10 @@ use std::time::{Duration, Instant};
 
 use cvguard_core::{Engine, KeyKind};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::producer::FutureProducer;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tracing::{error, info, warn};
 
@@ -106,6 +108,18 @@ struct Ctx {
 }
 
 impl ClientContext for Ctx {
+    /// librdkafka's global errors. Every broker down (stopped, unreachable, refusing
+    /// connections) makes the source not ready until one answers again (`consume`).
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            if self.shared.health.source_connected.swap(false, Ordering::Relaxed) {
+                error!(message = "Kafka unreachable: every broker is down. Not ready until one answers; nothing is consumed or committed meanwhile.", reason);
+            }
+        } else {
+            warn!(message = "Kafka client error.", error = %error, reason);
+        }
+    }
+
     /// librdkafka's statistics: consumer lag per partition, from the broker's high
     /// watermark (which tansu's memory engine reports wrongly; no test relies on it).
     fn stats(&self, statistics: rdkafka::Statistics) {
@@ -269,7 +283,18 @@ fn build_stage(shared: &Shared, tp: &Tp) -> (Stage, Option<i64>) {
         None => (None, sets.into_iter().map(Engine::new).collect()),
     };
     let stage = if repartition {
-        Stage::Repartition(kinds.cross.iter().map(|(k, _)| *k).zip(engines).collect())
+        let applied = match next {
+            Some(n) => super::sources::load(shared.store.dir(), &tp.snapshot_name(), n).unwrap_or_else(|| {
+                warn!(message = "The snapshot has no source offsets (taken before they were kept): re-keyed events sent again after a crash may count twice.",
+                    snapshot = %tp.snapshot_name(), next_offset = n);
+                Default::default()
+            }),
+            None => Default::default(),
+        };
+        Stage::Repartition {
+            engines: kinds.cross.iter().map(|(k, _)| *k).zip(engines).collect(),
+            applied,
+        }
     } else {
         Stage::Input(Box::new(engines.into_iter().next().expect("one engine")))
     };
@@ -466,9 +491,19 @@ fn consume(
     let mut partitions = Partitions::default();
     let mut last_commit = Instant::now();
     let mut urgent = false;
+    let mut last_probe = Instant::now();
+    let probe_topic = opts.section.topics.first().cloned();
     while !opts.shutdown.load(Ordering::Relaxed) {
+        if !opts.health.source_connected.load(Ordering::Relaxed) && last_probe.elapsed() >= PROBE_EVERY {
+            // librdkafka says when every broker is down, not when one is back: ask one.
+            last_probe = Instant::now();
+            if consumer.fetch_metadata(probe_topic.as_deref(), PROBE_EVERY).is_ok() {
+                connected(&opts.health);
+            }
+        }
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
+                connected(&opts.health);
                 // Take what else is already fetched, without waiting, then hand it over.
                 let mut next = Some(Ok(m));
                 while let Some(polled) = next.take() {
@@ -526,6 +561,15 @@ fn consume(
         let _ = h.join();
     }
     summary
+}
+
+/// How often a disconnected consumer asks a broker for metadata, and how long it waits.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+fn connected(health: &Health) {
+    if !health.source_connected.swap(true, Ordering::Relaxed) {
+        info!(message = "Kafka answers again.");
+    }
 }
 
 /// One shared `Tp` per partition, so routing a message allocates nothing.

@@ -11,6 +11,7 @@ mod consumer;
 pub mod incident_feed;
 pub mod output;
 pub mod regroup;
+mod sources;
 mod worker;
 
 use std::collections::HashMap;

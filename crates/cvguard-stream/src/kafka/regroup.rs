@@ -8,26 +8,67 @@
 //! here, by a stable hash of the key, so every instance and version sends a key to the
 //! same partition; order within a source partition is kept, as before.
 //!
-//! A packed message has the key [`PACKED_KEY`] and a payload of records, each
-//! `kind (u8, index in KeyKind::ALL) | timestamp (i64 LE, i64::MIN for none) |
+//! A packed message has the key [`PACKED_KEY`] (`cvguard-packed-v2`) and a payload of a
+//! topic table, `count (u8) | each: length (u16 LE) | UTF-8 name`, then records, each
+//! `kind (u8, index in KeyKind::ALL) | timestamp (i64 LE, i64::MIN for none) | source
+//! topic (u8, index in the table) | source partition (i32 LE) | source offset (i64 LE) |
 //! length (u32 LE) | the event`. The event is in the compact form of [`encode_event`]:
 //! it was parsed and validated on its input partition, and parsing its JSON again on
 //! the repartition stage, once per key kind, cost as much as the first time.
+//!
+//! The source (input topic, partition, offset) is what makes the repartition stage
+//! idempotent: after a crash, input partitions re-process from their committed offsets
+//! and send some re-keyed events again, under new repartition offsets. A repartition
+//! partition remembers, per key kind and source partition, the highest source offset it
+//! applied (`sources.rs`), and skips a record at or below it. Version 1 records
+//! (`cvguard-packed-v1`: `kind | timestamp | length | event`, no source) are still read,
+//! so an upgrade loses none in flight; they cannot be told from a repetition.
 
 use std::borrow::Cow;
 
 use cvguard_core::{Event, KeyKind, Visibility};
 
-/// The Kafka key of a packed message; also how a reader tells it from the older one
-/// event per message form (`org_id|<org>` keys), which it still reads.
-pub const PACKED_KEY: &[u8] = b"cvguard-packed-v1";
+/// The Kafka key of a packed message; also how a reader tells it from the older forms,
+/// which it still reads: [`PACKED_KEY_V1`], and one event per message (`org_id|<org>` keys).
+pub const PACKED_KEY: &[u8] = b"cvguard-packed-v2";
+/// Packed records without their source, as written before version 2.
+pub const PACKED_KEY_V1: &[u8] = b"cvguard-packed-v1";
 
 /// Flush a partition's buffer once it holds this much, well under the broker's default
 /// message size limit (1 MB).
 pub const FLUSH_BYTES: usize = 256 * 1024;
 
-const HEADER: usize = 1 + 8 + 4;
+const HEADER_V1: usize = 1 + 8 + 4;
+const HEADER: usize = 1 + 8 + 1 + 4 + 8 + 4;
 const NO_TIMESTAMP: i64 = i64::MIN;
+/// Topics one packed message can name (its table's count is a u8).
+const MAX_TOPICS: usize = u8::MAX as usize;
+
+/// Which record format a repartition message is in, from its key; `None` for the one
+/// event per message form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Packing {
+    V1,
+    V2,
+}
+
+impl Packing {
+    pub fn of_key(key: Option<&[u8]>) -> Option<Packing> {
+        match key {
+            Some(k) if k == PACKED_KEY => Some(Packing::V2),
+            Some(k) if k == PACKED_KEY_V1 => Some(Packing::V1),
+            _ => None,
+        }
+    }
+}
+
+/// Where a re-keyed event was read: its input topic, partition and offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Source<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+}
 
 /// The repartition partition of a key: FNV-1a of `kind|key`. Part of the wire contract
 /// between instances: changing it would split a key's state over two partitions.
@@ -45,10 +86,41 @@ fn fnv1a(bytes: impl Iterator<Item = u8>) -> u64 {
 
 /// Re-keyed events waiting to be produced, one buffer per repartition partition.
 pub struct Packer {
-    buffers: Vec<Packed>,
+    buffers: Vec<Buffer>,
 }
 
-/// One partition's buffer.
+/// One partition's records before their topic table is put in front.
+#[derive(Debug, Default)]
+struct Buffer {
+    topics: Vec<Box<str>>,
+    bytes: Vec<u8>,
+    records: usize,
+    timestamp: Option<i64>,
+}
+
+impl Buffer {
+    fn table_len(&self) -> usize {
+        1 + self.topics.iter().map(|t| 2 + t.len()).sum::<usize>()
+    }
+
+    /// The message's payload: the topic table, then the records.
+    fn finish(self) -> Packed {
+        let mut bytes = Vec::with_capacity(self.table_len() + self.bytes.len());
+        bytes.push(self.topics.len() as u8);
+        for t in &self.topics {
+            bytes.extend_from_slice(&(t.len() as u16).to_le_bytes());
+            bytes.extend_from_slice(t.as_bytes());
+        }
+        bytes.extend_from_slice(&self.bytes);
+        Packed {
+            bytes,
+            records: self.records,
+            timestamp: self.timestamp,
+        }
+    }
+}
+
+/// One partition's packed message.
 #[derive(Debug, Default)]
 pub struct Packed {
     pub bytes: Vec<u8>,
@@ -61,20 +133,41 @@ pub struct Packed {
 impl Packer {
     pub fn new(partitions: i32) -> Packer {
         Packer {
-            buffers: (0..partitions.max(1)).map(|_| Packed::default()).collect(),
+            buffers: (0..partitions.max(1)).map(|_| Buffer::default()).collect(),
         }
     }
 
-    /// Appends an event for `key`. When the event would take its partition's buffer past
-    /// [`FLUSH_BYTES`], the buffer is returned first, to be sent before it: a packed
-    /// message is then never larger than the flush size or than its one record, so
-    /// packing never makes a message the broker refuses for its size.
-    pub fn push(&mut self, kind: KeyKind, key: &str, payload: &[u8], timestamp: Option<i64>) -> Option<(i32, Packed)> {
+    /// Appends an event for `key`, read at `source`. When the event would take its
+    /// partition's buffer past [`FLUSH_BYTES`] (or its topic table past [`MAX_TOPICS`]),
+    /// the buffer is returned first, to be sent before it: a packed message is then never
+    /// larger than the flush size or than its one record, so packing never makes a message
+    /// the broker refuses for its size.
+    pub fn push(
+        &mut self,
+        kind: KeyKind,
+        key: &str,
+        payload: &[u8],
+        timestamp: Option<i64>,
+        source: Source<'_>,
+    ) -> Option<(i32, Packed)> {
         let partition = partition_of(kind, key, self.buffers.len() as i32);
         let buf = &mut self.buffers[partition as usize];
-        let full =
-            (buf.records > 0 && buf.bytes.len() + HEADER + payload.len() > FLUSH_BYTES).then(|| std::mem::take(buf));
-        encode(&mut buf.bytes, kind, timestamp, payload);
+        // Topic names are at most 249 bytes in Kafka; a longer one could not be read back.
+        let topic = &source.topic[..source.topic.len().min(u16::MAX as usize)];
+        let known = buf.topics.iter().position(|t| **t == *topic);
+        let growth = HEADER + payload.len() + if known.is_some() { 0 } else { 2 + topic.len() };
+        let full = (buf.records > 0
+            && (buf.table_len() + buf.bytes.len() + growth > FLUSH_BYTES
+                || (known.is_none() && buf.topics.len() == MAX_TOPICS)))
+            .then(|| std::mem::take(buf).finish());
+        let index = match buf.topics.iter().position(|t| **t == *topic) {
+            Some(i) => i,
+            None => {
+                buf.topics.push(topic.into());
+                buf.topics.len() - 1
+            }
+        };
+        encode(&mut buf.bytes, kind, timestamp, index as u8, source, payload);
         buf.records += 1;
         buf.timestamp = match (buf.timestamp, timestamp) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -83,9 +176,9 @@ impl Packer {
         full.map(|f| (partition, f))
     }
 
-    /// Takes one partition's buffer, leaving it empty.
+    /// Takes one partition's packed message, leaving its buffer empty.
     pub fn take(&mut self, partition: i32) -> Packed {
-        std::mem::take(&mut self.buffers[partition as usize])
+        std::mem::take(&mut self.buffers[partition as usize]).finish()
     }
 
     /// The partitions that hold records.
@@ -96,11 +189,14 @@ impl Packer {
     }
 }
 
-fn encode(out: &mut Vec<u8>, kind: KeyKind, timestamp: Option<i64>, payload: &[u8]) {
+fn encode(out: &mut Vec<u8>, kind: KeyKind, timestamp: Option<i64>, topic: u8, source: Source<'_>, payload: &[u8]) {
     let index = KeyKind::ALL.iter().position(|k| *k == kind).expect("a key kind") as u8;
     out.reserve(HEADER + payload.len());
     out.push(index);
     out.extend_from_slice(&timestamp.unwrap_or(NO_TIMESTAMP).to_le_bytes());
+    out.push(topic);
+    out.extend_from_slice(&source.partition.to_le_bytes());
+    out.extend_from_slice(&source.offset.to_le_bytes());
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     out.extend_from_slice(payload);
 }
@@ -201,6 +297,8 @@ impl<'a> Reader<'a> {
 pub struct Record<'a> {
     pub kind: KeyKind,
     pub timestamp: Option<i64>,
+    /// Where the event was read; `None` in version 1 records.
+    pub source: Option<Source<'a>>,
     pub payload: &'a [u8],
 }
 
@@ -212,108 +310,223 @@ pub struct Malformed {
 }
 
 /// The records of a packed message, in order; stops at the first malformed one.
-pub fn records(mut bytes: &[u8]) -> impl Iterator<Item = Result<Record<'_>, Malformed>> {
+pub fn records(packing: Packing, bytes: &[u8]) -> impl Iterator<Item = Result<Record<'_>, Malformed>> {
     let total = bytes.len();
+    let (topics, mut rest, mut broken_table) = match packing {
+        Packing::V1 => (Vec::new(), bytes, false),
+        Packing::V2 => match topic_table(bytes) {
+            Some((topics, rest)) => (topics, rest, false),
+            None => (Vec::new(), &[][..], true),
+        },
+    };
     std::iter::from_fn(move || {
-        if bytes.is_empty() {
+        if std::mem::take(&mut broken_table) {
+            return Some(Err(Malformed {
+                at: 0,
+                why: "malformed topic table",
+            }));
+        }
+        if rest.is_empty() {
             return None;
         }
-        let at = total - bytes.len();
+        let at = total - rest.len();
         let fail = |why| Some(Err(Malformed { at, why }));
-        if bytes.len() < HEADER {
-            bytes = &[];
+        let header = match packing {
+            Packing::V1 => HEADER_V1,
+            Packing::V2 => HEADER,
+        };
+        if rest.len() < header {
+            rest = &[];
             return fail("truncated record header");
         }
-        let Some(kind) = KeyKind::ALL.get(bytes[0] as usize).copied() else {
-            bytes = &[];
+        let Some(kind) = KeyKind::ALL.get(rest[0] as usize).copied() else {
+            rest = &[];
             return fail("unknown key kind");
         };
-        let ts = i64::from_le_bytes(bytes[1..9].try_into().expect("8 bytes"));
-        let len = u32::from_le_bytes(bytes[9..13].try_into().expect("4 bytes")) as usize;
-        let rest = &bytes[HEADER..];
-        if rest.len() < len {
-            bytes = &[];
+        let ts = i64::from_le_bytes(rest[1..9].try_into().expect("8 bytes"));
+        let source = match packing {
+            Packing::V1 => None,
+            Packing::V2 => {
+                let Some(topic) = topics.get(rest[9] as usize).copied() else {
+                    rest = &[];
+                    return fail("unknown source topic");
+                };
+                Some(Source {
+                    topic,
+                    partition: i32::from_le_bytes(rest[10..14].try_into().expect("4 bytes")),
+                    offset: i64::from_le_bytes(rest[14..22].try_into().expect("8 bytes")),
+                })
+            }
+        };
+        let len = u32::from_le_bytes(rest[header - 4..header].try_into().expect("4 bytes")) as usize;
+        let body = &rest[header..];
+        if body.len() < len {
+            rest = &[];
             return fail("truncated record payload");
         }
-        let (payload, tail) = rest.split_at(len);
-        bytes = tail;
+        let (payload, tail) = body.split_at(len);
+        rest = tail;
         Some(Ok(Record {
             kind,
             timestamp: (ts != NO_TIMESTAMP).then_some(ts),
+            source,
             payload,
         }))
     })
+}
+
+/// A version 2 message's topic table and the bytes after it.
+fn topic_table(bytes: &[u8]) -> Option<(Vec<&str>, &[u8])> {
+    let mut r = Reader(bytes);
+    let count = r.take(1)?[0];
+    let mut topics = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let len = u16::from_le_bytes(r.take(2)?.try_into().ok()?);
+        topics.push(std::str::from_utf8(r.take(len as usize)?).ok()?);
+    }
+    Some((topics, r.0))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn src(topic: &str, partition: i32, offset: i64) -> Source<'_> {
+        Source {
+            topic,
+            partition,
+            offset,
+        }
+    }
+
     #[test]
-    fn records_come_back_in_order_with_their_kind_and_timestamp() {
+    fn records_come_back_in_order_with_their_kind_timestamp_and_source() {
         let mut p = Packer::new(1);
-        assert!(p.push(KeyKind::OrgId, "org-1", br#"{"a":1}"#, Some(5)).is_none());
-        assert!(p.push(KeyKind::Ip, "10.0.0.1", b"", None).is_none());
-        assert!(p.push(KeyKind::UserId, "u", b"xyz", Some(-3)).is_none());
+        assert!(p
+            .push(KeyKind::OrgId, "org-1", br#"{"a":1}"#, Some(5), src("events", 2, 40))
+            .is_none());
+        assert!(p.push(KeyKind::Ip, "10.0.0.1", b"", None, src("other", 0, 7)).is_none());
+        assert!(p
+            .push(KeyKind::UserId, "u", b"xyz", Some(-3), src("events", 5, i64::MAX))
+            .is_none());
         let packed = p.take(0);
         assert_eq!(packed.records, 3);
         assert_eq!(packed.timestamp, Some(-3));
-        let got: Vec<_> = records(&packed.bytes).collect::<Result<_, _>>().unwrap();
+        let got: Vec<_> = records(Packing::V2, &packed.bytes).collect::<Result<_, _>>().unwrap();
         assert_eq!(
             got,
             vec![
                 Record {
                     kind: KeyKind::OrgId,
                     timestamp: Some(5),
+                    source: Some(src("events", 2, 40)),
                     payload: br#"{"a":1}"#
                 },
                 Record {
                     kind: KeyKind::Ip,
                     timestamp: None,
+                    source: Some(src("other", 0, 7)),
                     payload: b""
                 },
                 Record {
                     kind: KeyKind::UserId,
                     timestamp: Some(-3),
+                    source: Some(src("events", 5, i64::MAX)),
                     payload: b"xyz"
                 },
             ]
         );
+        // Each topic is named once, in the table in front.
+        let table = 1 + (2 + "events".len()) + (2 + "other".len());
+        assert_eq!(packed.bytes.len(), table + 3 * HEADER + 7 + 3);
         assert!(p.filled().is_empty(), "take empties the buffer");
+    }
+
+    /// Version 1 (`kind | timestamp | length | event`, no source), as written before
+    /// records carried their source, is still read.
+    #[test]
+    fn version_1_records_are_still_read_without_a_source() {
+        let mut v1 = Vec::new();
+        for (kind, ts, payload) in [(1u8, 5i64, &b"abc"[..]), (3, NO_TIMESTAMP, b"")] {
+            v1.push(kind);
+            v1.extend_from_slice(&ts.to_le_bytes());
+            v1.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            v1.extend_from_slice(payload);
+        }
+        assert_eq!(Packing::of_key(Some(b"cvguard-packed-v1")), Some(Packing::V1));
+        assert_eq!(Packing::of_key(Some(PACKED_KEY)), Some(Packing::V2));
+        assert_eq!(Packing::of_key(Some(b"org_id|o")), None);
+        let got: Vec<_> = records(Packing::V1, &v1).collect::<Result<_, _>>().unwrap();
+        assert_eq!(
+            got,
+            vec![
+                Record {
+                    kind: KeyKind::ALL[1],
+                    timestamp: Some(5),
+                    source: None,
+                    payload: b"abc"
+                },
+                Record {
+                    kind: KeyKind::ALL[3],
+                    timestamp: None,
+                    source: None,
+                    payload: b""
+                },
+            ]
+        );
     }
 
     #[test]
     fn a_truncated_or_unknown_record_is_reported_where_it_starts() {
         let mut p = Packer::new(1);
-        assert!(p.push(KeyKind::OrgId, "o", b"0123456789", None).is_none());
-        assert!(p.push(KeyKind::OrgId, "o", b"abc", None).is_none());
+        assert!(p
+            .push(KeyKind::OrgId, "o", b"0123456789", None, src("t", 0, 1))
+            .is_none());
+        assert!(p.push(KeyKind::OrgId, "o", b"abc", None, src("t", 0, 2)).is_none());
         let bytes = p.take(0).bytes;
-        let first_len = HEADER + 10;
-        let cut: Vec<_> = records(&bytes[..bytes.len() - 1]).collect();
+        let table = 1 + 2 + 1;
+        let second = table + HEADER + 10;
+        let cut: Vec<_> = records(Packing::V2, &bytes[..bytes.len() - 1]).collect();
         assert!(cut[0].is_ok());
         assert_eq!(
             cut[1],
             Err(Malformed {
-                at: first_len,
+                at: second,
                 why: "truncated record payload"
             })
         );
         let mut bad = bytes.clone();
-        bad[first_len] = 200;
-        let got: Vec<_> = records(&bad).collect();
+        bad[second] = 200;
+        let got: Vec<_> = records(Packing::V2, &bad).collect();
         assert_eq!(got.len(), 2);
         assert_eq!(
             got[1],
             Err(Malformed {
-                at: first_len,
+                at: second,
                 why: "unknown key kind"
             })
         );
+        let mut bad = bytes.clone();
+        bad[second + 9] = 1;
         assert_eq!(
-            records(&bytes[..5]).collect::<Vec<_>>(),
+            records(Packing::V2, &bad).nth(1),
+            Some(Err(Malformed {
+                at: second,
+                why: "unknown source topic"
+            }))
+        );
+        assert_eq!(
+            records(Packing::V2, &bytes[..table + 5]).collect::<Vec<_>>(),
+            vec![Err(Malformed {
+                at: table,
+                why: "truncated record header"
+            })]
+        );
+        assert_eq!(
+            records(Packing::V2, &bytes[..2]).collect::<Vec<_>>(),
             vec![Err(Malformed {
                 at: 0,
-                why: "truncated record header"
+                why: "malformed topic table"
             })]
         );
     }
@@ -402,25 +615,50 @@ mod tests {
         let mut p = Packer::new(2);
         let part = partition_of(KeyKind::OrgId, "o", 2);
         let third = vec![b'x'; FLUSH_BYTES / 3];
-        assert!(p.push(KeyKind::OrgId, "o", &third, Some(1)).is_none());
-        assert!(p.push(KeyKind::OrgId, "o", &third, Some(2)).is_none());
-        let (at, full) = p
-            .push(KeyKind::OrgId, "o", &third, Some(3))
+        let at = |offset| src("events", 0, offset);
+        assert!(p.push(KeyKind::OrgId, "o", &third, Some(1), at(1)).is_none());
+        assert!(p.push(KeyKind::OrgId, "o", &third, Some(2), at(2)).is_none());
+        let (got, full) = p
+            .push(KeyKind::OrgId, "o", &third, Some(3), at(3))
             .expect("the third does not fit");
-        assert_eq!(at, part);
+        assert_eq!(got, part);
         assert_eq!(full.records, 2);
         assert!(full.bytes.len() <= FLUSH_BYTES);
         assert_eq!(full.timestamp, Some(1));
-        // The event that did not fit waits in a fresh buffer, sent after the full one.
+        // The event that did not fit waits in a fresh buffer, sent after the full one,
+        // with a topic table of its own.
         let rest = p.take(part);
         assert_eq!(rest.records, 1);
         assert_eq!(rest.timestamp, Some(3));
+        let r: Vec<_> = records(Packing::V2, &rest.bytes).collect::<Result<_, _>>().unwrap();
+        assert_eq!(r[0].source, Some(at(3)));
         // An event larger than the flush size travels alone.
         let big = vec![b'y'; FLUSH_BYTES + 1];
-        assert!(p.push(KeyKind::OrgId, "o", &big, None).is_none());
+        assert!(p.push(KeyKind::OrgId, "o", &big, None, at(4)).is_none());
         let (_, alone) = p
-            .push(KeyKind::OrgId, "o", b"{}", None)
+            .push(KeyKind::OrgId, "o", b"{}", None, at(5))
             .expect("the big one is handed back");
         assert_eq!(alone.records, 1);
+    }
+
+    #[test]
+    fn a_full_topic_table_is_handed_back_before_a_new_topic() {
+        let mut p = Packer::new(1);
+        let names: Vec<String> = (0..=MAX_TOPICS).map(|i| format!("t{i}")).collect();
+        for n in &names[..MAX_TOPICS] {
+            assert!(p.push(KeyKind::OrgId, "o", b"e", None, src(n, 0, 1)).is_none());
+        }
+        let (_, full) = p
+            .push(KeyKind::OrgId, "o", b"e", None, src(&names[MAX_TOPICS], 0, 1))
+            .expect("no room for a 256th topic");
+        assert_eq!(full.records, MAX_TOPICS);
+        let sources: Vec<_> = records(Packing::V2, &full.bytes)
+            .map(|r| r.unwrap().source.unwrap().topic)
+            .collect();
+        assert_eq!(
+            sources,
+            names[..MAX_TOPICS].iter().map(String::as_str).collect::<Vec<_>>()
+        );
+        assert_eq!(p.take(0).records, 1);
     }
 }

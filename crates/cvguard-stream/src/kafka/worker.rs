@@ -11,7 +11,8 @@ use cvguard_core::{parse_event, Alert, Engine, KeyKind, Outcome, RejectReason};
 use tracing::{info, warn};
 
 use super::output::{repartition_kind, Outputs, Pending};
-use super::regroup::{self, Packer, PACKED_KEY};
+use super::regroup::{self, Packer, Packing, Record, Source};
+use super::sources::{self, Applied};
 use super::{Kinds, Tp};
 use crate::health::Health;
 use crate::snapshot_store::SnapshotStore;
@@ -108,17 +109,27 @@ impl InBatch {
 }
 
 /// What a partition is: an input topic (account rules) or the repartition topic
-/// (org, user and ip rules, one engine each).
+/// (org, user and ip rules, one engine each, and the source offsets they applied).
 pub enum Stage {
     Input(Box<Engine>),
-    Repartition(Vec<(KeyKind, Engine)>),
+    Repartition {
+        engines: Vec<(KeyKind, Engine)>,
+        applied: Applied,
+    },
 }
 
 impl Stage {
     fn engines(&self) -> Vec<&Engine> {
         match self {
             Stage::Input(e) => vec![&**e],
-            Stage::Repartition(v) => v.iter().map(|(_, e)| e).collect(),
+            Stage::Repartition { engines, .. } => engines.iter().map(|(_, e)| e).collect(),
+        }
+    }
+
+    fn engines_mut(&mut self) -> Vec<&mut Engine> {
+        match self {
+            Stage::Input(e) => vec![&mut **e],
+            Stage::Repartition { engines, .. } => engines.iter_mut().map(|(_, e)| e).collect(),
         }
     }
 }
@@ -161,6 +172,8 @@ pub struct WorkerCounters {
     pub alerts_suppressed: u64,
     pub dead_lettered: u64,
     pub repartitioned: u64,
+    /// Re-keyed events skipped as repetitions of ones applied before (`sources.rs`).
+    pub repeats_skipped: u64,
 }
 
 pub struct Worker {
@@ -274,10 +287,10 @@ impl Worker {
                     }
                     ToWorker::Assign(tp, mut work) => {
                         let track = self.effects.records();
-                        match &mut work.stage {
-                            Stage::Input(e) => e.track_exposure(track),
-                            Stage::Repartition(v) => v.iter_mut().for_each(|(_, e)| e.track_exposure(track)),
-                        }
+                        work.stage
+                            .engines_mut()
+                            .into_iter()
+                            .for_each(|e| e.track_exposure(track));
                         if work.rebuilding {
                             self.health.rebuilding.fetch_add(1, Ordering::Relaxed);
                         }
@@ -314,7 +327,7 @@ impl Worker {
                                 Stage::Input(e) => {
                                     e.reload(kinds.account.clone());
                                 }
-                                Stage::Repartition(engines) => {
+                                Stage::Repartition { engines, .. } => {
                                     let mut old = std::mem::take(engines);
                                     for (kind, set) in &kinds.cross {
                                         match old.iter().position(|(k, _)| k == kind) {
@@ -447,6 +460,13 @@ impl Worker {
             return;
         }
         let Some(next) = live.work.next_offset else { return };
+        if let Stage::Repartition { applied, .. } = &live.work.stage {
+            // The source offsets first: a snapshot without them would count repetitions.
+            if let Err(e) = sources::save(self.store.dir(), &tp.snapshot_name(), next, applied) {
+                warn!(message = "Saving source offsets failed; no snapshot this time.", error = %e);
+                return;
+            }
+        }
         let engines: Vec<_> = live.work.stage.engines().iter().map(|e| e.snapshot()).collect();
         if let Err(e) = self.store.save(&tp.snapshot_name(), next, &engines) {
             warn!(message = "Snapshot failed; the partition will rebuild from Kafka instead.", error = %e);
@@ -490,7 +510,13 @@ impl Worker {
                                     if compact.is_empty() {
                                         regroup::encode_event(compact, &ev);
                                     }
-                                    if let Some((partition, full)) = packer.push(*kind, key, compact, m.timestamp) {
+                                    let from = Source {
+                                        topic: &m.tp.topic,
+                                        partition: m.tp.partition,
+                                        offset: m.offset,
+                                    };
+                                    if let Some((partition, full)) = packer.push(*kind, key, compact, m.timestamp, from)
+                                    {
                                         self.outputs.repartition(partition, full, pending);
                                     }
                                     live.counters.repartitioned += 1;
@@ -504,10 +530,26 @@ impl Worker {
                     self.dead_letter(source, m, payload, reason, pending, &mut live.counters);
                 }
             }
-            Stage::Repartition(engines) => {
-                if m.key == Some(PACKED_KEY) {
+            Stage::Repartition { engines, applied } => {
+                if let Some(packing) = Packing::of_key(m.key) {
                     decisions = 0;
-                    for record in regroup::records(payload) {
+                    for record in regroup::records(packing, payload) {
+                        if let Ok(Record {
+                            kind,
+                            source: Some(from),
+                            ..
+                        }) = &record
+                        {
+                            if !applied.admit(*kind, *from) {
+                                if live.counters.repeats_skipped == 0 {
+                                    info!(message = "Skipping re-keyed events this partition applied before (sent again after a restart).",
+                                        topic = %m.tp.topic, partition = m.tp.partition, offset = m.offset,
+                                        source_topic = from.topic, source_partition = from.partition, source_offset = from.offset);
+                                }
+                                live.counters.repeats_skipped += 1;
+                                continue;
+                            }
+                        }
                         decisions += 1;
                         match record {
                             Ok(r) => match (
@@ -541,9 +583,8 @@ impl Worker {
         }
         if self.effects.records() {
             // Updates are idempotent in the store, so a rebuild records them again safely.
-            match &mut work.stage {
-                Stage::Input(e) => owed.updates.extend(e.take_updates()),
-                Stage::Repartition(v) => v.iter_mut().for_each(|(_, e)| owed.updates.extend(e.take_updates())),
+            for e in work.stage.engines_mut() {
+                owed.updates.extend(e.take_updates());
             }
         }
         if !replaying {
