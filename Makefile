@@ -56,6 +56,7 @@ bench: build-release kafka-up
 	$(CARGO) bench -p cvguard-benches --bench micro -- --warm-up-time 1 --measurement-time 3
 	$(CARGO) bench -p cvguard-benches --bench e2e
 	$(CARGO) bench -p cvguard-benches --bench kafka
+	scripts/bench-ingest.sh
 
 clean:
 	$(CARGO) clean
