@@ -873,7 +873,7 @@ impl Engine {
                 if let Some(id) = table.firing.get(view.key.state.firing, slot, w) {
                     late.push(IncidentUpdate {
                         incident_id: format!("{id:016x}"),
-                        value: view.key.value(view.layout, w),
+                        value: view.value_now(w),
                         event_time_ms: ev.ts,
                         cvs: event_exposure(ev, sec),
                     });
@@ -939,14 +939,8 @@ impl Engine {
             return Vec::new();
         };
         let mut values = view.window_values();
-        for (w, (value, &ri)) in values.iter_mut().zip(self.rules.rules_of(kind)).enumerate() {
-            value.value = match view.layout.plan.place[w] {
-                Some((g, i)) => view.members(g, i).count() as u64,
-                None => {
-                    let cutoff = view.now - self.rules.rules[ri].window_secs;
-                    view.key.counts[view.layout.count_place[w]].value_at(cutoff)
-                }
-            };
+        for (w, value) in values.iter_mut().enumerate() {
+            value.value = view.value_now(w);
         }
         values
     }
@@ -980,6 +974,20 @@ struct KeyView<'e> {
 impl KeyView<'_> {
     fn members(&self, g: usize, i: usize) -> impl Iterator<Item = (CvRef, &crate::distinct::CvEntry)> + '_ {
         self.key.groups[g].members(&self.layout.plan.groups[g], i, self.now)
+    }
+
+    /// Rule `w`'s value as of the engine's newest event time, exactly: entries older than
+    /// the window are left out even where no event of this key has advanced past them yet
+    /// (the running counts only hold right after such an advance).
+    fn value_now(&self, w: usize) -> u64 {
+        match self.layout.plan.place[w] {
+            Some((g, i)) => self.members(g, i).count() as u64,
+            None => {
+                let ri = self.rules.rules_of(self.kind)[w];
+                let cutoff = self.now - self.rules.rules[ri].window_secs;
+                self.key.counts[self.layout.count_place[w]].value_at(cutoff)
+            }
+        }
     }
 
     fn window_values(&self) -> Vec<WindowValue> {

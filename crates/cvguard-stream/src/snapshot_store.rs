@@ -186,6 +186,7 @@ mod tests {
         EngineSnapshot {
             rules_fingerprint: 7,
             max_ts: Some(1000),
+            watermark_ts: Some(1000),
             stats: cvguard_core::engine::snapshot::StatsSnapshot::default(),
             keys: Vec::new(),
         }
