@@ -101,7 +101,7 @@ pub async fn ingest(State(s): State<ApiState>, peer: Peer, headers: HeaderMap, b
         Ok(Err(e)) => {
             // Nothing was accepted: the client may send the same body again.
             let retry_after = match e {
-                cvguard_stream::http::IngestError::Busy { .. } => "1",
+                cvguard_stream::http::IngestError::Busy { .. } | cvguard_stream::http::IngestError::CatchingUp => "1",
                 cvguard_stream::http::IngestError::Log(_) => "10",
             };
             let mut r = error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());

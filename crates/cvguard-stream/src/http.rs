@@ -67,6 +67,10 @@ pub enum IngestError {
     /// The ingest log could not be written (a full disk, an I/O error).
     #[error("the ingest log could not be written: {0}")]
     Log(std::io::Error),
+    /// Still deciding the log's records from before the start: new events would come
+    /// before older ones.
+    #[error("catching up with the ingest log after a restart; retry shortly")]
+    CatchingUp,
 }
 
 /// One record of the ingest log on its way through the shards.
@@ -132,6 +136,8 @@ pub struct HttpPipeline {
     max_in_flight: u64,
     late_total: Arc<AtomicU64>,
     effects: Effects,
+    /// Replaying the log's records from before the start; ingest waits for it.
+    catching_up: AtomicBool,
 }
 
 /// What `HttpPipeline::start` needs.
@@ -144,12 +150,16 @@ pub struct HttpOptions {
     pub effects: Effects,
     pub metrics: Arc<crate::Metrics>,
     pub max_in_flight_bytes: u64,
+    /// Counts the catch-up after a restart as rebuilding, so /readyz says not ready.
+    pub health: Arc<crate::Health>,
 }
 
 impl HttpPipeline {
-    /// Opens the ingest log, restores every part, starts the shard threads and replays
-    /// the log from the oldest part's position before returning.
-    pub fn start(o: HttpOptions) -> std::io::Result<HttpPipeline> {
+    /// Opens the ingest log, restores every part and starts the shard threads; then
+    /// replays the log from the oldest part's position on a thread of its own, while the
+    /// API already answers (/readyz 503, ingest 503 until it is done).
+    pub fn start(o: HttpOptions) -> std::io::Result<Arc<HttpPipeline>> {
+        let health = o.health.clone();
         let n = o.shards.clamp(1, PARTS);
         let log = Arc::new(IngestLog::open(o.store.dir().join("ingest"))?);
         let sets = per_kind(&o.rules);
@@ -236,8 +246,21 @@ impl HttpPipeline {
             max_in_flight: o.max_in_flight_bytes.max(1),
             late_total: Arc::new(AtomicU64::new(0)),
             effects: o.effects.clone(),
+            catching_up: AtomicBool::new(true),
         };
-        pipeline.replay(replay_from)?;
+        let pipeline = Arc::new(pipeline);
+        health.rebuilding.fetch_add(1, Ordering::Relaxed);
+        let catch_up = pipeline.clone();
+        thread::Builder::new().name("catch-up".into()).spawn(move || {
+            match catch_up.replay(replay_from) {
+                Ok(()) => {
+                    catch_up.catching_up.store(false, Ordering::Release);
+                    health.rebuilding.fetch_sub(1, Ordering::Relaxed);
+                }
+                // Left not ready on purpose: an unreadable log needs an operator.
+                Err(e) => error!(message = "The ingest log could not be replayed; staying not ready.", error = %e),
+            }
+        })?;
         Ok(pipeline)
     }
 
@@ -303,6 +326,10 @@ impl HttpPipeline {
     /// hands them to the shards and waits briefly for their verdict. Nothing is accepted
     /// when ingest is too far behind or the log cannot be written.
     pub fn submit(&self, body: &[u8], clock_ms: i64) -> Result<IngestReport, IngestError> {
+        if self.catching_up.load(Ordering::Acquire) {
+            self.metrics.ingest_refused.with_label_values(&["catching_up"]).inc();
+            return Err(IngestError::CatchingUp);
+        }
         let in_flight = self.in_flight.load(Ordering::Acquire);
         if in_flight > self.max_in_flight {
             self.metrics.ingest_refused.with_label_values(&["busy"]).inc();

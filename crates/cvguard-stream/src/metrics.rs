@@ -104,12 +104,12 @@ impl Metrics {
         let ingest_refused = IntCounterVec::new(
             Opts::new(
                 "cvguard_ingest_refused_total",
-                "HTTP ingest requests refused with nothing accepted: busy (too many bytes in flight) or log (the ingest log could not be written).",
+                "HTTP ingest requests refused with nothing accepted: busy (too many bytes in flight), log (the ingest log could not be written), catching_up (replaying the log after a restart).",
             ),
             &["reason"],
         )
         .expect("metric");
-        for r in ["busy", "log"] {
+        for r in ["busy", "log", "catching_up"] {
             ingest_refused.with_label_values(&[r]);
         }
         let ingest_log_bytes =

@@ -102,19 +102,18 @@ async fn serve(config: Config, source: ConfigSource) -> Result<(), Failure> {
     let mut kafka_handle = None;
     let detection: Arc<dyn Detection> = match config.source.kind {
         SourceKind::Http => {
-            let pipeline = Arc::new(
-                HttpPipeline::start(HttpOptions {
-                    rules: rules.clone(),
-                    shards: workers,
-                    sinks: sinks.clone(),
-                    store: snapshots,
-                    snapshot_interval: config.timing.snapshot_interval,
-                    effects: effects.clone(),
-                    metrics: metrics.clone(),
-                    max_in_flight_bytes: config.http.max_in_flight_bytes as u64,
-                })
-                .with_context(|| format!("opening the ingest log in {}", config.state.dir))?,
-            );
+            let pipeline = HttpPipeline::start(HttpOptions {
+                rules: rules.clone(),
+                shards: workers,
+                sinks: sinks.clone(),
+                store: snapshots,
+                snapshot_interval: config.timing.snapshot_interval,
+                effects: effects.clone(),
+                metrics: metrics.clone(),
+                max_in_flight_bytes: config.http.max_in_flight_bytes as u64,
+                health: health.clone(),
+            })
+            .with_context(|| format!("opening the ingest log in {}", config.state.dir))?;
             health.source_connected.store(true, Ordering::Relaxed);
             health.started.store(true, Ordering::Relaxed);
             ingest = Some(pipeline.clone());
