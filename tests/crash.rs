@@ -257,18 +257,48 @@ fn half_post(port: u16, body: &str) -> std::net::TcpStream {
     s
 }
 
-/// The reference: the same input posted to a service that nothing interrupts.
-fn uninterrupted(root: &Path, sim: &Path, chunks: &[String]) -> (Node, Receiver, Vec<serde_json::Value>) {
-    let receiver = Receiver::start(0, SECRET, vec![Reply::Status(500)]);
-    let dir = root.join("calm");
-    let node = Node::new(&dir, sim, &receiver.url("/suspend"), &dir);
-    let mut svc = node.start();
-    for c in chunks {
-        node.post(&svc, c);
-    }
-    let incidents = node.settled_incidents(&svc);
-    assert!(svc.sigterm(WAIT).success());
-    (node, receiver, incidents)
+/// What an uninterrupted run gives: the incidents' summary, the suspend calls per
+/// account, and the (rule, key) pairs of the alerts published.
+struct Reference {
+    incidents: BTreeMap<(String, String, String), String>,
+    calls: BTreeMap<String, usize>,
+    alerts: BTreeSet<(String, String)>,
+}
+
+/// The reference: the same input posted to a service that nothing interrupts. Both tests
+/// here compare with it, so it runs once for both (the simulator is deterministic).
+fn uninterrupted() -> &'static Reference {
+    static REFERENCE: std::sync::OnceLock<Reference> = std::sync::OnceLock::new();
+    REFERENCE.get_or_init(|| {
+        let root = tempfile::tempdir().unwrap();
+        let sim = simulate(root.path());
+        let receiver = Receiver::start(0, SECRET, vec![Reply::Status(500)]);
+        let dir = root.path().join("calm");
+        let node = Node::new(&dir, &sim, &receiver.url("/suspend"), &dir);
+        let mut svc = node.start();
+        for c in &chunks(&sim) {
+            node.post(&svc, c);
+        }
+        let incidents = node.settled_incidents(&svc);
+        assert!(svc.sigterm(WAIT).success());
+        Reference {
+            incidents: summary(&incidents),
+            calls: suspend_calls(&receiver),
+            alerts: alert_keys(&node.alerts()).into_iter().collect(),
+        }
+    })
+}
+
+fn alert_keys(alerts: &[serde_json::Value]) -> Vec<(String, String)> {
+    alerts
+        .iter()
+        .map(|a| {
+            (
+                a["rule"].as_str().unwrap().to_string(),
+                a["key"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
 }
 
 #[test]
@@ -278,7 +308,7 @@ fn kill_9_at_bad_moments_gives_the_incidents_and_suspensions_of_an_uninterrupted
     let chunks = chunks(&sim);
     assert!(chunks.len() >= 10, "{} chunks", chunks.len());
 
-    let (calm, calm_receiver, calm_incidents) = uninterrupted(root.path(), &sim, &chunks);
+    let calm = uninterrupted();
 
     // The same input, killed with -9: right after the first suspend call reached the
     // platform (answered 500, so it is retried after the restart), with half a request
@@ -313,9 +343,9 @@ fn kill_9_at_bad_moments_gives_the_incidents_and_suspensions_of_an_uninterrupted
     let log = svc.log_text();
     assert!(svc.sigterm(WAIT).success());
 
-    assert_same(&summary(&incidents), &summary(&calm_incidents), &log);
+    assert_same(&summary(&incidents), &calm.incidents, &log);
     let calls = suspend_calls(&receiver);
-    let calm_calls = suspend_calls(&calm_receiver);
+    let calm_calls = calm.calls.clone();
     // Each account: the refused first call, then one that was delivered; never a second
     // suspension after a delivered one.
     assert_eq!(calls, calm_calls);
@@ -350,22 +380,10 @@ fn kill_9_at_bad_moments_gives_the_incidents_and_suspensions_of_an_uninterrupted
     }
 
     // No alert twice; none that the uninterrupted run did not raise.
-    let keys = |alerts: Vec<serde_json::Value>| -> Vec<(String, String)> {
-        alerts
-            .iter()
-            .map(|a| {
-                (
-                    a["rule"].as_str().unwrap().to_string(),
-                    a["key"].as_str().unwrap().to_string(),
-                )
-            })
-            .collect()
-    };
-    let crashy_alerts = keys(node.alerts());
-    let calm_alerts: BTreeSet<_> = keys(calm.alerts()).into_iter().collect();
+    let crashy_alerts = alert_keys(&node.alerts());
     let unique: BTreeSet<_> = crashy_alerts.iter().cloned().collect();
     assert_eq!(unique.len(), crashy_alerts.len(), "an alert was published twice");
-    assert!(unique.is_subset(&calm_alerts));
+    assert!(unique.is_subset(&calm.alerts));
 }
 
 /// The store on a disk that fills up: decisions wait (not ready, a metric, a system
@@ -391,7 +409,7 @@ fn a_full_disk_freed_again_loses_no_incident() {
     }
     let _unmount = Unmount(disk.clone());
 
-    let (_, calm_receiver, calm_incidents) = uninterrupted(root.path(), &sim, &chunks);
+    let calm = uninterrupted();
 
     let receiver = Receiver::start(0, SECRET, vec![Reply::Status(500)]);
     let node_dir = root.path().join("node");
@@ -449,11 +467,11 @@ fn a_full_disk_freed_again_loses_no_incident() {
     std::fs::remove_file(&filler).unwrap();
     let mut svc = node.start();
     let incidents = node.settled_incidents(&svc);
-    assert_same(&summary(&incidents), &summary(&calm_incidents), &svc.log_text());
+    assert_same(&summary(&incidents), &calm.incidents, &svc.log_text());
     svc.kill9();
     let mut svc = node.start();
     node.wait_decided(&svc);
-    assert_same(&summary(&node.incidents()), &summary(&calm_incidents), &svc.log_text());
-    assert_eq!(suspend_calls(&receiver), suspend_calls(&calm_receiver));
+    assert_same(&summary(&node.incidents()), &calm.incidents, &svc.log_text());
+    assert_eq!(suspend_calls(&receiver), calm.calls);
     assert!(svc.sigterm(WAIT).success());
 }
