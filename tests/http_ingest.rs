@@ -88,7 +88,8 @@ fn metrics_count_each_event_once_by_outcome() {
     let event = |sec: i64, cv: usize| {
         serde_json::json!({
             "ts": (1_714_780_800 + sec) * 1000, "account_id": "acct-a", "org_id": "org-a",
-            "user_id": "user-a", "ip": "192.0.2.7", "action": "cv_view", "cv_id": format!("cv-{cv}")
+            "user_id": "user-a", "ip": "192.0.2.7", "action": "cv_view", "cv_id": format!("cv-{cv}"),
+            "event_id": format!("e-{sec}")
         })
         .to_string()
     };
@@ -97,6 +98,16 @@ fn metrics_count_each_event_once_by_outcome() {
     body += &serde_json::json!({"ts": "2099-01-01T00:00:00Z", "account_id": "a", "action": "cv_view"}).to_string();
     let (code, text) = http(port, "POST", "/v1/events", body.as_bytes()).unwrap();
     assert_eq!(code, 202, "{text}");
+    // Three of them delivered again (a producer's retry): counted once (#14).
+    let again: String = (0..3).map(|i| event(i, i as usize) + "\n").collect();
+    let (code, text) = http(port, "POST", "/v1/events", again.as_bytes()).unwrap();
+    assert_eq!(code, 202, "{text}");
+    let report: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        (report["accepted"].as_u64(), report["duplicates"].as_u64()),
+        (Some(3), Some(3)),
+        "{text}"
+    );
     // Ten minutes before the newest: behind the watermark (allowed lateness 5 minutes).
     let (code, text) = http(port, "POST", "/v1/events", (event(-600, 99) + "\n").as_bytes()).unwrap();
     assert_eq!(code, 202, "{text}");
@@ -116,12 +127,13 @@ fn metrics_count_each_event_once_by_outcome() {
     };
     assert_eq!(value("cvguard_events_total{outcome=\"accepted\"}"), 10);
     assert_eq!(value("cvguard_events_total{outcome=\"late\"}"), 1);
+    assert_eq!(value("cvguard_events_total{outcome=\"duplicate\"}"), 3);
     assert_eq!(value("cvguard_events_total{outcome=\"rejected\"}"), 3);
     assert_eq!(value("cvguard_events_late_total"), 1);
     assert_eq!(value("cvguard_events_rejected_total{reason=\"invalid_json\"}"), 1);
     assert_eq!(value("cvguard_events_rejected_total{reason=\"missing_action\"}"), 1);
     assert_eq!(value("cvguard_events_rejected_total{reason=\"future_ts\"}"), 1);
-    assert_eq!(value("cvguard_events_by_action_total{action=\"cv_view\"}"), 11);
+    assert_eq!(value("cvguard_events_by_action_total{action=\"cv_view\"}"), 14);
     assert_eq!(value("cvguard_suspensions_total{outcome=\"queued\"}"), 0);
     assert_eq!(value("cvguard_store_errors_total{operation=\"open_incident\"}"), 0);
     assert_eq!(value("cvguard_ingest_refused_total{reason=\"busy\"}"), 0);

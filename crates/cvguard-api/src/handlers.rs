@@ -122,6 +122,7 @@ pub async fn ingest(State(s): State<ApiState>, peer: Peer, headers: HeaderMap, b
             "accepted": report.accepted,
             "rejected": report.rejected,
             "late": report.late,
+            "duplicates": report.duplicates,
             "decided": report.decided,
         })),
     )

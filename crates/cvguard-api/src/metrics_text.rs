@@ -40,6 +40,7 @@ pub async fn metrics(State(s): State<ApiState>) -> impl IntoResponse {
     let rejected_total: u64 = counts.rejected.iter().sum();
     events.with_label_values(&["accepted"]).inc_by(counts.accepted);
     events.with_label_values(&["late"]).inc_by(counts.late);
+    events.with_label_values(&["duplicate"]).inc_by(counts.duplicate);
     events.with_label_values(&["rejected"]).inc_by(rejected_total);
     let late =
         prometheus::IntCounter::new("cvguard_events_late_total", "Events older than the watermark.").expect("metric");

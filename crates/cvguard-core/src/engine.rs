@@ -30,6 +30,9 @@ pub enum Outcome {
     Accepted,
     /// Older than the watermark: counted, not added to any window.
     Late,
+    /// Its `event_id` was accepted within `engine.dedupe_window`: a second delivery of
+    /// the same event, counted and not applied again.
+    Duplicate,
     Rejected(RejectReason),
 }
 
@@ -46,6 +49,8 @@ pub struct EngineStats {
     pub suspensions: u64,
     /// Times a new key was not tracked because its kind had `max_tracked_keys` already.
     pub keys_refused: u64,
+    /// Events not applied because their `event_id` was accepted within the dedupe window.
+    pub duplicates: u64,
 }
 
 impl EngineStats {
@@ -61,6 +66,7 @@ impl EngineStats {
         self.alerts += other.alerts;
         self.suspensions += other.suspensions;
         self.keys_refused += other.keys_refused;
+        self.duplicates += other.duplicates;
     }
 
     pub fn rejected_total(&self) -> u64 {
@@ -437,6 +443,8 @@ pub struct Engine {
     watermark_ts: Option<Millis>,
     /// How many engines share the instance's `max_tracked_keys` (parts or partitions).
     key_share: usize,
+    /// The `event_id`s accepted within `dedupe_window`.
+    pub(crate) dedupe: crate::dedupe::Dedupe,
     stats: EngineStats,
     cv_pairs: u64,
     scratch: Vec<CvRef>,
@@ -487,6 +495,7 @@ impl Engine {
             max_ts: None,
             watermark_ts: None,
             key_share: 1,
+            dedupe: Default::default(),
             stats: EngineStats::default(),
             cv_pairs: 0,
             scratch: Vec::new(),
@@ -558,6 +567,7 @@ impl Engine {
                 self.names.heap_bytes(),
             ),
             ("engine scratch", self.scratch.capacity() * size_of::<CvRef>()),
+            ("event ids kept for deduplication", self.dedupe.heap_bytes()),
         ];
         HeapProfile {
             parts: parts.into_iter().map(|(name, b)| (name, b as u64)).collect(),
@@ -602,6 +612,14 @@ impl Engine {
             }
         }
         self.stats.events += 1;
+        let dedupe_window = self.rules.settings.dedupe_window_ms;
+        let event_id = ev.event_id.as_deref().filter(|_| dedupe_window > 0);
+        if let (Some(id), Some(newest)) = (event_id, self.max_ts) {
+            if self.dedupe.seen(id, newest - dedupe_window) {
+                self.stats.duplicates += 1;
+                return Outcome::Duplicate;
+            }
+        }
         if let Some(wm) = self.watermark() {
             if ev.ts < wm {
                 self.stats.late += 1;
@@ -614,6 +632,12 @@ impl Engine {
         self.max_ts = Some(now_ms);
         let bounded = clock_ms.map_or(ev.ts, |clock| ev.ts.min(clock));
         self.watermark_ts = Some(self.watermark_ts.map_or(bounded, |t| t.max(bounded)));
+        if let Some(id) = event_id {
+            self.dedupe.accept(id, ev.ts);
+        }
+        if dedupe_window > 0 {
+            self.dedupe.expire(now_ms - dedupe_window);
+        }
         let now = now_ms.div_euclid(1000);
 
         let rules = Arc::clone(&self.rules);

@@ -7,6 +7,7 @@
 pub mod alert;
 pub mod chunked;
 pub mod cvmap;
+pub mod dedupe;
 pub mod distinct;
 pub mod engine;
 pub mod event;

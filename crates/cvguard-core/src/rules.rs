@@ -159,6 +159,10 @@ pub struct EngineSpec {
     /// `keys_refused`, with a system alert): memory stays bounded whatever is sent.
     #[serde(default = "default_max_tracked_keys")]
     pub max_tracked_keys: usize,
+    /// An event whose `event_id` was accepted less than this much event time ago is a
+    /// duplicate delivery: counted as `duplicate`, not applied again. `0s` turns it off.
+    #[serde(default = "default_dedupe_window")]
+    pub dedupe_window: String,
     /// Global dry run: every `suspend` decision becomes an alert with reason `dry_run`.
     #[serde(default)]
     pub dry_run: bool,
@@ -182,6 +186,9 @@ fn default_max_field_bytes() -> usize {
 fn default_max_tracked_keys() -> usize {
     2_000_000
 }
+fn default_dedupe_window() -> String {
+    "10m".into()
+}
 
 impl Default for EngineSpec {
     fn default() -> Self {
@@ -192,6 +199,7 @@ impl Default for EngineSpec {
             max_event_bytes: default_max_event_bytes(),
             max_field_bytes: default_max_field_bytes(),
             max_tracked_keys: default_max_tracked_keys(),
+            dedupe_window: default_dedupe_window(),
             dry_run: false,
         }
     }
@@ -246,6 +254,8 @@ pub struct EngineSettings {
     pub dry_run: bool,
     /// Per key kind, per instance (an engine tracks its share, see `Engine::share_keys`).
     pub max_tracked_keys: usize,
+    /// 0: no deduplication.
+    pub dedupe_window_ms: Millis,
 }
 
 /// Longest accepted window. The engine keeps exact state for it, so it bounds memory.
@@ -581,6 +591,7 @@ fn compile_engine(spec: &EngineSpec, issues: &mut Vec<ConfigIssue>) -> EngineSet
     };
     let allowed_lateness_ms = duration("allowed_lateness", &spec.allowed_lateness);
     let future_skew_ms = duration("future_skew", &spec.future_skew);
+    let dedupe_window_ms = duration("dedupe_window", &spec.dedupe_window);
     for (key, value) in [
         ("max_field_bytes", spec.max_field_bytes),
         ("max_tracked_keys", spec.max_tracked_keys),
@@ -610,6 +621,7 @@ fn compile_engine(spec: &EngineSpec, issues: &mut Vec<ConfigIssue>) -> EngineSet
         },
         dry_run: spec.dry_run,
         max_tracked_keys: spec.max_tracked_keys,
+        dedupe_window_ms,
     }
 }
 

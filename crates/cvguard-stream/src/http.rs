@@ -48,6 +48,9 @@ pub struct IngestReport {
     pub rejected: BTreeMap<&'static str, u64>,
     /// Accepted events older than some key's watermark: logged, counted, in no window.
     pub late: u64,
+    /// Accepted events whose `event_id` was already accepted within
+    /// `engine.dedupe_window`: a second delivery, counted once.
+    pub duplicates: u64,
     /// Whether every shard decided the accepted events before the answer.
     pub decided: bool,
 }
@@ -84,13 +87,16 @@ struct Batch {
     pending: AtomicUsize,
     /// Per line: late for some key kind.
     late: Vec<AtomicBool>,
-    /// Told when the last shard finished (a live request waits on it).
-    done: Mutex<Option<Sender<u64>>>,
+    /// Per line: a duplicate delivery for some key kind.
+    duplicate: Vec<AtomicBool>,
+    /// Told (late, duplicates) when the last shard finished (a live request waits on it).
+    done: Mutex<Option<Sender<(u64, u64)>>>,
     in_flight: Arc<AtomicU64>,
     in_flight_gauge: prometheus::IntGauge,
     /// Late events since start, added to when the last shard finishes a live batch (a
     /// replayed one was counted by the process that accepted it).
     late_total: Arc<AtomicU64>,
+    duplicate_total: Arc<AtomicU64>,
     live: bool,
 }
 
@@ -99,12 +105,14 @@ impl Batch {
         if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
             let left = self.in_flight.fetch_sub(self.lines.len() as u64, Ordering::AcqRel) - self.lines.len() as u64;
             self.in_flight_gauge.set(left as i64);
-            let late = self.late.iter().filter(|l| l.load(Ordering::Relaxed)).count() as u64;
+            let count = |flags: &[AtomicBool]| flags.iter().filter(|f| f.load(Ordering::Relaxed)).count() as u64;
+            let (late, duplicates) = (count(&self.late), count(&self.duplicate));
             if self.live {
                 self.late_total.fetch_add(late, Ordering::Relaxed);
+                self.duplicate_total.fetch_add(duplicates, Ordering::Relaxed);
             }
             if let Some(tx) = self.done.lock().expect("batch").take() {
-                let _ = tx.send(late);
+                let _ = tx.send((late, duplicates));
             }
         }
     }
@@ -135,6 +143,7 @@ pub struct HttpPipeline {
     in_flight: Arc<AtomicU64>,
     max_in_flight: u64,
     late_total: Arc<AtomicU64>,
+    duplicate_total: Arc<AtomicU64>,
     effects: Effects,
     /// Replaying the log's records from before the start; ingest waits for it.
     catching_up: AtomicBool,
@@ -245,6 +254,7 @@ impl HttpPipeline {
             in_flight,
             max_in_flight: o.max_in_flight_bytes.max(1),
             late_total: Arc::new(AtomicU64::new(0)),
+            duplicate_total: Arc::new(AtomicU64::new(0)),
             effects: o.effects.clone(),
             catching_up: AtomicBool::new(true),
         };
@@ -294,7 +304,7 @@ impl HttpPipeline {
         Ok(())
     }
 
-    fn route(&self, seq: u64, clock_ms: i64, lines: Vec<u8>, done: Option<Sender<u64>>) {
+    fn route(&self, seq: u64, clock_ms: i64, lines: Vec<u8>, done: Option<Sender<(u64, u64)>>) {
         let count = lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count();
         self.in_flight.fetch_add(lines.len() as u64, Ordering::AcqRel);
         self.metrics
@@ -308,10 +318,12 @@ impl HttpPipeline {
             arrived: Instant::now(),
             pending: AtomicUsize::new(self.shards.len()),
             late: (0..count).map(|_| AtomicBool::new(false)).collect(),
+            duplicate: (0..count).map(|_| AtomicBool::new(false)).collect(),
             done: Mutex::new(done),
             in_flight: self.in_flight.clone(),
             in_flight_gauge: self.metrics.ingest_in_flight_bytes.clone(),
             late_total: self.late_total.clone(),
+            duplicate_total: self.duplicate_total.clone(),
             live,
         });
         for s in &self.shards {
@@ -410,7 +422,10 @@ impl HttpPipeline {
                 DECIDE_WAIT
             };
             match rx.recv_timeout(wait) {
-                Ok(late) => report.late = late,
+                Ok((late, duplicates)) => {
+                    report.late = late;
+                    report.duplicates = duplicates;
+                }
                 Err(_) => report.decided = false,
             }
         }
@@ -427,9 +442,11 @@ impl HttpPipeline {
     pub fn event_counts(&self) -> crate::EventCounts {
         let (accepted, rejected) = self.ingest_counts();
         let late = self.late_total.load(Ordering::Relaxed).min(accepted);
+        let duplicate = self.duplicate_total.load(Ordering::Relaxed).min(accepted - late);
         crate::EventCounts {
-            accepted: accepted - late,
+            accepted: accepted - late - duplicate,
             late,
+            duplicate,
             rejected,
         }
     }
@@ -613,8 +630,10 @@ impl Shard {
                     continue;
                 };
                 alerts.clear();
-                if engine.process(&ev, Some(batch.clock_ms), alerts) == Outcome::Late {
-                    batch.late[i].store(true, Ordering::Relaxed);
+                match engine.process(&ev, Some(batch.clock_ms), alerts) {
+                    Outcome::Late => batch.late[i].store(true, Ordering::Relaxed),
+                    Outcome::Duplicate => batch.duplicate[i].store(true, Ordering::Relaxed),
+                    _ => {}
                 }
                 if !alerts.is_empty() {
                     let sinks = &self.sinks;

@@ -47,6 +47,8 @@ pub struct EventCounts {
     pub accepted: u64,
     /// Older than the watermark of some key kind: counted, in no window.
     pub late: u64,
+    /// A second delivery of an event (same `event_id` within the dedupe window).
+    pub duplicate: u64,
     /// Refused, by `RejectReason::index`.
     pub rejected: [u64; cvguard_core::RejectReason::ALL.len()],
 }
@@ -98,6 +100,7 @@ impl Detection for KafkaDetection {
             }
             counts.accepted += s.accepted;
             counts.late += s.late;
+            counts.duplicate += s.duplicates;
             for (sum, n) in counts.rejected.iter_mut().zip(s.rejected) {
                 *sum += n;
             }

@@ -187,6 +187,7 @@ mod tests {
             rules_fingerprint: 7,
             max_ts: Some(1000),
             watermark_ts: Some(1000),
+            dedupe: Vec::new(),
             stats: cvguard_core::engine::snapshot::StatsSnapshot::default(),
             keys: Vec::new(),
         }

@@ -90,11 +90,12 @@ pub fn write_summary(
     let secs = elapsed.as_secs_f64().max(1e-9);
     writeln!(
         w,
-        "events read {}  accepted {}  rejected {}  late {}  ({:.1} MB in {:.2} s, {:.0} events/s)",
+        "events read {}  accepted {}  rejected {}  late {}  duplicate {}  ({:.1} MB in {:.2} s, {:.0} events/s)",
         stats.events,
         stats.accepted,
         stats.rejected_total(),
         stats.late,
+        stats.duplicates,
         bytes as f64 / 1e6,
         secs,
         stats.events as f64 / secs

@@ -21,6 +21,9 @@ pub struct EngineSnapshot {
     /// none and take `max_ts`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watermark_ts: Option<i64>,
+    /// The event ids accepted within the dedupe window, with their event times.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dedupe: Vec<(String, i64)>,
     pub stats: StatsSnapshot,
     pub keys: Vec<KeySnapshot>,
 }
@@ -36,6 +39,8 @@ pub struct StatsSnapshot {
     pub suspensions: u64,
     #[serde(default)]
     pub keys_refused: u64,
+    #[serde(default)]
+    pub duplicates: u64,
 }
 
 /// One CV of a key: (cv id, first second, latest second per action class, visibility,
@@ -146,6 +151,7 @@ impl Engine {
             rules_fingerprint: self.rules.fingerprint(),
             max_ts: self.max_ts,
             watermark_ts: self.watermark_ts,
+            dedupe: self.dedupe.entries(),
             stats: StatsSnapshot {
                 events: s.events,
                 accepted: s.accepted,
@@ -155,6 +161,7 @@ impl Engine {
                 alerts: s.alerts,
                 suspensions: s.suspensions,
                 keys_refused: s.keys_refused,
+                duplicates: s.duplicates,
             },
             keys,
         }
@@ -172,6 +179,9 @@ impl Engine {
         let mut engine = Engine::new(rules.clone());
         engine.max_ts = snap.max_ts;
         engine.watermark_ts = snap.watermark_ts.or(snap.max_ts);
+        for (id, at) in &snap.dedupe {
+            engine.dedupe.accept(id, *at);
+        }
         let now = snap.max_ts.unwrap_or(0).div_euclid(1000);
         let st = &snap.stats;
         engine.stats.events = st.events;
@@ -184,6 +194,7 @@ impl Engine {
         engine.stats.alerts = st.alerts;
         engine.stats.suspensions = st.suspensions;
         engine.stats.keys_refused = st.keys_refused;
+        engine.stats.duplicates = st.duplicates;
 
         for k in &snap.keys {
             let rule_ids = rules.rules_of(k.kind);

@@ -1065,3 +1065,61 @@ fn a_late_events_cvs_join_the_open_incident() {
     );
     assert!(quiet.take_updates().is_empty());
 }
+
+/// Issue #14: an event delivered twice counts once. Within `dedupe_window` (10 minutes by
+/// default) of event time a repeated `event_id` is a duplicate; after it, or without an
+/// id, or with the window at 0s, it counts again; a snapshot keeps the ids.
+#[test]
+fn a_duplicate_delivery_counts_once_within_the_window_and_through_a_snapshot() {
+    let rules = || vec![rule("n", KeyKind::AccountId, Measure::Events, "1h", 100)];
+    let ev = |ms: i64, id: Option<&str>| {
+        let mut v = serde_json::json!({"ts": ms, "account_id": "a", "action": "cv_view", "cv_id": "c"});
+        if let Some(id) = id {
+            v["event_id"] = id.into();
+        }
+        v.to_string()
+    };
+    let value = |e: &Engine| e.key_values(KeyKind::AccountId, "a")[0].value;
+    let mut e = engine(rules());
+    let mut out = Vec::new();
+    assert_eq!(
+        e.process_bytes(ev(T0, Some("e-1")).as_bytes(), None, &mut out),
+        Outcome::Accepted
+    );
+    assert_eq!(
+        e.process_bytes(ev(T0, Some("e-1")).as_bytes(), None, &mut out),
+        Outcome::Duplicate
+    );
+    assert_eq!(value(&e), 1);
+    // Without an id nothing is deduplicated.
+    e.process_bytes(ev(T0, None).as_bytes(), None, &mut out);
+    e.process_bytes(ev(T0, None).as_bytes(), None, &mut out);
+    assert_eq!(value(&e), 3);
+    // Nine minutes on, e-1 is still remembered, also after a snapshot and restore.
+    e.process_bytes(ev(T0 + 540_000, Some("e-2")).as_bytes(), None, &mut out);
+    let snap: crate::engine::EngineSnapshot =
+        serde_json::from_str(&serde_json::to_string(&e.snapshot()).unwrap()).unwrap();
+    let mut e = Engine::restore(e.rules().clone(), &snap).unwrap();
+    assert_eq!(
+        e.process_bytes(ev(T0, Some("e-1")).as_bytes(), None, &mut out),
+        Outcome::Duplicate
+    );
+    assert_eq!(e.stats().duplicates, 2);
+    // Past ten minutes of newer events it is forgotten: a new delivery counts again.
+    e.process_bytes(ev(T0 + 601_000, Some("e-3")).as_bytes(), None, &mut out);
+    assert_eq!(
+        e.process_bytes(ev(T0 + 601_000, Some("e-1")).as_bytes(), None, &mut out),
+        Outcome::Accepted
+    );
+    // `0s` turns it off.
+    let off = EngineSpec {
+        dedupe_window: "0s".into(),
+        ..EngineSpec::default()
+    };
+    let mut e = engine_with(off, rules(), Profiles::default(), &[]);
+    e.process_bytes(ev(T0, Some("e-1")).as_bytes(), None, &mut out);
+    assert_eq!(
+        e.process_bytes(ev(T0, Some("e-1")).as_bytes(), None, &mut out),
+        Outcome::Accepted
+    );
+}
