@@ -51,6 +51,8 @@ pub struct Alert {
     pub value: u64,
     /// The effective threshold for this key.
     pub threshold: u64,
+    /// Which term of the rule set `threshold`.
+    pub threshold_source: crate::ThresholdSource,
     pub action: AlertAction,
     pub reason: AlertReason,
     /// RFC 3339 time of the event that crossed the threshold.
@@ -59,6 +61,8 @@ pub struct Alert {
     pub event_id: Option<String>,
     /// Earliest event still inside the rule's window.
     pub first_seen: String,
+    /// Time to detect, in event time: from `first_seen` to the crossing event.
+    pub time_to_detect_ms: i64,
     /// Accounts involved: the account itself, or those seen under an org, user or ip key.
     pub accounts: Vec<String>,
     /// With `action = suspend`: the accounts to suspend (involved, not allowlisted).
@@ -96,6 +100,7 @@ pub struct WindowValue {
     pub window: String,
     pub value: u64,
     pub threshold: u64,
+    pub threshold_source: crate::ThresholdSource,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]

@@ -1014,6 +1014,16 @@ impl KeyView<'_> {
         }
     }
 
+    /// Which term set rule `w`'s threshold for this key. Worked out again from the rules
+    /// (alerts and the account view are rare next to events); should the key's stored
+    /// threshold differ (a user key read without its account), it is the rule's.
+    fn threshold_source(&self, w: usize, rule: &Rule, account_hint: Option<&str>) -> crate::ThresholdSource {
+        match self.rules.threshold_and_source(rule, &self.key.state.key, account_hint) {
+            (threshold, source) if threshold == self.key.thresholds[w] => source,
+            _ => crate::ThresholdSource::Rule,
+        }
+    }
+
     fn window_values(&self) -> Vec<WindowValue> {
         self.rules
             .rules_of(self.kind)
@@ -1027,6 +1037,7 @@ impl KeyView<'_> {
                     window: rule.window_text.clone(),
                     value: self.key.value(self.layout, w),
                     threshold: self.key.thresholds[w],
+                    threshold_source: self.threshold_source(w, rule, None),
                 }
             })
             .collect()
@@ -1124,6 +1135,8 @@ fn build_alert(view: &KeyView<'_>, w: usize, rule: &Rule, ev: &Event<'_>) -> (Al
         Some(_) => reported.and_then(|(_, _, oldest)| oldest).map(|s| s.max(window_start)),
         None => key.counts[view.layout.count_place[w]].oldest(),
     };
+    let first_seen_ms = first_seen_sec.map_or(ev.ts, |s| s * 1000);
+    let hint = (view.kind == KeyKind::UserId).then_some(&*ev.account_id);
     let alert = Alert {
         alert_id: format!("{id:016x}"),
         rule: rule.name.clone(),
@@ -1134,11 +1147,13 @@ fn build_alert(view: &KeyView<'_>, w: usize, rule: &Rule, ev: &Event<'_>) -> (Al
         window: rule.window_text.clone(),
         value: key.value(view.layout, w),
         threshold: key.thresholds[w],
+        threshold_source: view.threshold_source(w, rule, hint),
         action,
         reason,
         event_time: format_rfc3339_ms(ev.ts),
         event_id: ev.event_id.as_ref().map(|s| s.to_string()),
-        first_seen: format_rfc3339_ms(first_seen_sec.map_or(ev.ts, |s| s * 1000)),
+        first_seen: format_rfc3339_ms(first_seen_ms),
+        time_to_detect_ms: (ev.ts - first_seen_ms).max(0),
         accounts,
         suspend_accounts,
         evidence,

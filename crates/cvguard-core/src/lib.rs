@@ -23,4 +23,6 @@ pub use alert::{Alert, AlertAction, AlertReason, Evidence, VisibilityCounts, Win
 pub use engine::{Engine, EngineStats, Exposure, HeapProfile, IncidentUpdate, Outcome, StateSize};
 pub use event::{parse_event, Event, ParseLimits, RejectReason, Visibility};
 pub use profiles::{AccountProfile, OrgProfile, Profiles};
-pub use rules::{ConfigIssue, EngineSpec, KeyKind, Measure, Response, Rule, RuleSet, RuleSpec, Severity};
+pub use rules::{
+    ConfigIssue, EngineSpec, KeyKind, Measure, Response, Rule, RuleSet, RuleSpec, Severity, ThresholdSource,
+};

@@ -48,6 +48,20 @@ pub enum Measure {
     DistinctCvs,
 }
 
+/// Which term of a rule set a key's effective threshold (alerts and the account view
+/// say it, so an analyst can read why a key fired, or did not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ThresholdSource {
+    /// The rule's `threshold`.
+    #[default]
+    Rule,
+    /// The threshold of a segment the account (or org) is in.
+    Segment,
+    /// `per_vacancy` times the open vacancies, when larger.
+    PerVacancy,
+}
+
 impl Measure {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -541,6 +555,12 @@ impl RuleSet {
     /// vacancies and the most permissive of their accounts' segments; a user uses the
     /// profile of the account it acts for (`account_hint`); an ip uses `threshold` alone.
     pub fn effective_threshold(&self, rule: &Rule, key: &str, account_hint: Option<&str>) -> u64 {
+        self.threshold_and_source(rule, key, account_hint).0
+    }
+
+    /// The effective threshold and which term set it: the rule's `threshold`, a segment's
+    /// (when it is the larger term), or `per_vacancy` times the open vacancies.
+    pub fn threshold_and_source(&self, rule: &Rule, key: &str, account_hint: Option<&str>) -> (u64, ThresholdSource) {
         let (segment_threshold, vacancies) = match rule.group_by {
             KeyKind::AccountId => self.account_terms(rule, key),
             KeyKind::UserId => account_hint.map_or((rule.threshold, 0), |a| self.account_terms(rule, a)),
@@ -559,7 +579,13 @@ impl RuleSet {
             KeyKind::Ip => (rule.threshold, 0),
         };
         let by_vacancies = rule.per_vacancy.map_or(0, |per| per.saturating_mul(vacancies));
-        segment_threshold.max(by_vacancies)
+        if by_vacancies > segment_threshold {
+            (by_vacancies, ThresholdSource::PerVacancy)
+        } else if segment_threshold != rule.threshold {
+            (segment_threshold, ThresholdSource::Segment)
+        } else {
+            (segment_threshold, ThresholdSource::Rule)
+        }
     }
 
     fn account_terms(&self, rule: &Rule, account: &str) -> (u64, u64) {

@@ -56,7 +56,7 @@ fn transition_allowed(from: &str, to: &str) -> bool {
 
 const INCIDENT_COLUMNS: &str = "id, rule, key_kind, key, accounts, severity, status, action, reason, suspended, \
      opened_at, first_event_ms, last_event_ms, value_at_detection, latest_value, threshold, evidence, \
-     notify_authority_by, cvs_named, cvs_anonymous, cvs_unknown";
+     notify_authority_by, cvs_named, cvs_anonymous, cvs_unknown, threshold_source, time_to_detect_ms";
 
 /// Rows per multi-row INSERT of exposed CVs. Small on purpose: sqlx's SQLite driver looks
 /// up each numbered parameter by a linear scan, so a statement's cost grows with the square
@@ -178,8 +178,8 @@ impl Store {
         sqlx::query(
             "INSERT INTO incidents (id, rule, key_kind, key, accounts, severity, status, action, reason, suspended, \
              opened_at, first_event_ms, last_event_ms, value_at_detection, latest_value, threshold, evidence, alert, \
-             notify_authority_by, published, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, 'open', $7, $8, 0, $9, $10, $11, $12, $13, $14, $15, $16, $17, 0, $18)",
+             notify_authority_by, published, updated_at, threshold_source, time_to_detect_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'open', $7, $8, 0, $9, $10, $11, $12, $13, $14, $15, $16, $17, 0, $18, $19, $20)",
         )
         .bind(&alert.alert_id)
         .bind(&alert.rule)
@@ -199,6 +199,8 @@ impl Store {
         .bind(alert_json)
         .bind(opened_at + 72 * 3_600_000)
         .bind(opened_at)
+        .bind(threshold_source_str(alert.threshold_source))
+        .bind(alert.time_to_detect_ms)
         .execute(&mut *tx)
         .await?;
         history(
@@ -628,6 +630,15 @@ fn reason_str(alert: &Alert) -> &'static str {
     }
 }
 
+fn threshold_source_str(s: cvguard_core::ThresholdSource) -> &'static str {
+    use cvguard_core::ThresholdSource::*;
+    match s {
+        Rule => "rule",
+        Segment => "segment",
+        PerVacancy => "per_vacancy",
+    }
+}
+
 fn visibility_str(v: Visibility) -> &'static str {
     v.as_str()
 }
@@ -876,6 +887,8 @@ fn incident_from_row(r: &AnyRow) -> Result<Incident, StoreError> {
         value_at_detection: r.try_get("value_at_detection")?,
         latest_value: r.try_get("latest_value")?,
         threshold: r.try_get("threshold")?,
+        threshold_source: r.try_get("threshold_source")?,
+        time_to_detect_ms: r.try_get("time_to_detect_ms")?,
         cvs_by_visibility: VisibilityCounts {
             named: r.try_get("cvs_named")?,
             anonymous: r.try_get("cvs_anonymous")?,

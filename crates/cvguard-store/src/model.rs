@@ -62,6 +62,11 @@ pub struct Incident {
     pub value_at_detection: i64,
     pub latest_value: i64,
     pub threshold: i64,
+    /// Which term of the rule set `threshold`: `rule`, `segment` or `per_vacancy`.
+    pub threshold_source: String,
+    /// Time to detect, in event time: from the first event in the rule's window to the
+    /// crossing.
+    pub time_to_detect_ms: i64,
     pub cvs_by_visibility: VisibilityCounts,
     pub notify_authority_by: String,
     pub evidence: serde_json::Value,

@@ -323,11 +323,13 @@ mod tests {
             window: "24h".into(),
             value: 4000,
             threshold: 4000,
+            threshold_source: cvguard_core::ThresholdSource::Rule,
             action: AlertAction::Suspend,
             reason: AlertReason::RuleResponse,
             event_time: "2024-05-04T05:01:46.000Z".into(),
             event_id: None,
             first_seen: "2024-05-04T04:00:00.000Z".into(),
+            time_to_detect_ms: 0,
             accounts: vec![account.into()],
             suspend_accounts: vec![account.into()],
             evidence: Evidence {

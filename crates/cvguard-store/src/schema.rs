@@ -115,5 +115,11 @@ CREATE TABLE IF NOT EXISTS incident_aliases (
 );
 "#
         .to_string(),
+        // 3: why an incident fired (which term set the threshold) and how fast it was seen.
+        r#"
+ALTER TABLE incidents ADD COLUMN threshold_source TEXT NOT NULL DEFAULT 'rule';
+ALTER TABLE incidents ADD COLUMN time_to_detect_ms BIGINT NOT NULL DEFAULT 0
+"#
+        .to_string(),
     ]
 }

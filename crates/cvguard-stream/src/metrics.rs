@@ -15,6 +15,8 @@ pub struct Metrics {
     pub events_by_action: IntCounterVec,
     pub alerts: IntCounterVec,
     pub decision_latency: Histogram,
+    /// Per rule: from the first event in the window to the crossing, in event time.
+    pub time_to_detect: prometheus::HistogramVec,
     pub config_reloads: IntCounterVec,
     pub consumer_lag: IntGaugeVec,
     /// Failed incident-store writes, by operation (each is retried).
@@ -58,6 +60,17 @@ impl Metrics {
                 "Time from an event's arrival at cvguard to the engine's decision.",
             )
             .buckets(vec![1e-6, 5e-6, 2e-5, 1e-4, 5e-4, 1e-3, 5e-3, 0.02, 0.1, 0.5, 2.0]),
+        )
+        .expect("metric");
+        let time_to_detect = prometheus::HistogramVec::new(
+            HistogramOpts::new(
+                "cvguard_time_to_detect_seconds",
+                "Per rule: from the first event still in the window to the crossing event, in event time.",
+            )
+            .buckets(vec![
+                60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 21600.0, 43200.0, 86400.0, 172800.0, 604800.0,
+            ]),
+            &["rule"],
         )
         .expect("metric");
         let config_reloads = IntCounterVec::new(
@@ -124,6 +137,7 @@ impl Metrics {
             Box::new(events_by_action.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(alerts.clone()),
             Box::new(decision_latency.clone()),
+            Box::new(time_to_detect.clone()),
             Box::new(config_reloads.clone()),
             Box::new(consumer_lag.clone()),
             Box::new(store_errors.clone()),
@@ -140,6 +154,7 @@ impl Metrics {
             events_by_action,
             alerts,
             decision_latency,
+            time_to_detect,
             config_reloads,
             consumer_lag,
             store_errors,
@@ -176,6 +191,9 @@ impl Metrics {
         self.alerts
             .with_label_values(&[a.rule.as_str(), a.severity.as_str(), a.action.as_str()])
             .inc();
+        self.time_to_detect
+            .with_label_values(&[a.rule.as_str()])
+            .observe(a.time_to_detect_ms as f64 / 1000.0);
     }
 
     /// Logs latency percentiles since the last call, then starts afresh.

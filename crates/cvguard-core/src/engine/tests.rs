@@ -1,7 +1,7 @@
 use super::*;
 use crate::event::Visibility;
 use crate::profiles::{AccountProfile, Profiles};
-use crate::rules::{EngineSpec, RuleSpec, Severity};
+use crate::rules::{EngineSpec, RuleSpec, Severity, ThresholdSource};
 use std::collections::BTreeMap;
 
 const T0: i64 = 1_714_780_800_000; // 2024-05-04T00:00:00Z
@@ -279,7 +279,31 @@ fn segment_and_vacancy_thresholds_apply_per_account() {
         send(&mut e, 3, "agency", "cv_view", &cv_refs[..9]).is_empty(),
         "threshold 10"
     );
-    assert_eq!(send(&mut e, 4, "agency", "cv_view", &cv_refs[9..10])[0].threshold, 10);
+    let agency = send(&mut e, 4, "agency", "cv_view", &cv_refs[9..10]);
+    assert_eq!(agency[0].threshold, 10);
+    // Each alert says which term set its threshold (#14), as does the account view.
+    assert_eq!(bakery[0].threshold_source, ThresholdSource::Rule);
+    assert_eq!(agency[0].threshold_source, ThresholdSource::Segment);
+    let bigco = e.key_values(KeyKind::AccountId, "bigco");
+    assert_eq!(
+        (bigco[0].threshold, bigco[0].threshold_source),
+        (6, ThresholdSource::PerVacancy)
+    );
+}
+
+/// Each alert says how long after the first event still in its window it was decided,
+/// in event time (#14).
+#[test]
+fn an_alert_says_its_time_to_detect_in_event_time() {
+    let mut e = engine(vec![rule("r", KeyKind::AccountId, Measure::DistinctCvs, "1h", 3)]);
+    let mut out = Vec::new();
+    for (i, cv) in ["a", "b", "c"].iter().enumerate() {
+        let ev =
+            serde_json::json!({"ts": T0 + i as i64 * 600_000, "account_id": "h", "action": "cv_view", "cv_id": cv});
+        e.process_bytes(ev.to_string().as_bytes(), None, &mut out);
+    }
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].time_to_detect_ms, 1_200_000);
 }
 
 #[test]

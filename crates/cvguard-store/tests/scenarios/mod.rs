@@ -18,11 +18,13 @@ pub fn alert(id: &str, key: &str, rule: &str, value: u64) -> Alert {
         window: "24h".into(),
         value,
         threshold: 4000,
+        threshold_source: cvguard_core::ThresholdSource::PerVacancy,
         action: AlertAction::Suspend,
         reason: AlertReason::RuleResponse,
         event_time: "2024-05-04T05:01:46.000Z".into(),
         event_id: None,
         first_seen: "2024-05-04T04:00:00.000Z".into(),
+        time_to_detect_ms: 3_706_000,
         accounts: vec![key.into()],
         suspend_accounts: vec![key.into()],
         evidence: Evidence {
@@ -93,6 +95,9 @@ pub async fn opening_is_idempotent_and_tracks_publication(store: &Store) {
     let d = store.get("inc-1").await.unwrap().unwrap();
     assert_eq!(d.incident.status, "open");
     assert_eq!(d.incident.action, "suspend");
+    // Why it fired and how fast, as the alert said (#14).
+    assert_eq!(d.incident.threshold_source, "per_vacancy");
+    assert_eq!(d.incident.time_to_detect_ms, 3_706_000);
     assert_eq!(
         d.incident.notify_authority_by,
         cvguard_core::timefmt::format_rfc3339_ms(T0 + 72 * 3_600_000)
