@@ -19,6 +19,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tracing::{error, info, warn};
 
+use super::align::{self, Align};
 use super::output::Outputs;
 use super::worker::{wall_clock_ms, Durable, InBatch, PartWork, Stage, ToWorker, Worker};
 use super::{
@@ -44,6 +45,10 @@ struct Shared {
     floors: Mutex<HashMap<Tp, i64>>,
     /// Offsets reported durable and not yet committed.
     durable: Mutex<HashMap<Tp, i64>>,
+    /// Event-time alignment of the input partitions while they catch up.
+    align: Arc<Align>,
+    /// Input partitions paused because their worker holds too many of their messages.
+    paused: Mutex<std::collections::HashSet<Tp>>,
     /// Messages polled and not yet handed to their worker, one batch per worker. Handing
     /// over a batch instead of each message spares a thread wake-up per message; a
     /// rebalance flushes them first, so a worker sees a partition's messages before its
@@ -174,6 +179,10 @@ fn revoke(shared: &Shared, consumer: &BaseConsumer<Ctx>, tpl: &TopicPartitionLis
     drop(tx);
     let mut commit = TopicPartitionList::new();
     let mut floors = shared.floors.lock().expect("floors");
+    for tp in &list {
+        shared.align.revoke(tp);
+        shared.paused.lock().expect("paused").remove(tp);
+    }
     for (tp, next) in rx.iter() {
         let floor = floors.remove(&tp).unwrap_or(-1);
         shared.durable.lock().expect("durable").remove(&tp);
@@ -254,6 +263,10 @@ fn assign(shared: &Shared, consumer: &BaseConsumer<Ctx>, tpl: &TopicPartitionLis
             Offset::Offset(start)
         };
         let _ = assignment.add_partition_offset(&tp.topic, tp.partition, offset);
+        if *tp.topic != *shared.repartition_topic {
+            shared.align.assign(tp.clone(), start, suppress_below);
+        }
+        shared.paused.lock().expect("paused").remove(&tp);
         let work = PartWork {
             stage,
             suppress_below,
@@ -265,6 +278,10 @@ fn assign(shared: &Shared, consumer: &BaseConsumer<Ctx>, tpl: &TopicPartitionLis
     if let Err(e) = consumer.assign(&assignment) {
         error!(message = "Assigning with explicit offsets failed.", error = %e);
     }
+    // A partition paused under an earlier assignment starts unpaused.
+    let _ = consumer.resume(&assignment);
+    // Which partitions are catching up, before any of them runs ahead.
+    read_ends(shared, consumer);
     shared.health.started.store(true, Ordering::Relaxed);
 }
 
@@ -338,6 +355,7 @@ impl KafkaControl {
     /// Swaps the rules in every partition's engines, keeping window state.
     pub fn reload(&self, rules: &cvguard_core::RuleSet) {
         let kinds = Arc::new(Kinds::new(rules));
+        self.shared.align.set_skew(kinds.alignment_skew_ms());
         *self.shared.kinds.write().expect("kinds") = kinds.clone();
         for w in &self.shared.workers {
             let _ = w.send(ToWorker::Reload(kinds.clone()));
@@ -388,6 +406,7 @@ pub fn start(opts: KafkaOptions, stats: PartitionStats) -> Result<KafkaHandle, K
     let producer: FutureProducer = producer_config.create()?;
     let repartition_partitions = super::partition_count(&producer, &section.repartition_topic)?;
     let kinds = Arc::new(Kinds::new(&opts.rules));
+    let align = Arc::new(Align::new(kinds.alignment_skew_ms()));
     let outputs = Arc::new(Outputs {
         producer,
         alerts_topic: section.alerts_topic.clone(),
@@ -399,11 +418,11 @@ pub fn start(opts: KafkaOptions, stats: PartitionStats) -> Result<KafkaHandle, K
     });
 
     let (durable_tx, durable_rx) = mpsc::channel::<Durable>();
-    let mut senders = Vec::new();
+    let (senders, receivers): (Vec<_>, Vec<_>) = (0..opts.workers.max(1))
+        .map(|_| mpsc::sync_channel::<ToWorker>(8192))
+        .unzip();
     let mut handles = Vec::new();
-    for i in 0..opts.workers.max(1) {
-        let (tx, rx) = mpsc::sync_channel::<ToWorker>(8192);
-        senders.push(tx);
+    for (i, rx) in receivers.into_iter().enumerate() {
         let worker = Worker {
             rx,
             durable_tx: durable_tx.clone(),
@@ -416,6 +435,9 @@ pub fn start(opts: KafkaOptions, stats: PartitionStats) -> Result<KafkaHandle, K
             effects: opts.effects.clone(),
             gave_up: false,
             metrics: opts.metrics.clone(),
+            align: align.clone(),
+            index: i,
+            peers: senders.clone(),
         };
         handles.push(
             thread::Builder::new()
@@ -436,6 +458,8 @@ pub fn start(opts: KafkaOptions, stats: PartitionStats) -> Result<KafkaHandle, K
         metrics: opts.metrics.clone(),
         floors: Mutex::new(HashMap::new()),
         durable: Mutex::new(HashMap::new()),
+        align,
+        paused: Mutex::new(Default::default()),
     });
     let mut config = base_config(section);
     config
@@ -493,6 +517,8 @@ fn consume(
     let mut urgent = false;
     let mut last_probe = Instant::now();
     let probe_topic = opts.section.topics.first().cloned();
+    let mut last_ends = Instant::now();
+    let mut aligning = false;
     while !opts.shutdown.load(Ordering::Relaxed) {
         if !opts.health.source_connected.load(Ordering::Relaxed) && last_probe.elapsed() >= PROBE_EVERY {
             // librdkafka says when every broker is down, not when one is back: ask one.
@@ -525,6 +551,21 @@ fn consume(
             None => {}
         }
         urgent |= collect_durable(&shared, &durable_rx);
+        if last_ends.elapsed() >= ENDS_EVERY && opts.health.source_connected.load(Ordering::Relaxed) {
+            last_ends = Instant::now();
+            let now = read_ends(&shared, &consumer);
+            if now != aligning {
+                aligning = now;
+                info!(
+                    message = if now {
+                        "Input partitions are catching up: each waits for the slowest within the allowed lateness of event time, so org, user and ip windows see their events in time order."
+                    } else {
+                        "Input partitions caught up: no alignment."
+                    }
+                );
+            }
+        }
+        pause_holding(&shared, &consumer);
         // Offsets after alerts go out early, but asynchronously: the store keeps an alert
         // from being published twice, and a synchronous commit held up polling for a
         // broker round trip after every batch with an alert (seconds of delay for the
@@ -561,6 +602,57 @@ fn consume(
         let _ = h.join();
     }
     summary
+}
+
+/// How often the input partitions' end offsets are read, to know which are catching up.
+const ENDS_EVERY: Duration = Duration::from_secs(1);
+
+/// Reads the input partitions' end offsets (one request); returns whether alignment is on.
+fn read_ends(shared: &Shared, consumer: &BaseConsumer<Ctx>) -> bool {
+    let list = shared.align.partitions();
+    if list.is_empty() {
+        return shared.align.set_ends(&HashMap::new());
+    }
+    let mut tpl = TopicPartitionList::new();
+    for tp in &list {
+        let _ = tpl.add_partition_offset(&tp.topic, tp.partition, Offset::End);
+    }
+    match consumer.offsets_for_times(tpl, PROBE_EVERY) {
+        Ok(ends) => shared.align.set_ends(&offsets_of(&ends)),
+        Err(e) => {
+            warn!(message = "Reading end offsets failed; alignment keeps the last ones.", error = %e);
+            shared.align.active()
+        }
+    }
+}
+
+/// Pauses input partitions whose worker holds too many of their messages back, and
+/// resumes them once it holds fewer than half as many.
+fn pause_holding(shared: &Shared, consumer: &BaseConsumer<Ctx>) {
+    let (over, under) = shared.align.held_over(align::HOLD_PAUSE);
+    let mut paused = shared.paused.lock().expect("paused");
+    let mut pause = TopicPartitionList::new();
+    for tp in over {
+        if paused.insert(tp.clone()) {
+            let _ = pause.add_partition(&tp.topic, tp.partition);
+        }
+    }
+    let mut resume = TopicPartitionList::new();
+    for tp in under {
+        if paused.remove(&tp) {
+            let _ = resume.add_partition(&tp.topic, tp.partition);
+        }
+    }
+    if pause.count() > 0 {
+        if let Err(e) = consumer.pause(&pause) {
+            warn!(message = "Pausing partitions failed.", error = %e);
+        }
+    }
+    if resume.count() > 0 {
+        if let Err(e) = consumer.resume(&resume) {
+            warn!(message = "Resuming partitions failed.", error = %e);
+        }
+    }
 }
 
 /// How often a disconnected consumer asks a broker for metadata, and how long it waits.

@@ -7,6 +7,7 @@
 //! (now minus the longest window), and alerts from offsets below the committed one are
 //! recomputed but not published again.
 
+mod align;
 mod consumer;
 pub mod incident_feed;
 pub mod output;
@@ -79,6 +80,15 @@ impl Kinds {
             max_window: Duration::from_secs(max_secs as u64)
                 + Duration::from_millis(rules.settings.allowed_lateness_ms as u64),
         }
+    }
+}
+
+impl Kinds {
+    /// How far ahead of the slowest catching-up input partition another may run, in ms
+    /// of event time: the allowed lateness. `None` when no key kind is re-keyed, so
+    /// nothing depends on the order the partitions are read in.
+    pub fn alignment_skew_ms(&self) -> Option<i64> {
+        (!self.cross.is_empty()).then_some(self.account.settings.allowed_lateness_ms)
     }
 }
 

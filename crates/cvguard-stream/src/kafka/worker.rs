@@ -3,13 +3,14 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cvguard_core::{parse_event, Alert, Engine, KeyKind, Outcome, RejectReason};
 use tracing::{info, warn};
 
+use super::align::{Align, EventTime, Progress};
 use super::output::{repartition_kind, Outputs, Pending};
 use super::regroup::{self, Packer, Packing, Record, Source};
 use super::sources::{self, Applied};
@@ -96,6 +97,11 @@ impl InBatch {
         self.msgs.chunk_by(|a, b| a.tp == b.tp)
     }
 
+    /// Appends a copy of a message of another batch.
+    fn push_msg(&mut self, m: &Msg<'_>) {
+        self.push(m.tp.clone(), m.received, m.offset, m.timestamp, m.key, m.payload);
+    }
+
     fn view<'a>(&'a self, m: &'a InMsg) -> Msg<'a> {
         Msg {
             tp: &m.tp,
@@ -155,6 +161,8 @@ pub enum ToWorker {
     Reload(Arc<Kinds>),
     /// The live windows of a key, if one of this worker's engines holds it.
     Query(cvguard_core::KeyKind, String, Sender<Vec<cvguard_core::WindowValue>>),
+    /// Another worker's partitions moved on in event time: try held messages again.
+    Wake,
     Stop,
 }
 
@@ -192,6 +200,12 @@ pub struct Worker {
     /// past what was not recorded, so a restart decides it again.
     pub gave_up: bool,
     pub metrics: Arc<crate::Metrics>,
+    /// Event-time alignment of input partitions while they catch up.
+    pub align: Arc<Align>,
+    /// This worker's place among `peers`.
+    pub index: usize,
+    /// Every worker's queue, to wake one that holds messages when this one moves on.
+    pub peers: Vec<SyncSender<ToWorker>>,
 }
 
 /// What processing a batch produces and owes, kept by the worker between batches.
@@ -220,6 +234,37 @@ struct Live {
     counters: WorkerCounters,
 }
 
+impl Live {
+    /// Where an input partition is, for alignment (`align.rs`); `None` for the
+    /// repartition topic's.
+    fn progress(&self) -> Option<Progress> {
+        let Stage::Input(engine) = &self.work.stage else {
+            return None;
+        };
+        Some(Progress {
+            time: engine.watermark().map_or(EventTime::NotYet, |w| {
+                EventTime::At(w + engine.rules().settings.allowed_lateness_ms)
+            }),
+            decided: self.work.next_offset.unwrap_or(0),
+            rekeys_from: self.work.suppress_below,
+        })
+    }
+}
+
+/// Messages of a partition held back while it is ahead of the others in event time, in
+/// order; `next` is the first not yet decided.
+#[derive(Default)]
+struct Held {
+    batch: InBatch,
+    next: usize,
+}
+
+impl Held {
+    fn len(&self) -> usize {
+        self.batch.len() - self.next
+    }
+}
+
 /// How many messages a worker handles before it looks at its timers.
 const BATCH: usize = 2048;
 /// Deliveries a worker lets pile up before it waits for their acknowledgements.
@@ -241,15 +286,20 @@ impl Worker {
             meter: self.metrics.local(),
         };
         let mut touched: HashMap<Tp, bool> = HashMap::new();
+        let mut held: HashMap<Tp, Held> = HashMap::new();
         let mut last_settle = Instant::now();
         loop {
-            let first = match self.rx.recv_timeout(Duration::from_millis(200)) {
+            // Held partitions are tried again soon: another worker's may have moved on.
+            let wait = if held.is_empty() { 200 } else { 5 };
+            let first = match self.rx.recv_timeout(Duration::from_millis(wait)) {
                 Ok(m) => Some(m),
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => break,
             };
             let mut next = first;
             let mut handled = 0;
+            // Whether an input partition decided anything, which may let others go on.
+            let mut moved = false;
             // One span per batch; alerts and store errors inside it carry the partition.
             let batch = tracing::debug_span!("batch", worker = %std::thread::current().name().unwrap_or("engine"));
             let _batch = batch.enter();
@@ -265,9 +315,26 @@ impl Worker {
                                 tracing::debug_span!("partition", topic = %tp.topic, partition = tp.partition)
                                     .entered();
                             let mut urgent = false;
-                            for m in run {
-                                let m = batch.view(m);
-                                urgent |= self.process(live, &m, &mut out);
+                            let mut decided = 0;
+                            let aligned = live.progress().is_some();
+                            if !held.contains_key(tp) {
+                                for m in run {
+                                    if self.must_wait(tp, live, 0) {
+                                        break;
+                                    }
+                                    urgent |= self.process(live, &batch.view(m), &mut out);
+                                    decided += 1;
+                                }
+                            }
+                            moved |= aligned && decided > 0;
+                            if decided < run.len() {
+                                let h = held.entry(tp.clone()).or_default();
+                                for m in &run[decided..] {
+                                    h.batch.push_msg(&batch.view(m));
+                                }
+                            }
+                            if let Some(at) = live.progress() {
+                                self.align.report(tp, at, held.get(tp).map_or(0, Held::len));
                             }
                             match touched.get_mut(tp) {
                                 Some(u) => *u |= urgent,
@@ -307,6 +374,8 @@ impl Worker {
                         );
                     }
                     ToWorker::Revoke(tp, reply) => {
+                        // Held messages were not decided: the next owner reads them again.
+                        held.remove(&tp);
                         self.settle(&mut out.pending, &mut out.owed, &mut touched, &parts);
                         let next = parts.remove(&tp).and_then(|live| {
                             if live.work.rebuilding {
@@ -320,6 +389,7 @@ impl Worker {
                         let _ = reply.send((tp, next));
                     }
                     ToWorker::Stop => return,
+                    ToWorker::Wake => {}
                     ToWorker::Reload(kinds) => {
                         for live in parts.values_mut() {
                             let track = self.effects.records();
@@ -362,6 +432,7 @@ impl Worker {
                         let _ = reply.send(found);
                     }
                     ToWorker::Flush(reply) => {
+                        held.clear();
                         self.settle(&mut out.pending, &mut out.owed, &mut touched, &parts);
                         let mut offsets = Vec::new();
                         for (tp, live) in parts.iter_mut() {
@@ -380,6 +451,17 @@ impl Worker {
                     next = self.rx.try_recv().ok();
                 }
             }
+            if !held.is_empty() {
+                moved |= self.decide_held(&mut parts, &mut held, &mut out, &mut touched);
+            }
+            self.align.set_holding(self.index, !held.is_empty());
+            if moved && self.align.active() {
+                for (i, peer) in self.peers.iter().enumerate() {
+                    if i != self.index && self.align.is_holding(i) {
+                        let _ = peer.try_send(ToWorker::Wake);
+                    }
+                }
+            }
             // Acknowledgements are collected in bulk, alerts included: the store already
             // keeps an alert from going out twice, so committing its offset a few
             // milliseconds later costs nothing, while waiting after each one would stall
@@ -389,14 +471,73 @@ impl Worker {
                 last_settle = Instant::now();
             }
             self.publish_stats(&parts);
+            let interval = self.snapshot_interval;
+            let due = move |live: &Live| live.changed && live.last_snapshot.elapsed() >= interval;
+            if parts.values().any(due) {
+                // A snapshot covers what the store must already have: the exposures its
+                // events owe are recorded (and their deliveries acknowledged) first, as on
+                // revocation. Restored after a kill -9, the engine does not owe them again.
+                self.settle(&mut out.pending, &mut out.owed, &mut touched, &parts);
+                last_settle = Instant::now();
+            }
             for (tp, live) in parts.iter_mut() {
-                if live.changed && live.last_snapshot.elapsed() >= self.snapshot_interval {
+                if due(live) {
                     self.snapshot(tp, live);
                     live.last_snapshot = Instant::now();
                     live.changed = false;
                 }
             }
         }
+    }
+
+    /// Whether an input partition must wait before deciding its next message, being too
+    /// far ahead of the others in event time (`align.rs`); `held`: messages it holds.
+    fn must_wait(&self, tp: &Tp, live: &Live, held: usize) -> bool {
+        if !self.align.active() {
+            return false;
+        }
+        match live.progress() {
+            Some(at) => self.align.must_wait(tp, at, held),
+            None => false,
+        }
+    }
+
+    /// Decides held messages of partitions that may go on, in order; returns whether it
+    /// decided any.
+    fn decide_held(
+        &mut self,
+        parts: &mut HashMap<Tp, Live>,
+        held: &mut HashMap<Tp, Held>,
+        out: &mut BatchOut,
+        touched: &mut HashMap<Tp, bool>,
+    ) -> bool {
+        let mut moved = false;
+        for (tp, h) in held.iter_mut() {
+            let Some(live) = parts.get_mut(tp) else {
+                h.next = h.batch.len();
+                continue;
+            };
+            let mut urgent = false;
+            let start = h.next;
+            while h.next < h.batch.len() && !self.must_wait(tp, live, h.len()) {
+                let m = &h.batch.msgs[h.next];
+                urgent |= self.process(live, &h.batch.view(m), out);
+                h.next += 1;
+            }
+            if let Some(at) = live.progress() {
+                self.align.report(tp, at, h.len());
+            }
+            if h.next > start {
+                *touched.entry(tp.clone()).or_default() |= urgent;
+                moved = true;
+            }
+        }
+        held.retain(|_, h| h.len() > 0);
+        for p in out.packer.filled() {
+            self.outputs.repartition(p, out.packer.take(p), &mut out.pending);
+        }
+        out.meter.flush(&self.metrics);
+        moved
     }
 
     /// Records exposed CVs, waits for every delivery, marks the incidents published,
