@@ -134,7 +134,7 @@ fn engine_events(c: &mut Criterion) {
 fn ingest_log(c: &mut Criterion) {
     let line = br#"{"ts":"2024-05-04T06:00:01.120Z","event_id":"e-981","account_id":"emp-48213","user_id":"u-7","ip":"198.51.100.66","action":"cv_view","cv_id":"cv-0000001","cv_visibility":"named"}"#;
     let dir = tempfile::tempdir_in(".").expect("a temporary folder on this disk");
-    let log = cvguard_stream::ingest_log::IngestLog::open(dir.path()).expect("ingest log");
+    let log = cvguard_stream::ingest_log::IngestLog::open(dir.path(), 64 << 20).expect("ingest log");
     let mut g = c.benchmark_group("ingest_log_append_fsync");
     for lines in [1usize, 100, 5_000] {
         let body: Vec<u8> = (0..lines).flat_map(|_| line.iter().copied().chain([b'\n'])).collect();

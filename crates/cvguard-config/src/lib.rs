@@ -225,6 +225,13 @@ pub fn load(source: &ConfigSource, overrides: &Overrides) -> Result<Config, Conf
             Err((key, message)) => issues.push(issue(None, &format!("sinks[{i}].{key}"), message)),
         }
     }
+    if state.ingest_segment_bytes < 65_536 {
+        issues.push(issue(
+            None,
+            "state.ingest_segment_bytes",
+            format!("{} is too small; at least 65536", state.ingest_segment_bytes),
+        ));
+    }
     let timing = Timing {
         snapshot_interval: duration("state.snapshot_interval", &state.snapshot_interval, &mut issues),
         shutdown_timeout: duration("service.shutdown_timeout", &service.shutdown_timeout, &mut issues),

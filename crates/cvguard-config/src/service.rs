@@ -136,13 +136,22 @@ impl Default for HttpSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StateSection {
-    /// Folder for snapshots of window state, one file per partition. Relative to the
-    /// working directory.
+    /// Folder for snapshots of window state (one file per Kafka partition or HTTP part)
+    /// and the HTTP ingest log. Relative to the working directory.
     #[serde(default = "default_state_dir")]
     pub dir: String,
     /// How often each partition's state is snapshotted.
     #[serde(default = "default_snapshot_interval")]
     pub snapshot_interval: String,
+    /// Size at which the HTTP ingest log starts a new segment; whole segments behind every
+    /// snapshot are deleted, so disk use is about this times two plus what snapshots do
+    /// not cover yet. At least 65536.
+    #[serde(default = "default_ingest_segment_bytes")]
+    pub ingest_segment_bytes: u64,
+}
+
+fn default_ingest_segment_bytes() -> u64 {
+    64 << 20
 }
 
 fn default_state_dir() -> String {
@@ -157,6 +166,7 @@ impl Default for StateSection {
         StateSection {
             dir: default_state_dir(),
             snapshot_interval: default_snapshot_interval(),
+            ingest_segment_bytes: default_ingest_segment_bytes(),
         }
     }
 }

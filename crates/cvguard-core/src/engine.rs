@@ -458,7 +458,9 @@ pub struct Engine {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IncidentUpdate {
     pub incident_id: String,
-    pub value: u64,
+    /// The rule's value after the event; `None` for a late event, which changes no
+    /// window (its CVs were exposed all the same).
+    pub value: Option<u64>,
     pub event_time_ms: Millis,
     pub cvs: Vec<Exposure>,
 }
@@ -827,7 +829,7 @@ impl Engine {
                 if self.track_exposure {
                     self.updates.push(IncidentUpdate {
                         incident_id: format!("{id:016x}"),
-                        value,
+                        value: Some(value),
                         event_time_ms: ev.ts,
                         cvs: event_exposure(ev, sec),
                     });
@@ -855,7 +857,7 @@ impl Engine {
                     }
                     self.updates.push(IncidentUpdate {
                         incident_id: alert.alert_id.clone(),
-                        value,
+                        value: Some(value),
                         event_time_ms: ev.ts,
                         cvs,
                     });
@@ -897,7 +899,7 @@ impl Engine {
                 if let Some(id) = table.firing.get(view.key.state.firing, slot, w) {
                     late.push(IncidentUpdate {
                         incident_id: format!("{id:016x}"),
-                        value: view.value_now(w),
+                        value: None,
                         event_time_ms: ev.ts,
                         cvs: event_exposure(ev, sec),
                     });

@@ -155,8 +155,9 @@ impl Default for ParseLimits {
             max_cv_ids: DEFAULT_MAX_CV_IDS,
             // A 10,000-id batch with 40-byte ids is ~0.5 MB; leave room for the rest.
             max_event_bytes: 1 << 20,
-            // User agents run to a few hundred bytes; ids far less.
-            max_field_bytes: 1024,
+            // Ids rarely pass 64 bytes; account ids have the same 256 (user agents get
+            // four times this, see `within_field_limit`).
+            max_field_bytes: 256,
         }
     }
 }
@@ -185,10 +186,12 @@ pub fn parse_event<'a>(input: &'a [u8], limits: &ParseLimits) -> Result<Event<'a
 
 /// Refuses an event with a string field longer than `max`: every one of them can end up
 /// as a key, an interned CV id or an evidence value, so each is bounded.
+/// A user agent, free text that real browsers make long, may take four times `max`.
 fn within_field_limit(ev: Event<'_>, max: usize) -> Result<Event<'_>, RejectReason> {
-    let optional = [&ev.event_id, &ev.user_id, &ev.org_id, &ev.ip, &ev.user_agent];
+    let ids = [&ev.event_id, &ev.user_id, &ev.org_id, &ev.ip];
     let too_long = ev.action.len() > max
-        || optional.iter().any(|f| f.as_ref().is_some_and(|s| s.len() > max))
+        || ids.iter().any(|f| f.as_ref().is_some_and(|s| s.len() > max))
+        || ev.user_agent.as_ref().is_some_and(|s| s.len() > max.saturating_mul(4))
         || ev.cv_ids.iter().any(|c| c.len() > max);
     if too_long {
         Err(RejectReason::FieldTooLong)

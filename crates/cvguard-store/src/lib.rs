@@ -356,8 +356,9 @@ impl Store {
                  cvs_named = cvs_named + $6, cvs_anonymous = cvs_anonymous + $7, cvs_unknown = cvs_unknown + $8 \
                  WHERE id = $9",
             )
-            .bind(m.event_time_ms)
-            .bind(m.value as i64)
+            // A batch of late exposures only (no value) leaves the latest value alone.
+            .bind(m.value.map_or(i64::MIN, |(_, t)| t))
+            .bind(m.value.map_or(0, |(v, _)| v as i64))
             .bind(m.event_time_ms)
             .bind(m.event_time_ms)
             .bind(now)
@@ -772,15 +773,18 @@ async fn recorded(
 #[derive(Default)]
 struct Merged {
     cvs: std::collections::HashMap<String, Exposure>,
-    value: u64,
+    /// The value of the newest update that has one, and its event time.
+    value: Option<(u64, i64)>,
     event_time_ms: i64,
 }
 
 impl Merged {
     fn add(&mut self, u: &IncidentUpdate) {
-        if u.event_time_ms >= self.event_time_ms {
-            self.event_time_ms = u.event_time_ms;
-            self.value = u.value;
+        self.event_time_ms = self.event_time_ms.max(u.event_time_ms);
+        if let Some(v) = u.value {
+            if self.value.is_none_or(|(_, t)| u.event_time_ms >= t) {
+                self.value = Some((v, u.event_time_ms));
+            }
         }
         for cv in &u.cvs {
             match self.cvs.get_mut(&cv.cv_id) {

@@ -147,6 +147,7 @@ pub struct HttpPipeline {
     effects: Effects,
     /// Replaying the log's records from before the start; ingest waits for it.
     catching_up: AtomicBool,
+    health: Arc<crate::Health>,
 }
 
 /// What `HttpPipeline::start` needs.
@@ -161,6 +162,8 @@ pub struct HttpOptions {
     pub max_in_flight_bytes: u64,
     /// Counts the catch-up after a restart as rebuilding, so /readyz says not ready.
     pub health: Arc<crate::Health>,
+    /// `state.ingest_segment_bytes`.
+    pub segment_bytes: u64,
 }
 
 impl HttpPipeline {
@@ -170,7 +173,7 @@ impl HttpPipeline {
     pub fn start(o: HttpOptions) -> std::io::Result<Arc<HttpPipeline>> {
         let health = o.health.clone();
         let n = o.shards.clamp(1, PARTS);
-        let log = Arc::new(IngestLog::open(o.store.dir().join("ingest"))?);
+        let log = Arc::new(IngestLog::open(o.store.dir().join("ingest"), o.segment_bytes)?);
         let sets = per_kind(&o.rules);
         let present: Vec<Arc<RuleSet>> = sets.iter().flatten().cloned().collect();
         let mut parts: Vec<Option<Part>> = (0..PARTS)
@@ -257,7 +260,9 @@ impl HttpPipeline {
             duplicate_total: Arc::new(AtomicU64::new(0)),
             effects: o.effects.clone(),
             catching_up: AtomicBool::new(true),
+            health: o.health.clone(),
         };
+        pipeline.metrics.ingest_log_bytes.set(pipeline.log.bytes() as i64);
         let pipeline = Arc::new(pipeline);
         health.rebuilding.fetch_add(1, Ordering::Relaxed);
         let catch_up = pipeline.clone();
@@ -288,6 +293,7 @@ impl HttpPipeline {
                 while self.in_flight.load(Ordering::Acquire) > self.max_in_flight {
                     thread::sleep(Duration::from_millis(5));
                 }
+                self.in_flight.fetch_add(r.payload.len() as u64, Ordering::AcqRel);
                 self.route(r.seq, r.clock_ms, r.payload.to_vec(), None);
                 records += 1;
                 Ok::<(), ()>(())
@@ -305,8 +311,9 @@ impl HttpPipeline {
     }
 
     fn route(&self, seq: u64, clock_ms: i64, lines: Vec<u8>, done: Option<Sender<(u64, u64)>>) {
+        // The caller reserved `lines.len()` bytes of `in_flight`; the last shard to finish
+        // the batch gives them back.
         let count = lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count();
-        self.in_flight.fetch_add(lines.len() as u64, Ordering::AcqRel);
         self.metrics
             .ingest_in_flight_bytes
             .set(self.in_flight.load(Ordering::Relaxed) as i64);
@@ -342,8 +349,13 @@ impl HttpPipeline {
             self.metrics.ingest_refused.with_label_values(&["catching_up"]).inc();
             return Err(IngestError::CatchingUp);
         }
-        let in_flight = self.in_flight.load(Ordering::Acquire);
+        // Reserve the body's bytes first, atomically: requests arriving together cannot
+        // all pass a check made before any of them was counted. So bytes in flight stay
+        // under the limit plus one body.
+        let reserved = body.len() as u64;
+        let in_flight = self.in_flight.fetch_add(reserved, Ordering::AcqRel);
         if in_flight > self.max_in_flight {
+            self.in_flight.fetch_sub(reserved, Ordering::AcqRel);
             self.metrics.ingest_refused.with_label_values(&["busy"]).inc();
             return Err(IngestError::Busy {
                 in_flight,
@@ -384,16 +396,24 @@ impl HttpPipeline {
                 report.rejected.insert(r.as_str(), counted[r.index()]);
             }
         }
+        // Keep reserved only what goes to the shards.
+        self.in_flight
+            .fetch_sub(reserved - accepted.len() as u64, Ordering::AcqRel);
         let waiter = if report.accepted > 0 {
             let (tx, rx) = mpsc::channel();
             let appended = self.log.append(clock_ms, &accepted, |seq| {
                 self.route(seq, clock_ms, accepted.clone(), Some(tx));
             });
             if let Err(e) = appended {
+                self.in_flight.fetch_sub(accepted.len() as u64, Ordering::AcqRel);
+                self.health
+                    .ingest_log_failed_at_ms
+                    .store(crate::effects::wall_clock_ms(), Ordering::Relaxed);
                 self.metrics.ingest_refused.with_label_values(&["log"]).inc();
                 error!(message = "Ingest log write failed; the request is refused and nothing accepted.", error = %e);
                 return Err(IngestError::Log(e));
             }
+            self.health.ingest_log_failed_at_ms.store(0, Ordering::Relaxed);
             Some(rx)
         } else {
             None
@@ -629,6 +649,7 @@ impl Shard {
                 let Some(engine) = part.engines[kind.index()].as_mut() else {
                     continue;
                 };
+                part.dirty = true;
                 alerts.clear();
                 match engine.process(&ev, Some(batch.clock_ms), alerts) {
                     Outcome::Late => batch.late[i].store(true, Ordering::Relaxed),
@@ -697,6 +718,8 @@ impl Shard {
     fn reload(&mut self, rules: Arc<RuleSet>) {
         let sets = per_kind(&rules);
         for (_, part) in &mut self.parts {
+            // Its snapshot was taken under the old rules, which a restart would refuse.
+            part.dirty = true;
             for (slot, set) in part.engines.iter_mut().zip(sets.clone()) {
                 match (slot.as_mut(), set) {
                     (Some(e), Some(set)) => {

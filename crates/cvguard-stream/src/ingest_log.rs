@@ -16,14 +16,14 @@ use std::sync::Mutex;
 use tracing::warn;
 
 const HEADER: usize = 4 + 4 + 8 + 8;
-/// A new segment starts past this size, so trimming frees space in steps of about it.
-const SEGMENT_BYTES: u64 = 64 << 20;
 /// Larger than any body the API takes; a length above it is a torn or foreign record.
 const MAX_RECORD: u32 = 1 << 30;
 
 pub struct IngestLog {
     dir: PathBuf,
     writer: Mutex<Writer>,
+    /// A new segment starts past this size, so trimming frees space in steps of about it.
+    segment_bytes: u64,
 }
 
 struct Writer {
@@ -44,7 +44,7 @@ pub struct Record<'a> {
 
 impl IngestLog {
     /// Opens (or creates) the log in `dir`, cutting off a torn last record.
-    pub fn open(dir: impl Into<PathBuf>) -> io::Result<IngestLog> {
+    pub fn open(dir: impl Into<PathBuf>, segment_bytes: u64) -> io::Result<IngestLog> {
         let dir = dir.into();
         fs::create_dir_all(&dir)?;
         let segments = segments(&dir)?;
@@ -77,6 +77,7 @@ impl IngestLog {
         Ok(IngestLog {
             dir,
             writer: Mutex::new(writer),
+            segment_bytes,
         })
     }
 
@@ -90,7 +91,7 @@ impl IngestLog {
     /// error nothing is appended (a partial write is cut off again) and `then` is not run.
     pub fn append<T>(&self, clock_ms: i64, payload: &[u8], then: impl FnOnce(u64) -> T) -> io::Result<T> {
         let mut w = self.writer.lock().expect("ingest log");
-        if w.len >= SEGMENT_BYTES {
+        if w.len >= self.segment_bytes {
             let start = w.next_seq;
             w.file = create_segment(&self.dir, start)?;
             w.segment_start = start;
@@ -285,7 +286,7 @@ mod tests {
     #[test]
     fn records_come_back_in_order_from_any_point_and_after_reopening() {
         let dir = tempfile::tempdir().unwrap();
-        let log = IngestLog::open(dir.path()).unwrap();
+        let log = IngestLog::open(dir.path(), 64 << 20).unwrap();
         for i in 0..5u8 {
             assert_eq!(
                 log.append(1000 + i64::from(i), &[i; 3], |seq| seq).unwrap(),
@@ -294,7 +295,7 @@ mod tests {
         }
         assert_eq!(all(&log, 3), vec![(3, 1003, vec![3; 3]), (4, 1004, vec![4; 3])]);
         drop(log);
-        let log = IngestLog::open(dir.path()).unwrap();
+        let log = IngestLog::open(dir.path(), 64 << 20).unwrap();
         assert_eq!(log.next_seq(), 5);
         assert_eq!(all(&log, 0).len(), 5);
         assert_eq!(log.append(2000, b"x", |seq| seq).unwrap(), 5);
@@ -303,7 +304,7 @@ mod tests {
     #[test]
     fn a_torn_tail_is_cut_off_and_the_log_goes_on_from_the_last_whole_record() {
         let dir = tempfile::tempdir().unwrap();
-        let log = IngestLog::open(dir.path()).unwrap();
+        let log = IngestLog::open(dir.path(), 64 << 20).unwrap();
         log.append(1, b"first", |_| ()).unwrap();
         log.append(2, b"second", |_| ()).unwrap();
         drop(log);
@@ -314,7 +315,7 @@ mod tests {
             let mut f = OpenOptions::new().append(true).open(&path).unwrap();
             f.write_all(tail).unwrap();
             drop(f);
-            let log = IngestLog::open(dir.path()).unwrap();
+            let log = IngestLog::open(dir.path(), 64 << 20).unwrap();
             assert_eq!(fs::metadata(&path).unwrap().len(), whole);
             assert_eq!(log.next_seq(), 2);
             assert_eq!(all(&log, 0).len(), 2);
@@ -323,7 +324,7 @@ mod tests {
         let last = bytes.len() - 1;
         bytes[last] ^= 0xff;
         fs::write(&path, bytes).unwrap();
-        let log = IngestLog::open(dir.path()).unwrap();
+        let log = IngestLog::open(dir.path(), 64 << 20).unwrap();
         assert_eq!(
             all(&log, 0).iter().map(|r| r.2.clone()).collect::<Vec<_>>(),
             vec![b"first".to_vec()]
@@ -334,13 +335,13 @@ mod tests {
     #[test]
     fn trimming_removes_only_segments_wholly_behind() {
         let dir = tempfile::tempdir().unwrap();
-        let log = IngestLog::open(dir.path()).unwrap();
+        let log = IngestLog::open(dir.path(), 64 << 20).unwrap();
         log.append(1, b"a", |_| ()).unwrap();
         // Force segments at 1 and 3 as a long run would.
-        log.writer.lock().unwrap().len = SEGMENT_BYTES;
+        log.writer.lock().unwrap().len = 64 << 20;
         log.append(2, b"b", |_| ()).unwrap();
         log.append(3, b"c", |_| ()).unwrap();
-        log.writer.lock().unwrap().len = SEGMENT_BYTES;
+        log.writer.lock().unwrap().len = 64 << 20;
         log.append(4, b"d", |_| ()).unwrap();
         assert_eq!(segments(dir.path()).unwrap(), vec![0, 1, 3]);
         assert_eq!(log.trim_before(2).unwrap(), 1);

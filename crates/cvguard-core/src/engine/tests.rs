@@ -574,7 +574,7 @@ fn incident_updates_record_every_exposed_cv_from_the_window_start() {
     let later = e.take_updates();
     assert_eq!(later.len(), 1);
     assert_eq!(later[0].incident_id, fired[0].alert_id);
-    assert_eq!(later[0].value, 6);
+    assert_eq!(later[0].value, Some(6));
     assert_eq!(
         later[0].cvs.iter().map(|x| x.cv_id.as_str()).collect::<Vec<_>>(),
         vec!["6", "1"]
@@ -1038,17 +1038,24 @@ fn keys_past_the_limit_are_refused_and_counted_and_known_keys_go_on() {
 fn an_event_with_an_overlong_field_is_rejected_by_reason() {
     let mut e = engine(vec![rule("r", KeyKind::AccountId, Measure::DistinctCvs, "1h", 3)]);
     let mut out = Vec::new();
-    let long = "x".repeat(1025);
-    for field in ["cv_id", "ip", "user_agent", "org_id", "event_id", "action"] {
+    for (field, len) in [
+        ("cv_id", 257),
+        ("ip", 257),
+        ("org_id", 257),
+        ("event_id", 257),
+        ("action", 257),
+        ("user_agent", 1025),
+    ] {
         let mut ev = serde_json::json!({"ts": T0, "account_id": "a", "action": "cv_view", "cv_id": "c"});
-        ev[field] = serde_json::Value::String(long.clone());
+        ev[field] = serde_json::Value::String("x".repeat(len));
         assert_eq!(
             e.process_bytes(ev.to_string().as_bytes(), None, &mut out),
             Outcome::Rejected(RejectReason::FieldTooLong),
             "{field}"
         );
     }
-    let ok = serde_json::json!({"ts": T0, "account_id": "a", "action": "cv_view", "cv_id": "c", "user_agent": "x".repeat(1024)});
+    let ok = serde_json::json!({"ts": T0, "account_id": "a", "action": "cv_view", "cv_id": "x".repeat(256),
+        "user_agent": "x".repeat(1024)});
     assert_eq!(
         e.process_bytes(ok.to_string().as_bytes(), None, &mut out),
         Outcome::Accepted
@@ -1079,6 +1086,7 @@ fn a_late_events_cvs_join_the_open_incident() {
     assert_eq!(updates.len(), 1);
     assert_eq!(updates[0].incident_id, out[0].alert_id);
     assert_eq!(updates[0].cvs[0].cv_id, "late-cv");
+    assert_eq!(updates[0].value, None, "a late event changes no window's value");
     // Without an open incident a late event records nothing.
     let mut quiet = engine(vec![rule("r", KeyKind::AccountId, Measure::DistinctCvs, "1h", 3)]);
     quiet.track_exposure(true);

@@ -113,7 +113,7 @@ pub async fn exposed_cvs_are_kept_once_with_first_access_and_counted(store: &Sto
     store.open_incident(&a, T0, &[]).await.unwrap();
     let first = IncidentUpdate {
         incident_id: "inc-2".into(),
-        value: 3,
+        value: Some(3),
         event_time_ms: T0 + 1000,
         cvs: vec![
             cv("cv-1", T0, "cv_view", Visibility::Anonymous),
@@ -124,7 +124,7 @@ pub async fn exposed_cvs_are_kept_once_with_first_access_and_counted(store: &Sto
     // cv-1 again later, named now: keeps its first access, becomes named. cv-4 is new.
     let second = IncidentUpdate {
         incident_id: "inc-2".into(),
-        value: 4,
+        value: Some(4),
         event_time_ms: T0 + 2000,
         cvs: vec![
             cv("cv-1", T0 + 2000, "cv_download", Visibility::Named),
@@ -159,6 +159,17 @@ pub async fn exposed_cvs_are_kept_once_with_first_access_and_counted(store: &Sto
     );
     assert_eq!(i.latest_value, 4);
     assert_eq!(i.last_event_time, cvguard_core::timefmt::format_rfc3339_ms(T0 + 2000));
+    // A late event's CVs (no value: it changed no window), even one re-sent with the
+    // newest time, are recorded and leave the latest value alone.
+    let late = IncidentUpdate {
+        incident_id: "inc-2".into(),
+        value: None,
+        event_time_ms: T0 + 2000,
+        cvs: vec![cv("cv-5", T0 + 2000, "cv_view", Visibility::Unknown)],
+    };
+    store.apply_updates(&[late], T0 + 3000).await.unwrap();
+    let i = store.get("inc-2").await.unwrap().unwrap().incident;
+    assert_eq!((i.latest_value, i.cvs_by_visibility.unknown), (4, 2));
 }
 
 pub async fn a_large_exposure_is_stored_incrementally(store: &Store) {
@@ -172,7 +183,7 @@ pub async fn a_large_exposure_is_stored_incrementally(store: &Store) {
             .apply_updates(
                 &[IncidentUpdate {
                     incident_id: "inc-big".into(),
-                    value: 1000 * (batch as u64 + 1),
+                    value: Some(1000 * (batch as u64 + 1)),
                     event_time_ms: T0 + batch,
                     cvs,
                 }],
@@ -415,7 +426,7 @@ pub async fn a_crossing_for_an_open_rule_and_key_joins_its_incident(store: &Stor
         .apply_updates(
             &[IncidentUpdate {
                 incident_id: "inc-b".into(),
-                value: 4300,
+                value: Some(4300),
                 event_time_ms: T0 + 4_000_500,
                 cvs: vec![cv("cv-late", T0 + 4_000_500, "cv_download", Visibility::Named)],
             }],
@@ -483,7 +494,7 @@ pub async fn running_counts_match_the_stored_list(store: &Store) {
                 .collect();
             updates.push(IncidentUpdate {
                 incident_id: "inc-f".into(),
-                value: batch as u64,
+                value: Some(batch as u64),
                 event_time_ms: T0 + batch * 10 + u,
                 cvs,
             });

@@ -112,6 +112,7 @@ async fn serve(config: Config, source: ConfigSource) -> Result<(), Failure> {
                 metrics: metrics.clone(),
                 max_in_flight_bytes: config.http.max_in_flight_bytes as u64,
                 health: health.clone(),
+                segment_bytes: config.state.ingest_segment_bytes,
             })
             .with_context(|| format!("opening the ingest log in {}", config.state.dir))?;
             health.source_connected.store(true, Ordering::Relaxed);
