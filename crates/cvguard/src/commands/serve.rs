@@ -139,9 +139,10 @@ async fn serve(config: Config, source: ConfigSource) -> Result<(), Failure> {
                 .await
                 .context("starting the consumer")?
                 .context("starting the consumer")?;
-            tokio::spawn(kafka::incident_feed::run(
+            tokio::spawn(kafka::incident_feed::run_with_position(
                 store.clone(),
                 config.kafka.clone(),
+                kafka::incident_feed::position_file(std::path::Path::new(&config.state.dir)),
                 dispatcher_stop.clone(),
             ));
             let detection = Arc::new(KafkaDetection {
