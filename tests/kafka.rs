@@ -816,7 +816,6 @@ fn the_broker_going_away_mid_harvest_loses_nothing_and_readyz_says_not_ready_mea
 }
 
 #[test]
-#[ignore = "needs serve.rs to start kafka::incident_feed::run_with_position with the state folder (see docs/OPERATIONS.md)"]
 fn a_restart_publishes_only_incidents_changed_since_the_feed_last_published() {
     let s = setup("feed");
     let mut svc = s.start(0);

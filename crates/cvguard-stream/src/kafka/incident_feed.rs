@@ -103,18 +103,8 @@ pub fn position_file(state_dir: &Path) -> PathBuf {
     state_dir.join("incident-feed.json")
 }
 
-/// Runs the feed without a position file: every start publishes every incident again.
-/// Use [`run_with_position`].
-pub async fn run(store: Store, section: KafkaSection, stop: Arc<AtomicBool>) {
-    feed(store, section, None, stop).await
-}
-
-/// Runs the feed, keeping its position in `position` (see [`position_file`]).
-pub async fn run_with_position(store: Store, section: KafkaSection, position: PathBuf, stop: Arc<AtomicBool>) {
-    feed(store, section, Some(position), stop).await
-}
-
-async fn feed(store: Store, section: KafkaSection, file: Option<PathBuf>, stop: Arc<AtomicBool>) {
+/// Runs the feed until `stop`, keeping its position in `file` (see [`position_file`]).
+pub async fn run_with_position(store: Store, section: KafkaSection, file: PathBuf, stop: Arc<AtomicBool>) {
     let producer: FutureProducer = match super::client_config_without_consumer_keys(&section)
         .set("enable.idempotence", "true")
         .create()
@@ -125,10 +115,7 @@ async fn feed(store: Store, section: KafkaSection, file: Option<PathBuf>, stop: 
             return;
         }
     };
-    let mut position = file.as_deref().map(Position::load).unwrap_or_else(|| Position {
-        format: FORMAT.into(),
-        ..Position::default()
-    });
+    let mut position = Position::load(&file);
     info!(
         message = "Incident feed started.",
         from_updated_at = position.read_from()
@@ -170,11 +157,9 @@ async fn feed(store: Store, section: KafkaSection, file: Option<PathBuf>, stop: 
             }
         }
         if sent > 0 {
-            if let Some(path) = &file {
-                if let Err(e) = position.save(path) {
-                    warn!(message = "Saving the incident feed position failed; a restart publishes more again.",
-                        path = %path.display(), error = %e);
-                }
+            if let Err(e) = position.save(&file) {
+                warn!(message = "Saving the incident feed position failed; a restart publishes more again.",
+                    path = %file.display(), error = %e);
             }
         }
         let last = changes.last().map(|(at, _)| *at);
