@@ -625,25 +625,36 @@ fn kill_9_halfway_through_a_board_gives_the_incidents_of_an_uninterrupted_run_an
     let sim = simulate(root.path());
     let events = format!("events-{}", cvguard_tests::service::unique("board"));
     create_topic(&events, PARTITIONS);
+    let started = Instant::now();
+    let stage = |what: &str| eprintln!("{what} after {:?}", started.elapsed());
     let total = produce_board(&sim, &events);
+    stage("produced");
 
+    // The two runs are independent (own group, topics, state and store): they run side by
+    // side, which also keeps the suite short.
     let calm = BoardRun::new(root.path(), "calm", &events, &sim);
-    let mut svc = calm.start();
-    calm.wait_done(total, &svc);
-    assert!(svc.sigterm(LONG).success(), "{}", svc.log_text());
-
     let crashy = BoardRun::new(root.path(), "crashy", &events, &sim);
-    let mut svc = crashy.start();
-    let deadline = Instant::now() + LONG;
-    while committed_total(&crashy.names.group, &events, PARTITIONS) < total / 2 {
-        assert!(Instant::now() < deadline, "never halfway; log:\n{}", svc.log_text());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    svc.kill9();
-    let mut svc = crashy.start();
-    crashy.wait_done(total, &svc);
-    let log = svc.log_text();
-    assert!(svc.sigterm(LONG).success(), "{log}");
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let mut svc = calm.start();
+            calm.wait_done(total, &svc);
+            stage("uninterrupted run done");
+            assert!(svc.sigterm(LONG).success(), "{}", svc.log_text());
+        });
+        let mut svc = crashy.start();
+        let deadline = Instant::now() + LONG;
+        while committed_total(&crashy.names.group, &events, PARTITIONS) < total / 2 {
+            assert!(Instant::now() < deadline, "never halfway; log:\n{}", svc.log_text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        stage("halfway");
+        svc.kill9();
+        let mut svc = crashy.start();
+        stage("restarted");
+        crashy.wait_done(total, &svc);
+        stage("killed run done");
+        assert!(svc.sigterm(LONG).success(), "{}", svc.log_text());
+    });
 
     // Every re-keyed event was applied once: the ones sent again after the crash were
     // skipped, not counted a second time.
