@@ -24,7 +24,7 @@ use crate::chunked::ChunkedDeque;
 use crate::cvmap::CvMap;
 use crate::event::Visibility;
 use crate::interner::CvRef;
-use crate::rules::{Measure, RuleSet};
+use crate::rules::{DistinctField, RuleSet};
 
 /// How many action classes one group of rules can have (the width of an entry).
 pub const CLASS_SLOTS: usize = 2;
@@ -205,10 +205,14 @@ impl GroupPlan {
     }
 }
 
-/// How the `distinct_cvs` rules of one key kind are laid out in groups.
+/// How the distinct rules (`distinct_cvs`, `distinct_accounts`, ...) of one key kind are
+/// laid out in groups. A group counts one field: its handles are CV ids (the CV
+/// interner) or account, user or ip names (the evidence interner).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KindPlan {
     pub groups: Vec<GroupPlan>,
+    /// The field each group counts.
+    pub fields: Vec<DistinctField>,
     /// For each rule of the kind (in `rules_of` order): (group, index in group) when
     /// it is a `distinct_cvs` rule.
     pub place: Vec<Option<(usize, usize)>>,
@@ -220,19 +224,24 @@ pub struct KindPlan {
 impl KindPlan {
     pub fn build(rules: &RuleSet, rule_ids: &[usize]) -> KindPlan {
         let mut members: Vec<Vec<(usize, u64, i64)>> = Vec::new();
+        let mut fields: Vec<DistinctField> = Vec::new();
         let mut place = vec![None; rule_ids.len()];
         let mut longest: Option<(i64, usize)> = None;
         for (slot, &ri) in rule_ids.iter().enumerate() {
             let rule = &rules.rules[ri];
-            if rule.measure != Measure::DistinctCvs {
+            let Some(field) = rule.measure.distinct_field() else {
                 continue;
-            }
-            if longest.is_none_or(|(w, _)| rule.window_secs > w) {
+            };
+            if field == DistinctField::Cvs && longest.is_none_or(|(w, _)| rule.window_secs > w) {
                 longest = Some((rule.window_secs, slot));
             }
             let me = (slot, rule.action_mask, rule.window_secs);
-            // Greedy: join the first group that stays within CLASS_SLOTS classes.
+            // Greedy: join the first group of the same field that stays within
+            // CLASS_SLOTS classes.
             let joined = members.iter_mut().enumerate().find_map(|(g, m)| {
+                if fields[g] != field {
+                    return None;
+                }
                 let mut with = m.clone();
                 with.push(me);
                 GroupPlan::build(&with).map(|_| {
@@ -242,6 +251,7 @@ impl KindPlan {
             });
             place[slot] = Some(joined.unwrap_or_else(|| {
                 members.push(vec![me]);
+                fields.push(field);
                 (members.len() - 1, 0)
             }));
         }
@@ -251,6 +261,7 @@ impl KindPlan {
             .collect();
         KindPlan {
             groups,
+            fields,
             place,
             longest: longest.map(|(_, slot)| slot),
         }

@@ -14,7 +14,7 @@ use crate::distinct::{unstamp, Access, Added, GroupState, KindPlan, RuleProgress
 use crate::event::{parse_event, Event, RejectReason};
 use crate::interner::{CvInterner, CvRef, Interner};
 use crate::recent::RecentSet;
-use crate::rules::{KeyKind, Measure, Response, Rule, RuleSet};
+use crate::rules::{DistinctField, KeyKind, Measure, Response, Rule, RuleSet};
 use crate::smallstr::SmallStr;
 use crate::timefmt::{format_rfc3339_ms, Millis};
 use crate::window::CountWindow;
@@ -276,7 +276,9 @@ impl KindLayout {
 
     /// The distinct rule an alert of `slot` reports on: its own, else the kind's longest.
     fn reported(&self, slot: usize) -> Option<(usize, usize)> {
-        self.plan.place[slot].or_else(|| self.plan.longest.and_then(|l| self.plan.place[l]))
+        self.plan.place[slot]
+            .filter(|(g, _)| self.plan.fields[*g] == DistinctField::Cvs)
+            .or_else(|| self.plan.longest.and_then(|l| self.plan.place[l]))
     }
 }
 
@@ -362,18 +364,30 @@ impl KeyTable {
     }
 
     /// Frees the key in `slot`, letting go of every CV and evidence value it holds.
-    fn remove(&mut self, slot: u32, cvs: &mut CvInterner, names: &mut Interner, pairs: &mut u64) -> bool {
+    /// Frees a key; `fields` are its distinct groups' fields (the layout its rows have).
+    fn remove(
+        &mut self,
+        slot: u32,
+        fields: &[DistinctField],
+        cvs: &mut CvInterner,
+        names: &mut Interner,
+        pairs: &mut u64,
+    ) -> bool {
         let Some(mut state) = self.slots[slot as usize].take() else {
             return false;
         };
         self.index.remove(str_hash(&state.key), slot);
         self.free.push(slot);
         self.firing.forget(state.firing, slot);
-        for g in self.groups.row_mut(slot as usize) {
-            g.clear(|cv| {
-                *pairs -= 1;
-                cvs.release(cv);
-            });
+        for (g, field) in self.groups.row_mut(slot as usize).iter_mut().zip(fields) {
+            if *field == DistinctField::Cvs {
+                g.clear(|cv| {
+                    *pairs -= 1;
+                    cvs.release(cv);
+                });
+            } else {
+                g.clear(|name| names.release(name));
+            }
         }
         state.evidence.clear(names);
         true
@@ -615,7 +629,14 @@ impl Engine {
         }
         self.stats.events += 1;
         let dedupe_window = self.rules.settings.dedupe_window_ms;
-        let event_id = ev.event_id.as_deref().filter(|_| dedupe_window > 0);
+        // Scoped by account: a second delivery is of the same account's event, and one
+        // producer's ids (or a colliding id scheme) can never hide another account's.
+        let event_id = ev
+            .event_id
+            .as_deref()
+            .filter(|_| dedupe_window > 0)
+            .map(|id| format!("{}\u{1f}{id}", ev.account_id));
+        let event_id = event_id.as_deref();
         if let (Some(id), Some(newest)) = (event_id, self.max_ts) {
             if self.dedupe.seen(id, newest - dedupe_window) {
                 self.stats.duplicates += 1;
@@ -774,25 +795,53 @@ impl Engine {
             }
         }
 
+        let names = &mut self.names;
         for (g, plan) in layout.plan.groups.iter().enumerate() {
+            let field = layout.plan.fields[g];
             let group = &mut groups[g];
             let rules = &mut progress[layout.progress_range(g)];
-            group.advance(plan, rules, now, |cv| {
-                *cv_pairs -= 1;
-                interner.release(cv);
-            });
-            let Some(class) = plan.class_of(action) else { continue };
-            let access = Access {
-                class,
-                sec,
-                visibility: ev.visibility,
-                action,
+            // A group of accounts, users or ips counts the event's value of that field,
+            // held while the key decides (as the CVs are in `apply`): an advance may drop
+            // its last reference just before the add takes it again.
+            let held = match field {
+                DistinctField::Cvs => None,
+                DistinctField::Accounts => Some(names.intern_retained(&ev.account_id)),
+                DistinctField::Users => ev.user_id.as_deref().map(|u| names.intern_retained(u)),
+                DistinctField::Ips => ev.ip.as_deref().map(|ip| names.intern_retained(ip)),
             };
-            for cv in cvs {
-                if group.add(plan, rules, now, access, *cv) == Added::New {
-                    *cv_pairs += 1;
-                    interner.retain(*cv);
+            if field == DistinctField::Cvs {
+                group.advance(plan, rules, now, |cv| {
+                    *cv_pairs -= 1;
+                    interner.release(cv);
+                });
+            } else {
+                group.advance(plan, rules, now, |name| names.release(name));
+            }
+            if let Some(class) = plan.class_of(action) {
+                let access = Access {
+                    class,
+                    sec,
+                    visibility: ev.visibility,
+                    action,
+                };
+                match held {
+                    None if field == DistinctField::Cvs => {
+                        for cv in cvs {
+                            if group.add(plan, rules, now, access, *cv) == Added::New {
+                                *cv_pairs += 1;
+                                interner.retain(*cv);
+                            }
+                        }
+                    }
+                    None => {}
+                    Some(name) if group.add(plan, rules, now, access, name) == Added::New => {
+                        names.retain(name);
+                    }
+                    Some(_) => {}
                 }
+            }
+            if let Some(name) = held {
+                names.release(name);
             }
         }
 
@@ -939,7 +988,8 @@ impl Engine {
                     table.expiry.push(Reverse((due, slot)));
                     continue;
                 }
-                table.remove(slot, &mut self.interner, &mut self.names, &mut self.cv_pairs);
+                let fields = &self.layouts[kind.index()].plan.fields;
+                table.remove(slot, fields, &mut self.interner, &mut self.names, &mut self.cv_pairs);
             }
         }
     }

@@ -24,5 +24,6 @@ pub use engine::{Engine, EngineStats, Exposure, HeapProfile, IncidentUpdate, Out
 pub use event::{parse_event, Event, ParseLimits, RejectReason, Visibility};
 pub use profiles::{AccountProfile, OrgProfile, Profiles};
 pub use rules::{
-    ConfigIssue, EngineSpec, KeyKind, Measure, Response, Rule, RuleSet, RuleSpec, Severity, ThresholdSource,
+    ConfigIssue, DistinctField, EngineSpec, KeyKind, Measure, Response, Rule, RuleSet, RuleSpec, Severity,
+    ThresholdSource,
 };

@@ -46,6 +46,21 @@ pub enum Measure {
     Cvs,
     /// Distinct CV ids touched (exact).
     DistinctCvs,
+    /// Distinct `account_id`s seen (exact): many accounts behind one ip or user.
+    DistinctAccounts,
+    /// Distinct `user_id`s seen (exact); an event without one adds nothing.
+    DistinctUsers,
+    /// Distinct `ip`s seen (exact): one account used from many addresses.
+    DistinctIps,
+}
+
+/// What a distinct measure counts the distinct values of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DistinctField {
+    Cvs,
+    Accounts,
+    Users,
+    Ips,
 }
 
 /// Which term of a rule set a key's effective threshold (alerts and the account view
@@ -63,11 +78,25 @@ pub enum ThresholdSource {
 }
 
 impl Measure {
+    /// The field a distinct measure counts; `None` for `events` and `cvs`.
+    pub fn distinct_field(self) -> Option<DistinctField> {
+        match self {
+            Measure::Events | Measure::Cvs => None,
+            Measure::DistinctCvs => Some(DistinctField::Cvs),
+            Measure::DistinctAccounts => Some(DistinctField::Accounts),
+            Measure::DistinctUsers => Some(DistinctField::Users),
+            Measure::DistinctIps => Some(DistinctField::Ips),
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Measure::Events => "events",
             Measure::Cvs => "cvs",
             Measure::DistinctCvs => "distinct_cvs",
+            Measure::DistinctAccounts => "distinct_accounts",
+            Measure::DistinctUsers => "distinct_users",
+            Measure::DistinctIps => "distinct_ips",
         }
     }
 }
@@ -382,6 +411,23 @@ impl RuleSet {
                     "group_by",
                     format!(
                         "more than {MAX_RULES_PER_KIND} rules group by `{}`",
+                        spec.group_by.as_str()
+                    ),
+                );
+            }
+            let same_field = matches!(
+                (spec.group_by, spec.measure),
+                (KeyKind::AccountId, Measure::DistinctAccounts)
+                    | (KeyKind::UserId, Measure::DistinctUsers)
+                    | (KeyKind::Ip, Measure::DistinctIps)
+            );
+            if same_field {
+                issue(
+                    "measure",
+                    format!(
+                        "`{}` grouped by `{}` is always 1; count another field (e.g. distinct_ips per account, \
+                         distinct_accounts per ip)",
+                        spec.measure.as_str(),
                         spec.group_by.as_str()
                     ),
                 );

@@ -75,10 +75,13 @@ impl Hour<'_> {
         let mut text = String::with_capacity(200 + cvs.len() * 14);
         let _ = write!(
             text,
-            r#"{{"ts":"{}","event_id":"{}-{}","account_id":"{}","user_id":"{}","#,
+            // Unique per event (the hour's sequence number after the time): a platform's
+            // ids are, and cvguard counts an id seen again as a second delivery.
+            r#"{{"ts":"{}","event_id":"{}-{}-{}","account_id":"{}","user_id":"{}","#,
             format_rfc3339_ms(ts),
             id_hint,
             ts,
+            self.seq,
             a.id,
             a.users[user % a.users.len()]
         );

@@ -24,7 +24,7 @@ use super::{Engine, FiringIds, KeyTable, KindLayout, ThresholdLists};
 use crate::chunked::ChunkedRows;
 use crate::distinct::{CvEntry, GroupState, CLASS_SLOTS};
 use crate::interner::CvRef;
-use crate::rules::{KeyKind, Rule, RuleSet};
+use crate::rules::{DistinctField, KeyKind, Rule, RuleSet};
 use crate::window::CountWindow;
 
 fn same_shape(a: &Rule, b: &Rule) -> bool {
@@ -82,7 +82,13 @@ impl Engine {
             let table = &mut self.tables[kind.index()];
             if new_ids.is_empty() {
                 for slot in 0..table.slots.len() as u32 {
-                    table.remove(slot, &mut self.interner, &mut self.names, &mut self.cv_pairs);
+                    table.remove(
+                        slot,
+                        &old_layout.plan.fields,
+                        &mut self.interner,
+                        &mut self.names,
+                        &mut self.cv_pairs,
+                    );
                 }
                 *table = KeyTable::new(new_layout);
                 continue;
@@ -133,9 +139,13 @@ impl Engine {
 
                 // Re-file every CV the key holds under the new groups and classes.
                 let mut groups = Vec::with_capacity(new_layout.plan.groups.len());
-                for plan in &new_layout.plan.groups {
+                for (plan, &field) in new_layout.plan.groups.iter().zip(&new_layout.plan.fields) {
                     let mut merged: FxHashMap<CvRef, CvEntry> = FxHashMap::default();
                     for (og, old_group) in old_groups.iter().enumerate() {
+                        // Only a group of the same field holds values this one counts.
+                        if old_layout.plan.fields[og] != field {
+                            continue;
+                        }
                         for (cv, e) in old_group.entries() {
                             let mut last = [0; CLASS_SLOTS];
                             for (nc, l) in last.iter_mut().enumerate() {
@@ -169,17 +179,25 @@ impl Engine {
                     merged.retain(|_, e| e.last.iter().any(|l| *l != 0));
                     let mut entries: Vec<(CvRef, CvEntry)> = merged.into_iter().collect();
                     entries.sort_unstable_by_key(|(cv, _)| *cv);
-                    for (cv, _) in &entries {
-                        self.interner.retain(*cv);
-                        self.cv_pairs += 1;
+                    for (handle, _) in &entries {
+                        if field == DistinctField::Cvs {
+                            self.interner.retain(*handle);
+                            self.cv_pairs += 1;
+                        } else {
+                            self.names.retain(*handle);
+                        }
                     }
                     groups.push(GroupState::rebuild(plan, entries, now));
                 }
-                for g in old_groups.iter_mut() {
-                    g.clear(|cv| {
-                        self.cv_pairs -= 1;
-                        self.interner.release(cv);
-                    });
+                for (g, field) in old_groups.iter_mut().zip(&old_layout.plan.fields) {
+                    if *field == DistinctField::Cvs {
+                        g.clear(|cv| {
+                            self.cv_pairs -= 1;
+                            self.interner.release(cv);
+                        });
+                    } else {
+                        g.clear(|name| self.names.release(name));
+                    }
                 }
                 state.thresholds = new_thresholds.handle(thresholds);
                 state.firing = 0;

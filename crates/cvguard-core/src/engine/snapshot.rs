@@ -8,7 +8,7 @@ use super::{Engine, KeyEvidence, KeyRef, KeyState};
 use crate::distinct::{stamp, unstamp, CvEntry, GroupMismatch, GroupState, RuleProgress, CLASS_SLOTS};
 use crate::event::Visibility;
 use crate::recent::RecentSet;
-use crate::rules::{KeyKind, RuleSet};
+use crate::rules::{DistinctField, KeyKind, RuleSet};
 use crate::smallstr::SmallStr;
 use crate::window::CountWindow;
 
@@ -103,6 +103,7 @@ impl Engine {
         let mut keys = Vec::new();
         for kind in KeyKind::ALL {
             let table = &self.tables[kind.index()];
+            let layout = &self.layouts[kind.index()];
             let mut slots: Vec<(u32, KeyRef<'_>)> = (0..table.slots.len() as u32)
                 .filter_map(|s| Some((s, table.at(s)?)))
                 .collect();
@@ -121,12 +122,18 @@ impl Engine {
                     groups: key
                         .groups
                         .iter()
-                        .map(|g| {
+                        .zip(&layout.plan.fields)
+                        .map(|(g, field)| {
+                            // A group's handles are CV ids or account, user and ip names.
+                            let names = match field {
+                                DistinctField::Cvs => &self.interner,
+                                _ => &self.names,
+                            };
                             let mut v: Vec<CvSnapshot> = g
                                 .entries()
                                 .map(|(cv, e)| {
                                     (
-                                        self.interner.name(cv).to_string(),
+                                        names.name(cv).to_string(),
                                         unstamp(e.first),
                                         e.last.map(|l| (l != 0).then(|| unstamp(l))),
                                         e.visibility as u8,
@@ -216,11 +223,15 @@ impl Engine {
             }
             check_key_snapshot(k, now).map_err(|detail| mismatch(k.kind, &k.key, detail))?;
             let mut groups = Vec::with_capacity(k.groups.len());
-            for (plan, entries) in layout.plan.groups.iter().zip(&k.groups) {
+            for ((plan, entries), field) in layout.plan.groups.iter().zip(&k.groups).zip(&layout.plan.fields) {
                 let mut cvs = Vec::with_capacity(entries.len());
                 for (name, first, last, vis, action) in entries {
-                    let cv = engine.interner.intern_retained(name);
-                    engine.cv_pairs += 1;
+                    let cv = if *field == DistinctField::Cvs {
+                        engine.cv_pairs += 1;
+                        engine.interner.intern_retained(name)
+                    } else {
+                        engine.names.intern_retained(name)
+                    };
                     let entry = CvEntry {
                         first: stamp(*first),
                         last: last.map(|l| l.map_or(0, stamp)),
@@ -284,7 +295,9 @@ impl Engine {
                 let Some(key) = table.at(slot) else { continue };
                 let fail = |detail: String| mismatch(kind, &key.state.key, detail);
                 for (g, (plan, group)) in layout.plan.groups.iter().zip(key.groups).enumerate() {
-                    pairs += group.len() as u64;
+                    if layout.plan.fields[g] == DistinctField::Cvs {
+                        pairs += group.len() as u64;
+                    }
                     let progress = &key.progress[layout.progress_range(g)];
                     group.check(plan, progress).map_err(|GroupMismatch { rule, detail }| {
                         fail(match rule {

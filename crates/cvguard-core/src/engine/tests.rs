@@ -1155,3 +1155,57 @@ fn a_duplicate_delivery_counts_once_within_the_window_and_through_a_snapshot() {
         Outcome::Accepted
     );
 }
+
+/// Issue #14: distinct values of other fields, exactly: many accounts behind one address,
+/// one account from many addresses. An event without the field adds nothing; a repeat
+/// counts once; values leave with the window; a snapshot and a reload keep them.
+#[test]
+fn distinct_accounts_per_ip_and_distinct_ips_per_account_count_exactly() {
+    let mut ring = rule("ring", KeyKind::Ip, Measure::DistinctAccounts, "1h", 3);
+    ring.actions = vec!["cv_view".into()];
+    let shared = rule("shared", KeyKind::AccountId, Measure::DistinctIps, "1h", 3);
+    let rules = vec![ring, shared];
+    let mut e = engine(rules.clone());
+    let ev = |sec: i64, account: &str, ip: Option<&str>| {
+        let mut v =
+            serde_json::json!({"ts": T0 + sec * 1000, "account_id": account, "action": "cv_view", "cv_id": "c"});
+        if let Some(ip) = ip {
+            v["ip"] = ip.into();
+        }
+        v
+    };
+    let value = |e: &Engine, kind, key: &str| e.key_values(kind, key)[0].value;
+    assert!(send_json(&mut e, &ev(0, "a1", Some("192.0.2.1"))).is_empty());
+    assert!(
+        send_json(&mut e, &ev(1, "a1", Some("192.0.2.1"))).is_empty(),
+        "a repeat counts once"
+    );
+    assert!(send_json(&mut e, &ev(2, "a2", Some("192.0.2.1"))).is_empty());
+    assert!(
+        send_json(&mut e, &ev(3, "a3", None)).is_empty(),
+        "no ip: nothing for ip keys"
+    );
+    assert_eq!(value(&e, KeyKind::Ip, "192.0.2.1"), 2);
+    // Through a snapshot and a reload of the same rules, the third account fires.
+    let snap: crate::engine::EngineSnapshot =
+        serde_json::from_str(&serde_json::to_string(&e.snapshot()).unwrap()).unwrap();
+    let mut e = Engine::restore(e.rules().clone(), &snap).unwrap();
+    let same = e.rules().clone();
+    e.reload(Arc::new((*same).clone()));
+    let fired = send_json(&mut e, &ev(4, "a3", Some("192.0.2.1")));
+    assert_eq!(fired.len(), 1);
+    assert_eq!((fired[0].rule.as_str(), fired[0].value), ("ring", 3));
+    assert_eq!(fired[0].evidence.distinct_cvs, None, "no CV window to report from");
+    // One account from three addresses.
+    send_json(&mut e, &ev(5, "a1", Some("192.0.2.2")));
+    let fired = send_json(&mut e, &ev(6, "a1", Some("192.0.2.3")));
+    assert_eq!(
+        fired.iter().map(|a| a.rule.as_str()).collect::<Vec<_>>(),
+        vec!["shared"]
+    );
+    // An hour on, every value has left the window.
+    send_json(&mut e, &ev(3_700, "a9", Some("198.51.100.9")));
+    assert_eq!(value(&e, KeyKind::AccountId, "a9"), 1);
+    assert!(e.key_values(KeyKind::Ip, "192.0.2.1").is_empty() || value(&e, KeyKind::Ip, "192.0.2.1") == 0);
+    e.check_state().unwrap();
+}

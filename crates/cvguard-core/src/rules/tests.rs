@@ -151,3 +151,27 @@ fn at_most_64_rules_per_key_kind() {
     );
     assert!(RuleSet::compile(&EngineSpec::default(), &specs[..64], Profiles::default(), &[]).is_ok());
 }
+
+/// A key's own field counted per key is always 1: refused, naming the rule and the key;
+/// the other distinct measures of other fields compile.
+#[test]
+fn a_keys_own_field_as_its_distinct_measure_is_refused() {
+    let refused = [
+        spec("a", KeyKind::AccountId, Measure::DistinctAccounts, "1h", 5),
+        spec("u", KeyKind::UserId, Measure::DistinctUsers, "1h", 5),
+        spec("i", KeyKind::Ip, Measure::DistinctIps, "1h", 5),
+    ];
+    let issues = RuleSet::compile(&EngineSpec::default(), &refused, Profiles::default(), &[]).unwrap_err();
+    let found: Vec<(Option<&str>, &str)> = issues.iter().map(|i| (i.rule.as_deref(), i.key.as_str())).collect();
+    assert_eq!(
+        found,
+        vec![(Some("a"), "measure"), (Some("u"), "measure"), (Some("i"), "measure")]
+    );
+    assert!(issues[0].message.contains("always 1"));
+    let fine = [
+        spec("ring", KeyKind::Ip, Measure::DistinctAccounts, "24h", 10),
+        spec("shared", KeyKind::AccountId, Measure::DistinctIps, "1h", 20),
+        spec("team", KeyKind::OrgId, Measure::DistinctUsers, "1h", 20),
+    ];
+    assert!(RuleSet::compile(&EngineSpec::default(), &fine, Profiles::default(), &[]).is_ok());
+}

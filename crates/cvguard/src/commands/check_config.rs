@@ -31,7 +31,7 @@ fn print_rules(config: &cvguard_config::Config) -> io::Result<()> {
     }
     writeln!(
         o,
-        "rule                   group_by    measure       window  threshold  response per vacancy / segments"
+        "rule                   group_by    measure            window  threshold  response per vacancy / segments"
     )?;
     for r in &set.rules {
         let mut extra = Vec::new();
@@ -42,7 +42,7 @@ fn print_rules(config: &cvguard_config::Config) -> io::Result<()> {
         let response = if r.dry_run { "dry-run" } else { r.response.as_str() };
         writeln!(
             o,
-            "{:<22} {:<11} {:<13} {:>6} {:>10}  {:<8} {}",
+            "{:<22} {:<11} {:<18} {:>6} {:>10}  {:<8} {}",
             r.name,
             r.group_by.as_str(),
             r.measure.as_str(),

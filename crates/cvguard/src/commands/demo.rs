@@ -476,6 +476,9 @@ fn measure_words(m: cvguard_core::Measure) -> &'static str {
         cvguard_core::Measure::DistinctCvs => "distinct CVs",
         cvguard_core::Measure::Cvs => "CVs",
         cvguard_core::Measure::Events => "events",
+        cvguard_core::Measure::DistinctAccounts => "distinct accounts",
+        cvguard_core::Measure::DistinctUsers => "distinct users",
+        cvguard_core::Measure::DistinctIps => "distinct IP addresses",
     }
 }
 

@@ -58,6 +58,9 @@ fn rule_draw() -> impl Strategy<Value = RuleDraw> {
             Measure::DistinctCvs,
             Measure::Events,
             Measure::Cvs,
+            Measure::DistinctAccounts,
+            Measure::DistinctUsers,
+            Measure::DistinctIps,
         ]),
         1u8..16,
         0..WINDOWS.len(),
@@ -66,7 +69,13 @@ fn rule_draw() -> impl Strategy<Value = RuleDraw> {
     )
         .prop_map(|(kind, measure, actions, window, threshold, suspend)| RuleDraw {
             kind,
-            measure,
+            // A key's own field counted per key is always 1, and refused by the config.
+            measure: match (kind, measure) {
+                (KeyKind::AccountId, Measure::DistinctAccounts)
+                | (KeyKind::UserId, Measure::DistinctUsers)
+                | (KeyKind::Ip, Measure::DistinctIps) => Measure::DistinctCvs,
+                _ => measure,
+            },
             actions,
             window,
             threshold,
