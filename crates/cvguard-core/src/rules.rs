@@ -459,7 +459,16 @@ impl RuleSet {
             return Err(issues);
         }
         let fingerprint = {
-            let specs = serde_json::to_vec(specs).unwrap_or_default();
+            // What the state's layout and values depend on: a rule's description does
+            // not, and changing it must not make a restart refuse the snapshots.
+            let described: Vec<RuleSpec> = specs
+                .iter()
+                .map(|s| RuleSpec {
+                    description: None,
+                    ..s.clone()
+                })
+                .collect();
+            let specs = serde_json::to_vec(&described).unwrap_or_default();
             let engine = serde_json::to_vec(engine).unwrap_or_default();
             crate::alert::stable_hash(&[&specs, &engine])
         };
@@ -664,6 +673,17 @@ fn compile_engine(spec: &EngineSpec, issues: &mut Vec<ConfigIssue>) -> EngineSet
     let allowed_lateness_ms = duration("allowed_lateness", &spec.allowed_lateness);
     let future_skew_ms = duration("future_skew", &spec.future_skew);
     let dedupe_window_ms = duration("dedupe_window", &spec.dedupe_window);
+    if dedupe_window_ms > 0 && dedupe_window_ms < allowed_lateness_ms {
+        issues.push(ConfigIssue {
+            rule: None,
+            key: "engine.dedupe_window".into(),
+            message: format!(
+                "`{}` is shorter than engine.allowed_lateness (`{}`): a second delivery that late would be \
+                 applied again; make it at least as long (or `0s` to turn deduplication off)",
+                spec.dedupe_window, spec.allowed_lateness
+            ),
+        });
+    }
     for (key, value) in [
         ("max_field_bytes", spec.max_field_bytes),
         ("max_tracked_keys", spec.max_tracked_keys),

@@ -106,7 +106,15 @@ impl Batch {
             let left = self.in_flight.fetch_sub(self.lines.len() as u64, Ordering::AcqRel) - self.lines.len() as u64;
             self.in_flight_gauge.set(left as i64);
             let count = |flags: &[AtomicBool]| flags.iter().filter(|f| f.load(Ordering::Relaxed)).count() as u64;
-            let (late, duplicates) = (count(&self.late), count(&self.duplicate));
+            // An event one engine found late and another a duplicate counts once, as a
+            // duplicate (a second delivery is what it is).
+            let duplicates = count(&self.duplicate);
+            let late = self
+                .late
+                .iter()
+                .zip(&self.duplicate)
+                .filter(|(l, d)| l.load(Ordering::Relaxed) && !d.load(Ordering::Relaxed))
+                .count() as u64;
             if self.live {
                 self.late_total.fetch_add(late, Ordering::Relaxed);
                 self.duplicate_total.fetch_add(duplicates, Ordering::Relaxed);
@@ -145,6 +153,8 @@ pub struct HttpPipeline {
     late_total: Arc<AtomicU64>,
     duplicate_total: Arc<AtomicU64>,
     effects: Effects,
+    /// Keys the part hash (see `part_of`).
+    seed: u64,
     /// Replaying the log's records from before the start; ingest waits for it.
     catching_up: AtomicBool,
     health: Arc<crate::Health>,
@@ -174,6 +184,7 @@ impl HttpPipeline {
         let health = o.health.clone();
         let n = o.shards.clamp(1, PARTS);
         let log = Arc::new(IngestLog::open(o.store.dir().join("ingest"), o.segment_bytes)?);
+        let seed = parts_seed(o.store.dir())?;
         let sets = per_kind(&o.rules);
         let present: Vec<Arc<RuleSet>> = sets.iter().flatten().cloned().collect();
         let mut parts: Vec<Option<Part>> = (0..PARTS)
@@ -208,9 +219,10 @@ impl HttpPipeline {
         let unsaved: Arc<Vec<AtomicBool>> = Arc::new((0..PARTS).map(|_| AtomicBool::new(false)).collect());
         let snapshot_writer = {
             let (store, log, unsaved) = (o.store.clone(), log.clone(), unsaved.clone());
+            let log_bytes = o.metrics.ingest_log_bytes.clone();
             thread::Builder::new()
                 .name("snapshots".into())
-                .spawn(move || write_snapshots(jobs, store, log, positions, &unsaved))?
+                .spawn(move || write_snapshots(jobs, store, log, positions, &unsaved, log_bytes))?
         };
         let stats = Arc::new(Mutex::new(vec![(EngineStats::default(), StateSize::default()); n]));
         let in_flight = Arc::new(AtomicU64::new(0));
@@ -237,6 +249,7 @@ impl HttpPipeline {
                 snapshot_interval: o.snapshot_interval,
                 gave_up: false,
                 told_key_limit: false,
+                seed,
             };
             handles.push(
                 thread::Builder::new()
@@ -261,6 +274,7 @@ impl HttpPipeline {
             effects: o.effects.clone(),
             catching_up: AtomicBool::new(true),
             health: o.health.clone(),
+            seed,
         };
         pipeline.metrics.ingest_log_bytes.set(pipeline.log.bytes() as i64);
         let pipeline = Arc::new(pipeline);
@@ -493,7 +507,7 @@ impl HttpPipeline {
     /// The live windows of a key, from the shard that holds it.
     pub fn query(&self, kind: KeyKind, key: &str) -> Option<Vec<WindowValue>> {
         let (tx, rx) = mpsc::channel();
-        let shard = part_of(kind, key) % self.shards.len();
+        let shard = part_of(self.seed, kind, key) % self.shards.len();
         let _ = self.shards[shard].send(ShardMsg::Query(kind, key.to_string(), tx));
         rx.recv_timeout(Duration::from_secs(5)).ok()
     }
@@ -532,12 +546,49 @@ fn part_name(p: usize) -> String {
     format!("http/part-{p}-of-{PARTS}")
 }
 
-/// The part a key belongs to: fixed for a key, whatever the number of shards.
-pub fn part_of(kind: KeyKind, key: &str) -> usize {
-    let mut h = rustc_hash::FxHasher::default();
+/// The part a key belongs to: fixed for a key, whatever the number of shards. The hash is
+/// keyed by a secret of the state folder (`parts_seed`): each part holds a 16th of
+/// `engine.max_tracked_keys`, and with a public hash an ingest client could fill the one
+/// part a victim's key lives in with fresh ids and blind detection for it.
+pub fn part_of(seed: u64, kind: KeyKind, key: &str) -> usize {
+    let mut h = std::hash::DefaultHasher::new();
+    seed.hash(&mut h);
     kind.as_str().hash(&mut h);
     key.hash(&mut h);
     (h.finish() as usize) % PARTS
+}
+
+/// The state folder's part seed: made at random on first use and kept, since the parts'
+/// snapshots depend on it.
+fn parts_seed(dir: &std::path::Path) -> std::io::Result<u64> {
+    use std::hash::BuildHasher;
+    let path = dir.join("parts.seed");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            u64::from_str_radix(text.trim(), 16).map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir)?;
+            // RandomState is seeded from the OS's randomness once per process.
+            let seed = std::collections::hash_map::RandomState::new().hash_one(wall_clock_nanos());
+            let tmp = path.with_extension("tmp");
+            {
+                let mut f = std::fs::File::create(&tmp)?;
+                std::io::Write::write_all(&mut f, format!("{seed:016x}\n").as_bytes())?;
+                f.sync_all()?;
+            }
+            std::fs::rename(&tmp, &path)?;
+            std::fs::File::open(dir)?.sync_all()?;
+            Ok(seed)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn wall_clock_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
 }
 
 struct Part {
@@ -569,6 +620,8 @@ struct Shard {
     gave_up: bool,
     /// The key limit's system alert went out (once per process and shard).
     told_key_limit: bool,
+    /// Keys the part hash (see `part_of`).
+    seed: u64,
 }
 
 impl Shard {
@@ -603,7 +656,7 @@ impl Shard {
                     let values = self
                         .parts
                         .iter()
-                        .find(|(p, _)| *p == part_of(kind, &key))
+                        .find(|(p, _)| *p == part_of(self.seed, kind, &key))
                         .and_then(|(_, part)| part.engines[kind.index()].as_ref())
                         .map(|e| e.key_values(kind, &key))
                         .unwrap_or_default();
@@ -636,7 +689,7 @@ impl Shard {
                 let Some(key) = self.rules.key_for(kind, &ev) else {
                     continue;
                 };
-                let p = part_of(kind, key);
+                let p = part_of(self.seed, kind, key);
                 if p % self.shards != self.index {
                     continue;
                 }
@@ -668,9 +721,12 @@ impl Shard {
             if self
                 .rules
                 .key_for(KeyKind::AccountId, &ev)
-                .is_some_and(|a| part_of(KeyKind::AccountId, a) % self.shards == self.index)
+                .is_some_and(|a| part_of(self.seed, KeyKind::AccountId, a) % self.shards == self.index)
             {
-                self.metrics.decided(batch.arrived.elapsed());
+                // Replayed records were decided before a restart: not a latency to report.
+                if batch.live {
+                    self.metrics.decided(batch.arrived.elapsed());
+                }
             }
         }
         // One store transaction per shard and record for the CVs open incidents exposed.
@@ -781,6 +837,7 @@ fn write_snapshots(
     log: Arc<IngestLog>,
     mut saved: Vec<u64>,
     unsaved: &[AtomicBool],
+    log_bytes: prometheus::IntGauge,
 ) {
     let mut failed = vec![false; saved.len()];
     let mut oldest = saved.iter().copied().min().unwrap_or(0);
@@ -811,6 +868,7 @@ fn write_snapshots(
             if let Err(e) = log.trim_before(oldest) {
                 warn!(message = "Trimming the ingest log failed.", error = %e);
             }
+            log_bytes.set(log.bytes() as i64);
         }
     }
 }

@@ -175,3 +175,22 @@ fn a_keys_own_field_as_its_distinct_measure_is_refused() {
     ];
     assert!(RuleSet::compile(&EngineSpec::default(), &fine, Profiles::default(), &[]).is_ok());
 }
+
+/// A repeat later than the dedupe window but within the allowed lateness would be applied
+/// again: the window must cover the lateness, or be off.
+#[test]
+fn the_dedupe_window_must_cover_the_allowed_lateness() {
+    let rules = [spec("r", KeyKind::AccountId, Measure::Events, "1h", 5)];
+    let short = EngineSpec {
+        allowed_lateness: "2h".into(),
+        dedupe_window: "10m".into(),
+        ..EngineSpec::default()
+    };
+    let issues = RuleSet::compile(&short, &rules, Profiles::default(), &[]).unwrap_err();
+    assert_eq!(issues[0].key, "engine.dedupe_window");
+    let off = EngineSpec {
+        dedupe_window: "0s".into(),
+        ..short
+    };
+    assert!(RuleSet::compile(&off, &rules, Profiles::default(), &[]).is_ok());
+}
