@@ -140,3 +140,52 @@ fn metrics_count_each_event_once_by_outcome() {
     assert_eq!(value("cvguard_ingest_in_flight_bytes"), 0);
     assert!(svc.sigterm(Duration::from_secs(30)).success());
 }
+
+/// A body is read whole before ingest can weigh it against `max_in_flight_bytes`, so at
+/// most a few uploads are read at once: four clients trickling their bodies hold every
+/// turn, and a fifth is told to retry instead of adding its body to memory (#13).
+#[test]
+fn uploads_read_at_once_are_bounded_and_the_rest_told_to_retry() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = config(dir.path(), port, 1 << 20);
+    let mut svc = Service::start(&cfg, port, &dir.path().join("serve.log"));
+    svc.wait_ready(Duration::from_secs(30));
+    let trickling: Vec<std::net::TcpStream> = (0..4)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.write_all(b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{\"ts\":")
+                .unwrap();
+            s
+        })
+        .collect();
+    // Each of them holds a turn only once the server took it: poll until a fifth is refused.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let refused = loop {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let body = harvest_batch("h", 0) + "\n";
+        write!(
+            s,
+            "POST /v1/events HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        if answer.starts_with("HTTP/1.1 503") {
+            break answer;
+        }
+        assert!(std::time::Instant::now() < deadline, "never refused: {answer}");
+    };
+    assert!(refused.to_ascii_lowercase().contains("retry-after: 1"), "{refused}");
+    // Once the trickling clients go, ingest takes bodies again.
+    drop(trickling);
+    let body = harvest_batch("h", 1) + "\n";
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while http(port, "POST", "/v1/events", body.as_bytes()).unwrap().0 != 202 {
+        assert!(std::time::Instant::now() < deadline, "ingest did not come back");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(svc.sigterm(Duration::from_secs(30)).success());
+}

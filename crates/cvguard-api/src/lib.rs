@@ -41,8 +41,14 @@ pub struct ApiState {
 /// The router; `max_body_bytes` bounds a request body (413 beyond it). Serve it with
 /// `into_make_service_with_connect_info::<SocketAddr>()`.
 pub fn router(state: ApiState, max_body_bytes: usize) -> Router {
+    let uploads = Arc::new(tokio::sync::Semaphore::new(INGEST_UPLOADS));
     Router::new()
-        .route("/v1/events", post(handlers::ingest))
+        .route(
+            "/v1/events",
+            post(handlers::ingest).layer(axum::middleware::from_fn(move |req, next| {
+                bounded_upload(uploads.clone(), req, next)
+            })),
+        )
         .route("/v1/incidents", get(handlers::list_incidents))
         .route("/v1/incidents/{id}", get(handlers::get_incident))
         .route("/v1/incidents/{id}/affected.csv", get(handlers::affected_csv))
@@ -55,6 +61,38 @@ pub fn router(state: ApiState, max_body_bytes: usize) -> Router {
         .route("/openapi.yaml", get(handlers::openapi))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
+}
+
+/// Ingest requests whose bodies may be read at once. A body is read whole before the
+/// handler runs, so `http.max_in_flight_bytes` alone would let many concurrent uploads
+/// (each up to `max_body_bytes`) hold far more memory; past this, a request waits briefly
+/// for a turn and then answers 503 with `Retry-After`.
+const INGEST_UPLOADS: usize = 4;
+/// How long an ingest request may wait for a turn, and then take to arrive and be
+/// decided: a client that trickles its body cannot hold a turn for ever.
+const UPLOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+const UPLOAD_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
+
+async fn bounded_upload(
+    uploads: Arc<tokio::sync::Semaphore>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::{header, HeaderValue, StatusCode};
+    use axum::response::IntoResponse;
+    let busy = |code: StatusCode, message: &str| {
+        let mut r = (code, axum::Json(serde_json::json!({ "error": message }))).into_response();
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        r
+    };
+    let Ok(Ok(_turn)) = tokio::time::timeout(UPLOAD_WAIT, uploads.acquire_owned()).await else {
+        return busy(StatusCode::SERVICE_UNAVAILABLE, "too many uploads at once; retry");
+    };
+    match tokio::time::timeout(UPLOAD_DEADLINE, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => busy(StatusCode::REQUEST_TIMEOUT, "the request took too long to arrive"),
+    }
 }
 
 /// The peer address type the router expects from `into_make_service_with_connect_info`.
