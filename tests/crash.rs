@@ -17,24 +17,6 @@ const SECRET: &str = "crash-secret-71c2";
 const WAIT: Duration = Duration::from_secs(60);
 const CHUNK: usize = 5_000;
 
-/// A small simulated board: three days, a werk.nl harvester, an organisation ring, an
-/// allowlisted partner, a slow harvester and a few hundred ordinary employers.
-fn simulate(dir: &Path) -> PathBuf {
-    let out = dir.join("sim");
-    cvguard_ok(&[
-        "simulate",
-        "--out",
-        out.to_str().unwrap(),
-        "--days",
-        "3",
-        "--employers",
-        "300",
-        "--agencies",
-        "4",
-    ]);
-    out
-}
-
 struct Node {
     dir: PathBuf,
     port: u16,
@@ -272,7 +254,7 @@ fn uninterrupted() -> &'static Reference {
     static REFERENCE: std::sync::OnceLock<Reference> = std::sync::OnceLock::new();
     REFERENCE.get_or_init(|| {
         let root = tempfile::tempdir().unwrap();
-        let sim = simulate(root.path());
+        let sim = cvguard_tests::simulate_small_board(root.path());
         let receiver = Receiver::start(0, SECRET, vec![Reply::Status(500)]);
         let dir = root.path().join("calm");
         let node = Node::new(&dir, &sim, &receiver.url("/suspend"), &dir);
@@ -305,7 +287,7 @@ fn alert_keys(alerts: &[serde_json::Value]) -> Vec<(String, String)> {
 #[test]
 fn kill_9_at_bad_moments_gives_the_incidents_and_suspensions_of_an_uninterrupted_run() {
     let root = tempfile::tempdir().unwrap();
-    let sim = simulate(root.path());
+    let sim = cvguard_tests::simulate_small_board(root.path());
     let chunks = chunks(&sim);
     assert!(chunks.len() >= 10, "{} chunks", chunks.len());
 
@@ -409,7 +391,7 @@ fn kill_9_at_bad_moments_gives_the_incidents_and_suspensions_of_an_uninterrupted
 #[test]
 fn a_full_disk_freed_again_loses_no_incident() {
     let root = tempfile::tempdir().unwrap();
-    let sim = simulate(root.path());
+    let sim = cvguard_tests::simulate_small_board(root.path());
     let chunks = chunks(&sim);
     let disk = root.path().join("disk");
     std::fs::create_dir_all(&disk).unwrap();

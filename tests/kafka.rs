@@ -412,24 +412,6 @@ fn a_poison_message_goes_to_the_dead_letter_topic_and_the_partition_moves_on() {
     wait_committed(&s.names.group, &s.names.events, PARTITIONS, 22, LONG);
 }
 
-/// A simulated board (`cvguard simulate`): three days, a werk.nl harvester, an organisation
-/// ring, an allowlisted partner, a slow harvester and a few hundred ordinary employers.
-fn simulate(dir: &Path) -> PathBuf {
-    let out = dir.join("sim");
-    cvguard_tests::cvguard_ok(&[
-        "simulate",
-        "--out",
-        out.to_str().unwrap(),
-        "--days",
-        "3",
-        "--employers",
-        "300",
-        "--agencies",
-        "4",
-    ]);
-    out
-}
-
 /// Produces the board's events to `topic`, each account's on one partition; returns how many.
 fn produce_board(sim: &Path, topic: &str) -> i64 {
     let text = std::fs::read_to_string(sim.join("events.ndjson")).unwrap();
@@ -622,7 +604,7 @@ fn assert_same_summary(got: &BTreeMap<IncidentKey, String>, want: &BTreeMap<Inci
 fn kill_9_halfway_through_a_board_gives_the_incidents_of_an_uninterrupted_run_and_of_replay() {
     require_broker();
     let root = tempfile::tempdir().unwrap();
-    let sim = simulate(root.path());
+    let sim = cvguard_tests::simulate_small_board(root.path());
     let events = format!("events-{}", cvguard_tests::service::unique("board"));
     create_topic(&events, PARTITIONS);
     let started = Instant::now();

@@ -121,3 +121,22 @@ pub fn unix_now() -> i64 {
         .unwrap()
         .as_secs() as i64
 }
+
+/// A small simulated board (`cvguard simulate` into `dir/sim`): three days, a werk.nl
+/// harvester, an organisation ring, an allowlisted partner, a slow harvester and a few
+/// hundred ordinary employers. The crash tests post it, the Kafka tests produce it.
+pub fn simulate_small_board(dir: &Path) -> PathBuf {
+    let out = dir.join("sim");
+    cvguard_ok(&[
+        "simulate",
+        "--out",
+        out.to_str().unwrap(),
+        "--days",
+        "3",
+        "--employers",
+        "300",
+        "--agencies",
+        "4",
+    ]);
+    out
+}
