@@ -515,6 +515,122 @@ pub async fn running_counts_match_the_stored_list(store: &Store) {
     }
 }
 
+// The compare-and-set of every outbox outcome (#13).
+
+/// An incident with one suspend call, claimed (in flight).
+async fn in_flight(store: &Store, id: &str, account: &str) -> cvguard_store::OutboxRow {
+    let call = OutboxItem {
+        kind: "suspend",
+        account_id: account.into(),
+        body: format!(
+            r#"{{"action":"suspend","incident_id":"{id}","account_id":"{account}","rule":"mass-harvest-24h","value":4000,"threshold":4000,"reason":"r","detected_at":"2024-05-04T05:01:47.000Z"}}"#
+        ),
+    };
+    store
+        .open_incident(&alert(id, account, "mass-harvest-24h", 4000), T0, &[call])
+        .await
+        .unwrap();
+    let mut rows = store.claim_due(T0, 30_000, 10).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    rows.remove(0)
+}
+
+async fn false_positive(store: &Store, id: &str, at: i64) {
+    let body = |i: &cvguard_store::Incident, acc: &str| {
+        format!(
+            r#"{{"action":"unsuspend","incident_id":"{}","account_id":"{acc}"}}"#,
+            i.id
+        )
+    };
+    store
+        .set_status(id, "false_positive", "soc-bob", "agency", at, &body)
+        .await
+        .unwrap();
+}
+
+async fn outbox_now(store: &Store) -> Vec<(String, String, i64)> {
+    store.outbox_counts().await.unwrap()
+}
+
+fn row(kind: &str, status: &str) -> (String, String, i64) {
+    (kind.into(), status.into(), 1)
+}
+
+/// A false positive marked while the suspend call was in flight, which then timed out:
+/// the retry must not bring the call back to pending (it would be sent again).
+pub async fn a_cancelled_call_stays_cancelled_after_a_retry_or_a_failure(store: &Store) {
+    let r = in_flight(store, "inc-r", "acc-r").await;
+    false_positive(store, "inc-r", T0 + 10).await;
+    let kept = store.call_retry(&r, T0 + 20, T0 + 30, "timeout").await.unwrap();
+    assert_eq!(kept.as_deref(), Some("cancelled"));
+    assert_eq!(outbox_now(store).await, vec![row("suspend", "cancelled")]);
+    assert!(store.claim_due(T0 + 100_000, 30_000, 10).await.unwrap().is_empty());
+    let kept = store.call_failed(&r, T0 + 40, "HTTP 400").await.unwrap();
+    assert_eq!(kept.as_deref(), Some("cancelled"));
+    assert_eq!(outbox_now(store).await, vec![row("suspend", "cancelled")]);
+    let d = store.get("inc-r").await.unwrap().unwrap();
+    assert!(d.actions.iter().all(|a| a.outcome != "failed"), "{:?}", d.actions);
+}
+
+/// A false positive marked while the suspend call was in flight, which the platform then
+/// carried out: the call stays cancelled, and an unsuspend is queued to undo it.
+pub async fn a_suspend_delivered_after_a_false_positive_is_undone(store: &Store) {
+    let r = in_flight(store, "inc-d", "acc-d").await;
+    false_positive(store, "inc-d", T0 + 10).await;
+    let kept = store.call_delivered(&r, T0 + 20, "HTTP 200").await.unwrap();
+    assert_eq!(kept.as_deref(), Some("cancelled"));
+    assert_eq!(
+        outbox_now(store).await,
+        vec![row("suspend", "cancelled"), row("unsuspend", "pending")]
+    );
+    assert!(store.get("inc-d").await.unwrap().unwrap().incident.suspended);
+    // A second report of the same delivery (another sender whose lease ran out) queues nothing more.
+    store.call_delivered(&r, T0 + 21, "HTTP 200").await.unwrap();
+    let undo = store.claim_due(T0 + 30, 30_000, 10).await.unwrap();
+    assert_eq!(undo.len(), 1);
+    assert_eq!(undo[0].kind, "unsuspend");
+    assert_eq!(undo[0].account_id, "acc-d");
+    let body: serde_json::Value = serde_json::from_str(&undo[0].body).unwrap();
+    assert_eq!(body["action"], "unsuspend");
+    assert_eq!(body["reason"], "false_positive");
+    assert_eq!(body["incident_id"], "inc-d");
+    assert_eq!(body["account_id"], "acc-d");
+    assert_eq!(body["rule"], "mass-harvest-24h");
+    assert_eq!(store.last_unsuspend("acc-d").await.unwrap(), Some(T0 + 20));
+    assert_eq!(store.call_delivered(&undo[0], T0 + 40, "HTTP 200").await.unwrap(), None);
+    let d = store.get("inc-d").await.unwrap().unwrap();
+    assert!(!d.incident.suspended);
+    assert_eq!(d.incident.status, "false_positive");
+    let log: Vec<(&str, &str)> = d
+        .actions
+        .iter()
+        .map(|a| (a.action.as_str(), a.outcome.as_str()))
+        .collect();
+    assert_eq!(
+        log,
+        vec![
+            ("suspend", "pending"),
+            ("suspend", "delivered"),
+            ("unsuspend", "pending"),
+            ("unsuspend", "delivered")
+        ]
+    );
+}
+
+/// Two senders with one call (the first one's lease ran out): whichever finishes first
+/// decides, and a late retry or failure does not reopen a delivered call.
+pub async fn a_delivered_call_stays_delivered(store: &Store) {
+    let r = in_flight(store, "inc-l", "acc-l").await;
+    assert_eq!(store.call_delivered(&r, T0 + 5, "HTTP 200").await.unwrap(), None);
+    let kept = store.call_retry(&r, T0 + 6, T0 + 7, "timeout").await.unwrap();
+    assert_eq!(kept.as_deref(), Some("delivered"));
+    let kept = store.call_failed(&r, T0 + 8, "HTTP 400").await.unwrap();
+    assert_eq!(kept.as_deref(), Some("delivered"));
+    assert_eq!(outbox_now(store).await, vec![row("suspend", "delivered")]);
+    assert!(store.get("inc-l").await.unwrap().unwrap().incident.suspended);
+    assert!(store.claim_due(T0 + 100_000, 30_000, 10).await.unwrap().is_empty());
+}
+
 #[macro_export]
 macro_rules! all_scenarios {
     ($fresh:path) => {
@@ -562,6 +678,21 @@ macro_rules! all_scenarios {
         async fn running_counts_match_the_stored_list() {
             let (s, _g) = $fresh().await;
             scenarios::running_counts_match_the_stored_list(&s).await;
+        }
+        #[tokio::test]
+        async fn a_cancelled_call_stays_cancelled_after_a_retry_or_a_failure() {
+            let (s, _g) = $fresh().await;
+            scenarios::a_cancelled_call_stays_cancelled_after_a_retry_or_a_failure(&s).await;
+        }
+        #[tokio::test]
+        async fn a_suspend_delivered_after_a_false_positive_is_undone() {
+            let (s, _g) = $fresh().await;
+            scenarios::a_suspend_delivered_after_a_false_positive_is_undone(&s).await;
+        }
+        #[tokio::test]
+        async fn a_delivered_call_stays_delivered() {
+            let (s, _g) = $fresh().await;
+            scenarios::a_delivered_call_stays_delivered(&s).await;
         }
         #[tokio::test]
         async fn rails_queries() {
