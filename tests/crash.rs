@@ -9,9 +9,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use cvguard_tests::read_labels;
 use cvguard_tests::receiver::{Receiver, Reply};
 use cvguard_tests::service::{free_port, http, Service};
-use cvguard_tests::{cvguard_ok, read_labels};
 
 const SECRET: &str = "crash-secret-71c2";
 const WAIT: Duration = Duration::from_secs(60);
@@ -92,21 +92,7 @@ impl Node {
     }
 
     fn incidents(&self) -> Vec<serde_json::Value> {
-        let out = cvguard_ok(&[
-            "incidents",
-            "list",
-            "--config",
-            self.config().to_str().unwrap(),
-            "--format",
-            "json",
-            "--limit",
-            "1000",
-        ]);
-        serde_json::from_slice::<serde_json::Value>(&out.stdout)
-            .unwrap()
-            .as_array()
-            .unwrap()
-            .clone()
+        cvguard_tests::list_incidents(&self.config())
     }
 
     /// Waits until every event was decided and every suspend decision's call was

@@ -109,16 +109,7 @@ fn events_produced_to_kafka_are_detected_and_sigterm_commits_and_exits_0() {
     // A change made elsewhere (the CLI, on the same store) reaches the compacted topic:
     // its last record for the incident is the latest state.
     let cfg = s.dir.path().join("cvguard-0.toml");
-    cvguard_tests::cvguard_ok(&[
-        "incidents",
-        "set",
-        &id,
-        "acknowledged",
-        "--actor",
-        "soc",
-        "--config",
-        cfg.to_str().unwrap(),
-    ]);
+    cvguard_tests::set_incident(&cfg, &id, "acknowledged", "soc");
     let acked = incidents.until(LONG, |seen| {
         seen.iter()
             .rev()
@@ -500,17 +491,7 @@ impl BoardRun {
     }
 
     fn incidents(&self) -> Vec<serde_json::Value> {
-        let out = cvguard_tests::cvguard_ok(&[
-            "incidents",
-            "list",
-            "--config",
-            self.config().to_str().unwrap(),
-            "--format",
-            "json",
-            "--limit",
-            "1000",
-        ]);
-        serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap()
+        cvguard_tests::list_incidents(&self.config())
     }
 
     /// Re-keyed events the repartition engines applied, over their whole history: the sum of
@@ -860,16 +841,7 @@ fn a_restart_publishes_only_incidents_changed_since_the_feed_last_published() {
 
     // A change made while running is published once, and not again after a restart.
     let cfg = s.dir.path().join("cvguard-0.toml");
-    cvguard_tests::cvguard_ok(&[
-        "incidents",
-        "set",
-        &id,
-        "acknowledged",
-        "--actor",
-        "soc",
-        "--config",
-        cfg.to_str().unwrap(),
-    ]);
+    cvguard_tests::set_incident(&cfg, &id, "acknowledged", "soc");
     assert!(incidents.until(LONG, |seen| seen
         .iter()
         .rev()

@@ -140,3 +140,32 @@ pub fn simulate_small_board(dir: &Path) -> PathBuf {
     ]);
     out
 }
+
+/// Every incident in the store of `config`, through the CLI (`incidents list -o json`).
+pub fn list_incidents(config: &Path) -> Vec<serde_json::Value> {
+    let out = cvguard_ok(&[
+        "incidents",
+        "list",
+        "--config",
+        config.to_str().unwrap(),
+        "--format",
+        "json",
+        "--limit",
+        "1000",
+    ]);
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Moves incident `id` to `status` through the CLI, as the SOC does.
+pub fn set_incident(config: &Path, id: &str, status: &str, actor: &str) {
+    cvguard_ok(&[
+        "incidents",
+        "set",
+        id,
+        status,
+        "--actor",
+        actor,
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+}
