@@ -631,14 +631,9 @@ impl Engine {
         let dedupe_window = self.rules.settings.dedupe_window_ms;
         // Scoped by account: a second delivery is of the same account's event, and one
         // producer's ids (or a colliding id scheme) can never hide another account's.
-        let event_id = ev
-            .event_id
-            .as_deref()
-            .filter(|_| dedupe_window > 0)
-            .map(|id| format!("{}\u{1f}{id}", ev.account_id));
-        let event_id = event_id.as_deref();
+        let event_id = ev.event_id.as_deref().filter(|_| dedupe_window > 0);
         if let (Some(id), Some(newest)) = (event_id, self.max_ts) {
-            if self.dedupe.seen(id, newest - dedupe_window) {
+            if self.dedupe.seen(&ev.account_id, id, newest - dedupe_window) {
                 self.stats.duplicates += 1;
                 return Outcome::Duplicate;
             }
@@ -656,7 +651,7 @@ impl Engine {
         let bounded = clock_ms.map_or(ev.ts, |clock| ev.ts.min(clock));
         self.watermark_ts = Some(self.watermark_ts.map_or(bounded, |t| t.max(bounded)));
         if let Some(id) = event_id {
-            self.dedupe.accept(id, ev.ts);
+            self.dedupe.accept(&ev.account_id, id, ev.ts);
         }
         if dedupe_window > 0 {
             self.dedupe.expire(now_ms - dedupe_window);

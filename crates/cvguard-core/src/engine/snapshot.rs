@@ -187,7 +187,7 @@ impl Engine {
         engine.max_ts = snap.max_ts;
         engine.watermark_ts = snap.watermark_ts.or(snap.max_ts);
         for (id, at) in &snap.dedupe {
-            engine.dedupe.accept(id, *at);
+            engine.dedupe.accept_entry(id, *at);
         }
         let now = snap.max_ts.unwrap_or(0).div_euclid(1000);
         let st = &snap.stats;
