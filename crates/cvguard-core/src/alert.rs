@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 
+use crate::baseline::Statistic;
 use crate::rules::{KeyKind, Measure, Severity};
 
 /// What cvguard does about a firing.
@@ -37,7 +38,7 @@ pub enum AlertReason {
     Cooldown,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Alert {
     /// Stable for the same crossing: a hash of rule, key, event time and event id.
     pub alert_id: String,
@@ -53,6 +54,10 @@ pub struct Alert {
     pub threshold: u64,
     /// Which term of the rule set `threshold`.
     pub threshold_source: crate::ThresholdSource,
+    /// A baseline rule's judgement of the key: the statistic, its value and the daily
+    /// values it came from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<BaselineExplain>,
     pub action: AlertAction,
     pub reason: AlertReason,
     /// RFC 3339 time of the event that crossed the threshold.
@@ -74,7 +79,7 @@ pub struct Alert {
     pub event_time_ms: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Evidence {
     /// Every window this key has, in config order.
     pub windows: Vec<WindowValue>,
@@ -93,14 +98,45 @@ pub struct Evidence {
     pub sets_truncated: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct WindowValue {
     pub rule: String,
     pub measure: Measure,
     pub window: String,
     pub value: u64,
+    /// The effective threshold. For a baseline rule not yet judging the key, its floor
+    /// (the rule is silent for the key all the same: see `baseline.judged`).
     pub threshold: u64,
     pub threshold_source: crate::ThresholdSource,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<BaselineExplain>,
+}
+
+/// How a baseline rule judges its key on the day of the reading (docs/DETECTION.md):
+/// enough to work out the effective threshold by hand.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BaselineExplain {
+    pub statistic: Statistic,
+    /// The statistic of `daily_values`; absent while the key is not judged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub statistic_value: Option<f64>,
+    pub factor: f64,
+    /// `factor x statistic_value`, rounded up; absent while the key is not judged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline_threshold: Option<u64>,
+    /// The rule's `threshold` with segments and `per_vacancy` applied: the threshold
+    /// never goes below it.
+    pub floor: u64,
+    /// False while the key's first day is less than `min_history_days` ago: the rule
+    /// does not fire for it.
+    pub judged: bool,
+    pub min_history_days: u32,
+    /// The UTC day of the first event the rule counted for the key.
+    pub first_day: String,
+    /// The UTC day of the first of `daily_values`.
+    pub history_from: String,
+    /// The key's value on each whole UTC day of its history, oldest first.
+    pub daily_values: Vec<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]

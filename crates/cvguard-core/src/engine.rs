@@ -7,7 +7,10 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
-use crate::alert::{stable_hash, Alert, AlertAction, AlertReason, Evidence, VisibilityCounts, WindowValue};
+use crate::alert::{
+    stable_hash, Alert, AlertAction, AlertReason, BaselineExplain, Evidence, VisibilityCounts, WindowValue,
+};
+use crate::baseline::{day_of, format_day, Amount, HistoryTable};
 use crate::chunked::{ChunkedRows, ChunkedVec};
 use crate::cvmap::{str_hash, StrIndex};
 use crate::distinct::{unstamp, Access, Added, GroupState, KindPlan, RuleProgress};
@@ -459,6 +462,13 @@ pub struct Engine {
     key_share: usize,
     /// The `event_id`s accepted within `dedupe_window`.
     pub(crate) dedupe: crate::dedupe::Dedupe,
+    /// Per rule (by index in the rule set): its keys' histories, for a baseline rule.
+    histories: Vec<Option<HistoryTable>>,
+    /// The watermark's day when histories were last swept (see `HistoryTable::sweep`).
+    history_swept_day: i32,
+    /// Per rule of the key kind being decided: the threshold its history sets for the
+    /// key (`u64::MAX` while the key is not judged), for baseline rules.
+    terms: Vec<u64>,
     stats: EngineStats,
     cv_pairs: u64,
     scratch: Vec<CvRef>,
@@ -499,10 +509,24 @@ impl<'e> EventNames<'e> {
     }
 }
 
+/// An empty history table for each baseline rule.
+fn new_histories(rules: &RuleSet) -> Vec<Option<HistoryTable>> {
+    rules.rules.iter().map(|r| r.baseline.map(HistoryTable::new)).collect()
+}
+
+/// The interner a rule's distinct values are handles of: CV ids, or names.
+fn values_of<'i>(rule: &Rule, cvs: &'i mut CvInterner, names: &'i mut Interner) -> &'i mut Interner {
+    match rule.measure.distinct_field() {
+        None | Some(DistinctField::Cvs) => cvs,
+        Some(_) => names,
+    }
+}
+
 impl Engine {
     pub fn new(rules: Arc<RuleSet>) -> Engine {
         let layouts = KeyKind::ALL.map(|k| KindLayout::new(&rules, k));
         Engine {
+            histories: new_histories(&rules),
             tables: KeyKind::ALL.map(|k| KeyTable::new(&layouts[k.index()])),
             layouts,
             rules,
@@ -512,6 +536,8 @@ impl Engine {
             watermark_ts: None,
             key_share: 1,
             dedupe: Default::default(),
+            history_swept_day: i32::MIN,
+            terms: Vec::new(),
             stats: EngineStats::default(),
             cv_pairs: 0,
             scratch: Vec::new(),
@@ -568,6 +594,13 @@ impl Engine {
                 }
             }
         }
+        let (mut history_days, mut history_open) = (0, 0);
+        for table in self.histories.iter().flatten() {
+            let (d, o) = table.heap_bytes();
+            history_days += d;
+            history_open += o;
+        }
+        history_days += self.histories.capacity() * size_of::<Option<HistoryTable>>();
         let parts = [
             ("key slots (key text, last time, evidence first values)", slots),
             ("key rows (count windows, distinct groups, rules' progress)", rows),
@@ -584,6 +617,8 @@ impl Engine {
             ),
             ("engine scratch", self.scratch.capacity() * size_of::<CvRef>()),
             ("event ids kept for deduplication", self.dedupe.heap_bytes()),
+            ("baseline histories (daily values, keys)", history_days),
+            ("baseline: distinct values of days still open", history_open),
         ];
         HeapProfile {
             parts: parts.into_iter().map(|(name, b)| (name, b as u64)).collect(),
@@ -656,6 +691,7 @@ impl Engine {
         if dedupe_window > 0 {
             self.dedupe.expire(now_ms - dedupe_window);
         }
+        self.sweep_histories();
         let now = now_ms.div_euclid(1000);
 
         let rules = Arc::clone(&self.rules);
@@ -665,6 +701,72 @@ impl Engine {
         }
         self.collect_expired(&rules, now);
         Outcome::Accepted
+    }
+
+    /// Once a day of watermark: frees what no later event can add to (see
+    /// `HistoryTable::sweep`).
+    fn sweep_histories(&mut self) {
+        let Some(wm) = self.watermark() else { return };
+        let wm_day = day_of(wm);
+        if wm_day <= self.history_swept_day {
+            return;
+        }
+        self.history_swept_day = wm_day;
+        for (rule, table) in self.rules.rules.iter().zip(&mut self.histories) {
+            if let Some(table) = table {
+                table.sweep(wm_day, values_of(rule, &mut self.interner, &mut self.names));
+            }
+        }
+    }
+
+    /// Counts the event in the histories of `key`'s baseline rules, and sets `terms`
+    /// to the threshold each sets for the key today.
+    #[allow(clippy::too_many_arguments)]
+    fn count_history(
+        &mut self,
+        rules: &RuleSet,
+        kind: KeyKind,
+        key: &str,
+        ev: &Event<'_>,
+        action: u8,
+        now: i64,
+        cvs: &[CvRef],
+    ) {
+        let now_day = now.div_euclid(86_400) as i32;
+        let ev_day = day_of(ev.ts);
+        let max_keys = rules.settings.max_tracked_keys.div_ceil(self.key_share);
+        self.terms.clear();
+        for &ri in rules.rules_of(kind) {
+            let rule = &rules.rules[ri];
+            let (Some(table), Some(baseline)) = (self.histories[ri].as_mut(), rule.baseline.as_ref()) else {
+                self.terms.push(0);
+                continue;
+            };
+            if rule.action_mask & (1u64 << action) != 0 {
+                // The event's value of a names field, held while it is counted.
+                let held = match rule.measure.distinct_field() {
+                    Some(DistinctField::Accounts) => Some(self.names.intern_retained(&ev.account_id)),
+                    Some(DistinctField::Users) => ev.user_id.as_deref().map(|u| self.names.intern_retained(u)),
+                    Some(DistinctField::Ips) => ev.ip.as_deref().map(|ip| self.names.intern_retained(ip)),
+                    _ => None,
+                };
+                let amount = match rule.measure {
+                    Measure::Events => Amount::Count(1),
+                    Measure::Cvs => Amount::Count(ev.cv_ids.len() as u64),
+                    Measure::DistinctCvs => Amount::Distinct(cvs),
+                    _ => Amount::Distinct(held.as_slice()),
+                };
+                let values = values_of(rule, &mut self.interner, &mut self.names);
+                if table.count(key, ev_day, now_day, amount, max_keys, values).is_err() {
+                    self.stats.keys_refused += 1;
+                }
+                if let Some(h) = held {
+                    self.names.release(h);
+                }
+            }
+            let term = table.keys.get_mut(key).and_then(|h| h.term(baseline, now_day));
+            self.terms.push(term.map_or(u64::MAX, |(t, _)| t));
+        }
     }
 
     fn apply(&mut self, rules: &RuleSet, ev: &Event<'_>, action: u8, now: i64, out: &mut Vec<Alert>) {
@@ -694,6 +796,9 @@ impl Engine {
                 self.stats.keys_refused += 1;
                 continue;
             };
+            if rules.has_baseline(kind) {
+                self.count_history(rules, kind, key, ev, action, now, &cvs);
+            }
             self.update_key(rules, kind, slot, ev, &names, action, sec, now, &cvs, out);
         }
 
@@ -867,7 +972,11 @@ impl Engine {
                 progress,
             };
             let value = key.value(layout, w);
-            if value < thresholds[w] {
+            let threshold = match rules.rules[ri].baseline {
+                Some(_) => thresholds[w].max(self.terms[w]),
+                None => thresholds[w],
+            };
+            if value < threshold {
                 firing.set(&mut state.firing, slot, w, None);
             } else if let Some(id) = firing.get(state.firing, slot, w) {
                 if self.track_exposure {
@@ -886,6 +995,7 @@ impl Engine {
                     key,
                     cvs: &self.interner,
                     names: &self.names,
+                    histories: &self.histories,
                     now,
                 };
                 let (alert, id) = build_alert(&view, w, &rules.rules[ri], ev);
@@ -998,6 +1108,7 @@ impl Engine {
             key,
             cvs: &self.interner,
             names: &self.names,
+            histories: &self.histories,
             now: self.max_ts.unwrap_or(0).div_euclid(1000),
         })
     }
@@ -1039,10 +1150,41 @@ struct KeyView<'e> {
     key: KeyRef<'e>,
     cvs: &'e CvInterner,
     names: &'e Interner,
+    histories: &'e [Option<HistoryTable>],
     now: i64,
 }
 
 impl KeyView<'_> {
+    /// Rule `w`'s effective threshold for this key and, for a baseline rule, how the
+    /// key's history judged it today. A key its baseline rule does not judge yet shows
+    /// the floor (the rule stays silent for it: `judged` is false).
+    fn judged(&self, w: usize, rule: &Rule) -> (u64, Option<BaselineExplain>) {
+        let floor = self.key.thresholds[w];
+        let Some(baseline) = rule.baseline.as_ref() else {
+            return (floor, None);
+        };
+        let ri = self.rules.rules_of(self.kind)[w];
+        let day = self.now.div_euclid(86_400) as i32;
+        let judgement = self.histories[ri]
+            .as_ref()
+            .and_then(|t| t.keys.get(&*self.key.state.key))
+            .map(|h| h.judgement(baseline, day));
+        let term = judgement.as_ref().and_then(|j| j.term);
+        let explain = BaselineExplain {
+            statistic: baseline.statistic,
+            statistic_value: term.map(|(_, s)| s),
+            factor: baseline.factor,
+            baseline_threshold: term.map(|(t, _)| t),
+            floor,
+            judged: term.is_some(),
+            min_history_days: baseline.min_history_days,
+            first_day: format_day(judgement.as_ref().map_or(day, |j| j.first_day)),
+            history_from: format_day(judgement.as_ref().map_or(day, |j| j.from_day)),
+            daily_values: judgement.map(|j| j.daily).unwrap_or_default(),
+        };
+        (term.map_or(floor, |(t, _)| floor.max(t)), Some(explain))
+    }
+
     fn members(&self, g: usize, i: usize) -> impl Iterator<Item = (CvRef, &crate::distinct::CvEntry)> + '_ {
         self.key.groups[g].members(&self.layout.plan.groups[g], i, self.now)
     }
@@ -1065,6 +1207,9 @@ impl KeyView<'_> {
     /// (alerts and the account view are rare next to events); should the key's stored
     /// threshold differ (a user key read without its account), it is the rule's.
     fn threshold_source(&self, w: usize, rule: &Rule, account_hint: Option<&str>) -> crate::ThresholdSource {
+        if self.judged(w, rule).0 > self.key.thresholds[w] {
+            return crate::ThresholdSource::Baseline;
+        }
         match self.rules.threshold_and_source(rule, &self.key.state.key, account_hint) {
             (threshold, source) if threshold == self.key.thresholds[w] => source,
             _ => crate::ThresholdSource::Rule,
@@ -1078,13 +1223,15 @@ impl KeyView<'_> {
             .enumerate()
             .map(|(w, &ri)| {
                 let rule = &self.rules.rules[ri];
+                let (threshold, baseline) = self.judged(w, rule);
                 WindowValue {
                     rule: rule.name.clone(),
                     measure: rule.measure,
                     window: rule.window_text.clone(),
                     value: self.key.value(self.layout, w),
-                    threshold: self.key.thresholds[w],
+                    threshold,
                     threshold_source: self.threshold_source(w, rule, None),
+                    baseline,
                 }
             })
             .collect()
@@ -1184,6 +1331,7 @@ fn build_alert(view: &KeyView<'_>, w: usize, rule: &Rule, ev: &Event<'_>) -> (Al
     };
     let first_seen_ms = first_seen_sec.map_or(ev.ts, |s| s * 1000);
     let hint = (view.kind == KeyKind::UserId).then_some(&*ev.account_id);
+    let (threshold, baseline) = view.judged(w, rule);
     let alert = Alert {
         alert_id: format!("{id:016x}"),
         rule: rule.name.clone(),
@@ -1193,8 +1341,9 @@ fn build_alert(view: &KeyView<'_>, w: usize, rule: &Rule, ev: &Event<'_>) -> (Al
         measure: rule.measure,
         window: rule.window_text.clone(),
         value: key.value(view.layout, w),
-        threshold: key.thresholds[w],
+        threshold,
         threshold_source: view.threshold_source(w, rule, hint),
+        baseline,
         action,
         reason,
         event_time: format_rfc3339_ms(ev.ts),
@@ -1241,7 +1390,7 @@ fn decide(rules: &RuleSet, rule: &Rule, accounts: &[String]) -> (AlertAction, Al
 
 pub mod reload;
 pub mod snapshot;
-pub use snapshot::{EngineSnapshot, SnapshotError};
+pub use snapshot::{EngineSnapshot, HistorySnapshot, SnapshotError};
 
 #[cfg(test)]
 mod tests;

@@ -5,6 +5,7 @@
 //! does IO or reads a clock: time comes from events, and adapters bring the rest.
 
 pub mod alert;
+pub mod baseline;
 pub mod chunked;
 pub mod cvmap;
 pub mod dedupe;
@@ -19,7 +20,8 @@ pub mod smallstr;
 pub mod timefmt;
 pub mod window;
 
-pub use alert::{Alert, AlertAction, AlertReason, Evidence, VisibilityCounts, WindowValue};
+pub use alert::{Alert, AlertAction, AlertReason, BaselineExplain, Evidence, VisibilityCounts, WindowValue};
+pub use baseline::{BaselineSpec, Statistic};
 pub use engine::{Engine, EngineStats, Exposure, HeapProfile, IncidentUpdate, Outcome, StateSize};
 pub use event::{parse_event, Event, ParseLimits, RejectReason, Visibility};
 pub use profiles::{AccountProfile, OrgProfile, Profiles};

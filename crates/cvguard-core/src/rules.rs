@@ -6,6 +6,7 @@ use std::fmt;
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
 
+use crate::baseline::{Baseline, BaselineSpec};
 use crate::event::{ParseLimits, DEFAULT_MAX_CV_IDS};
 use crate::profiles::Profiles;
 use crate::timefmt::Millis;
@@ -75,6 +76,19 @@ pub enum ThresholdSource {
     Segment,
     /// `per_vacancy` times the open vacancies, when larger.
     PerVacancy,
+    /// `factor` times the statistic of the key's own history, when larger than the floor.
+    Baseline,
+}
+
+impl ThresholdSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ThresholdSource::Rule => "rule",
+            ThresholdSource::Segment => "segment",
+            ThresholdSource::PerVacancy => "per_vacancy",
+            ThresholdSource::Baseline => "baseline",
+        }
+    }
 }
 
 impl Measure {
@@ -175,6 +189,10 @@ pub struct RuleSpec {
     /// Free text for people reading alerts.
     #[serde(default)]
     pub description: Option<String>,
+    /// The key's own history: fire at `max(threshold, factor x statistic)` of its daily
+    /// values (see `crate::baseline`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<BaselineSpec>,
 }
 
 /// The `[engine]` section.
@@ -284,6 +302,10 @@ pub struct Rule {
     pub segments: BTreeMap<String, u64>,
     pub dry_run: bool,
     pub description: Option<String>,
+    /// `[rules.baseline]`: the effective threshold is also at least `factor x statistic`
+    /// of the key's daily values, and the rule is silent for a key younger than
+    /// `min_history`.
+    pub baseline: Option<Baseline>,
     /// Bit i set when action id i counts for this rule.
     pub(crate) action_mask: u64,
 }
@@ -324,6 +346,8 @@ pub struct RuleSet {
     max_window_secs: [i64; 4],
     /// Actions (as a bit mask) counted by some `distinct_cvs` rule: only their CV ids are interned.
     distinct_mask: u64,
+    /// For each key kind, whether one of its rules has a `[rules.baseline]`.
+    has_baseline: [bool; 4],
     /// Identifies the rules and settings that shape engine state; a snapshot taken
     /// under other rules is not restored.
     fingerprint: u64,
@@ -432,6 +456,15 @@ impl RuleSet {
                     ),
                 );
             }
+            let baseline = spec.baseline.as_ref().and_then(|b| match Baseline::compile(b) {
+                Ok(b) => Some(b),
+                Err(problems) => {
+                    for (key, message) in problems {
+                        issue(&format!("baseline.{key}"), message);
+                    }
+                    None
+                }
+            });
             if spec.group_by == KeyKind::Ip && !spec.segments.is_empty() {
                 issue(
                     "segments",
@@ -452,6 +485,7 @@ impl RuleSet {
                 segments: spec.segments.clone(),
                 dry_run: spec.dry_run,
                 description: spec.description.clone(),
+                baseline,
                 action_mask,
             });
         }
@@ -482,6 +516,7 @@ impl RuleSet {
             kind_mask: [0; 4],
             max_window_secs: [0; 4],
             distinct_mask: 0,
+            has_baseline: [false; 4],
             fingerprint,
         };
         set.index_rules();
@@ -493,11 +528,13 @@ impl RuleSet {
         self.kind_mask = [0; 4];
         self.max_window_secs = [0; 4];
         self.distinct_mask = 0;
+        self.has_baseline = [false; 4];
         for (i, rule) in self.rules.iter().enumerate() {
             if rule.measure == Measure::DistinctCvs {
                 self.distinct_mask |= rule.action_mask;
             }
             let k = rule.group_by.index();
+            self.has_baseline[k] |= rule.baseline.is_some();
             self.by_kind[k].push(i);
             self.kind_mask[k] |= rule.action_mask;
             self.max_window_secs[k] = self.max_window_secs[k].max(rule.window_secs);
@@ -589,6 +626,10 @@ impl RuleSet {
 
     pub(crate) fn rules_of(&self, kind: KeyKind) -> &[usize] {
         &self.by_kind[kind.index()]
+    }
+
+    pub(crate) fn has_baseline(&self, kind: KeyKind) -> bool {
+        self.has_baseline[kind.index()]
     }
 
     pub(crate) fn distinct_mask(&self) -> u64 {

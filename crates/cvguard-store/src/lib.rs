@@ -199,7 +199,7 @@ impl Store {
         .bind(alert_json)
         .bind(opened_at + 72 * 3_600_000)
         .bind(opened_at)
-        .bind(threshold_source_str(alert.threshold_source))
+        .bind(alert.threshold_source.as_str())
         .bind(alert.time_to_detect_ms)
         .execute(&mut *tx)
         .await?;
@@ -631,15 +631,6 @@ fn reason_str(alert: &Alert) -> &'static str {
     }
 }
 
-fn threshold_source_str(s: cvguard_core::ThresholdSource) -> &'static str {
-    use cvguard_core::ThresholdSource::*;
-    match s {
-        Rule => "rule",
-        Segment => "segment",
-        PerVacancy => "per_vacancy",
-    }
-}
-
 fn visibility_str(v: Visibility) -> &'static str {
     v.as_str()
 }
@@ -873,10 +864,18 @@ async fn action(
 
 fn incident_from_row(r: &AnyRow) -> Result<Incident, StoreError> {
     let accounts: String = r.try_get("accounts")?;
-    let evidence: String = r.try_get("evidence")?;
+    let evidence: serde_json::Value =
+        serde_json::from_str(&r.try_get::<String, _>("evidence")?).unwrap_or(serde_json::Value::Null);
+    let rule: String = r.try_get("rule")?;
+    // A baseline rule's judgement at the crossing is in the evidence, with its window.
+    let baseline = evidence["windows"]
+        .as_array()
+        .and_then(|ws| ws.iter().find(|w| w["rule"] == rule.as_str()))
+        .and_then(|w| w.get("baseline"))
+        .cloned();
     Ok(Incident {
         id: r.try_get("id")?,
-        rule: r.try_get("rule")?,
+        rule,
         key_kind: r.try_get("key_kind")?,
         key: r.try_get("key")?,
         accounts: serde_json::from_str(&accounts).unwrap_or_default(),
@@ -899,6 +898,7 @@ fn incident_from_row(r: &AnyRow) -> Result<Incident, StoreError> {
             unknown: r.try_get("cvs_unknown")?,
         },
         notify_authority_by: format_rfc3339_ms(r.try_get("notify_authority_by")?),
-        evidence: serde_json::from_str(&evidence).unwrap_or(serde_json::Value::Null),
+        baseline,
+        evidence,
     })
 }

@@ -62,8 +62,13 @@ pub struct Incident {
     pub value_at_detection: i64,
     pub latest_value: i64,
     pub threshold: i64,
-    /// Which term of the rule set `threshold`: `rule`, `segment` or `per_vacancy`.
+    /// Which term of the rule set `threshold`: `rule`, `segment`, `per_vacancy` or
+    /// `baseline`.
     pub threshold_source: String,
+    /// For a baseline rule: how the key's history judged it at the crossing (statistic,
+    /// its value, the daily values), as in the alert.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<serde_json::Value>,
     /// Time to detect, in event time: from the first event in the rule's window to the
     /// crossing.
     pub time_to_detect_ms: i64,

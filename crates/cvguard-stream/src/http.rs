@@ -135,7 +135,7 @@ enum ShardMsg {
 }
 
 /// Per key kind, the rule set an engine of that kind runs (`None`: the kind has no rules).
-fn per_kind(rules: &RuleSet) -> [Option<Arc<RuleSet>>; 4] {
+pub(crate) fn per_kind(rules: &RuleSet) -> [Option<Arc<RuleSet>>; 4] {
     KeyKind::ALL.map(|k| (rules.rules_of_kind_count(k) > 0).then(|| Arc::new(rules.restricted_to(k))))
 }
 
@@ -542,7 +542,7 @@ impl HttpPipeline {
     }
 }
 
-fn part_name(p: usize) -> String {
+pub(crate) fn part_name(p: usize) -> String {
     format!("http/part-{p}-of-{PARTS}")
 }
 
@@ -560,7 +560,7 @@ pub fn part_of(seed: u64, kind: KeyKind, key: &str) -> usize {
 
 /// The state folder's part seed: made at random on first use and kept, since the parts'
 /// snapshots depend on it.
-fn parts_seed(dir: &std::path::Path) -> std::io::Result<u64> {
+pub(crate) fn parts_seed(dir: &std::path::Path) -> std::io::Result<u64> {
     use std::hash::BuildHasher;
     let path = dir.join("parts.seed");
     match std::fs::read_to_string(&path) {

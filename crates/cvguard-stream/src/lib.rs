@@ -14,6 +14,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod records;
 pub mod snapshot_store;
+pub mod warm_start;
 
 pub use cvguard_respond::SinkSet;
 pub use effects::Effects;

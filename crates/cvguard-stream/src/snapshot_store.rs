@@ -190,6 +190,7 @@ mod tests {
             dedupe: Vec::new(),
             stats: cvguard_core::engine::snapshot::StatsSnapshot::default(),
             keys: Vec::new(),
+            histories: Vec::new(),
         }
     }
 

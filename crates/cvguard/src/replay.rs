@@ -15,6 +15,7 @@ pub fn feed<R: BufRead>(
     lines: &mut LineReader<R>,
     clock_ms: Option<i64>,
     progress: &ProgressBar,
+    mut on_line: impl FnMut(&[u8]),
     mut on_alert: impl FnMut(&Alert) -> io::Result<()>,
 ) -> io::Result<u64> {
     let mut alerts = Vec::new();
@@ -23,6 +24,7 @@ pub fn feed<R: BufRead>(
         match line {
             Line::Text(bytes) => {
                 engine.process_bytes(bytes, clock_ms, &mut alerts);
+                on_line(bytes);
             }
             Line::TooLong => {
                 engine.reject(RejectReason::TooLarge);

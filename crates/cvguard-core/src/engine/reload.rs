@@ -21,6 +21,7 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap;
 
 use super::{Engine, FiringIds, KeyTable, KindLayout, ThresholdLists};
+use crate::baseline::HistoryTable;
 use crate::chunked::ChunkedRows;
 use crate::distinct::{CvEntry, GroupState, CLASS_SLOTS};
 use crate::interner::CvRef;
@@ -28,7 +29,14 @@ use crate::rules::{DistinctField, KeyKind, Rule, RuleSet};
 use crate::window::CountWindow;
 
 fn same_shape(a: &Rule, b: &Rule) -> bool {
-    a.name == b.name && a.group_by == b.group_by && a.measure == b.measure && a.window_secs == b.window_secs && {
+    a.window_secs == b.window_secs && counts_the_same(a, b)
+}
+
+/// Whether two rules count the same thing per key (their windows aside): a baseline
+/// rule's daily values stay good across a reload that changes only its window,
+/// threshold, factor, statistic or the length of its history.
+fn counts_the_same(a: &Rule, b: &Rule) -> bool {
+    a.name == b.name && a.group_by == b.group_by && a.measure == b.measure && {
         let (mut x, mut y) = (a.actions.clone(), b.actions.clone());
         x.sort();
         y.sort();
@@ -215,6 +223,23 @@ impl Engine {
             table.groups = new_groups;
             table.progress = new_progress;
         }
+        // Histories: kept for a rule that still counts the same thing, resized when
+        // its `history` changed; a new baseline rule starts empty.
+        let mut old_histories = std::mem::take(&mut self.histories);
+        let mut histories = Vec::with_capacity(new.rules.len());
+        for rule in &new.rules {
+            let kept = rule.baseline.and_then(|b| {
+                let oi = old.rules.iter().position(|o| counts_the_same(o, rule))?;
+                old_histories[oi].take().map(|t| t.resized(b))
+            });
+            histories.push(kept.or_else(|| rule.baseline.map(HistoryTable::new)));
+        }
+        for (rule, table) in old.rules.iter().zip(&mut old_histories) {
+            if let Some(table) = table {
+                table.release_all(super::values_of(rule, &mut self.interner, &mut self.names));
+            }
+        }
+        self.histories = histories;
         self.rules = new;
         report
     }

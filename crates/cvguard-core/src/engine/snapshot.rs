@@ -26,6 +26,24 @@ pub struct EngineSnapshot {
     pub dedupe: Vec<(String, i64)>,
     pub stats: StatsSnapshot,
     pub keys: Vec<KeySnapshot>,
+    /// The histories of baseline rules' keys, by rule (in config order), then key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub histories: Vec<HistorySnapshot>,
+}
+
+/// One key's history under one baseline rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistorySnapshot {
+    pub rule: String,
+    pub key: String,
+    /// UTC day numbers (days since 1970-01-01).
+    pub first_day: i32,
+    pub newest_day: i32,
+    /// The days with a value above 0, ascending.
+    pub days: Vec<(i32, u64)>,
+    /// Distinct measures: the values counted on days that can still receive events.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub open: Vec<(i32, Vec<String>)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -153,6 +171,24 @@ impl Engine {
                 });
             }
         }
+        let mut histories = Vec::new();
+        for (rule, table) in self.rules.rules.iter().zip(&self.histories) {
+            let Some(table) = table else { continue };
+            let values = match rule.measure.distinct_field() {
+                None | Some(DistinctField::Cvs) => &self.interner,
+                Some(_) => &self.names,
+            };
+            for (key, (first_day, newest_day, days, open)) in table.snapshot(values) {
+                histories.push(HistorySnapshot {
+                    rule: rule.name.clone(),
+                    key,
+                    first_day,
+                    newest_day,
+                    days,
+                    open,
+                });
+            }
+        }
         let s = &self.stats;
         EngineSnapshot {
             rules_fingerprint: self.rules.fingerprint(),
@@ -171,6 +207,7 @@ impl Engine {
                 duplicates: s.duplicates,
             },
             keys,
+            histories,
         }
     }
 
@@ -275,6 +312,33 @@ impl Engine {
             for (w, id) in k.firing.iter().enumerate() {
                 table.firing.set(&mut state.firing, slot, w, *id);
             }
+        }
+        for h in &snap.histories {
+            let found = rules.rules.iter().position(|r| r.name == h.rule);
+            let (Some(ri), true) = (found, found.is_some_and(|ri| engine.histories[ri].is_some())) else {
+                return Err(SnapshotError::Inconsistent(format!(
+                    "history of {} under {}, which is not a baseline rule",
+                    h.key, h.rule
+                )));
+            };
+            let rule = &rules.rules[ri];
+            if h.newest_day > super::day_of(snap.max_ts.unwrap_or(0)) {
+                return Err(mismatch(
+                    rule.group_by,
+                    &h.key,
+                    format!("rule {}: history after the snapshot", h.rule),
+                ));
+            }
+            let distinct = rule.measure.distinct_field().is_some();
+            let values = super::values_of(rule, &mut engine.interner, &mut engine.names);
+            let table = engine.histories[ri].as_mut().expect("checked above");
+            let parts = (h.first_day, h.newest_day, h.days.clone(), h.open.clone());
+            table
+                .restore_key(&h.key, &parts, distinct, values)
+                .map_err(|detail| mismatch(rule.group_by, &h.key, format!("rule {}: {detail}", h.rule)))?;
+        }
+        if let Some(wm) = engine.watermark() {
+            engine.history_swept_day = super::day_of(wm);
         }
         engine.check_state()?;
         Ok(engine)

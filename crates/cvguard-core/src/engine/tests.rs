@@ -20,6 +20,7 @@ fn rule(name: &str, kind: KeyKind, measure: Measure, window: &str, threshold: u6
         segments: BTreeMap::new(),
         dry_run: false,
         description: None,
+        baseline: None,
     }
 }
 
@@ -1208,4 +1209,184 @@ fn distinct_accounts_per_ip_and_distinct_ips_per_account_count_exactly() {
     assert_eq!(value(&e, KeyKind::AccountId, "a9"), 1);
     assert!(e.key_values(KeyKind::Ip, "192.0.2.1").is_empty() || value(&e, KeyKind::Ip, "192.0.2.1") == 0);
     e.check_state().unwrap();
+}
+
+/// The issue's own example, scaled down: `surge` fires at max(floor, factor x p90) of the
+/// account's daily distinct CVs.
+fn surge_rule(floor: u64, factor: f64, min_history: &str) -> RuleSpec {
+    let mut r = rule("surge", KeyKind::AccountId, Measure::DistinctCvs, "24h", floor);
+    r.baseline = Some(crate::baseline::BaselineSpec {
+        history: "28d".into(),
+        statistic: crate::baseline::Statistic::P90,
+        factor,
+        min_history: min_history.into(),
+    });
+    r
+}
+
+const DAY: i64 = 86_400;
+
+/// `n` fresh distinct CVs for `account` at second `secs`, named after `tag`.
+fn read(e: &mut Engine, secs: i64, account: &str, tag: &str, n: usize) -> Vec<Alert> {
+    let cvs: Vec<String> = (0..n).map(|i| format!("{tag}-{i}")).collect();
+    let refs: Vec<&str> = cvs.iter().map(String::as_str).collect();
+    send(e, secs, account, "cv_view", &refs)
+}
+
+#[test]
+fn an_account_far_above_its_own_history_fires_and_says_why() {
+    let mut e = engine(vec![surge_rule(30, 8.0, "7d")]);
+    // Ten days of 10 distinct CVs a day, in the morning; the same CV twice a day counts once.
+    for d in 0..10 {
+        read(&mut e, d * DAY + 3600, "a", &format!("d{d}"), 10);
+        assert!(read(&mut e, d * DAY + 3700, "a", &format!("d{d}"), 10).is_empty());
+    }
+    // Day 10: p90 of [10 x 10] is 10, so the threshold is max(30, 80) = 80 and 79 is quiet
+    // (day 9's CVs are more than 24 hours old).
+    assert!(read(&mut e, 10 * DAY + 7200, "a", "surge-a", 79).is_empty());
+    let fired = read(&mut e, 10 * DAY + 7300, "a", "surge-b", 1);
+    assert_eq!(fired.len(), 1);
+    let a = &fired[0];
+    assert_eq!(
+        (a.value, a.threshold, a.threshold_source),
+        (80, 80, ThresholdSource::Baseline)
+    );
+    let b = a.baseline.as_ref().expect("a baseline rule explains itself");
+    assert_eq!(b.statistic_value, Some(10.0));
+    assert_eq!((b.baseline_threshold, b.floor, b.judged), (Some(80), 30, true));
+    assert_eq!(b.daily_values, vec![10; 10]);
+    assert_eq!(
+        (b.first_day.as_str(), b.history_from.as_str()),
+        ("2024-05-04", "2024-05-04")
+    );
+    // The account view says the same.
+    let view = e.key_values(KeyKind::AccountId, "a");
+    assert_eq!(view[0].threshold_source, ThresholdSource::Baseline);
+    assert_eq!(view[0].baseline.as_ref().unwrap().daily_values, vec![10; 10]);
+    // And the JSON an analyst reads carries it.
+    let json = serde_json::to_value(a).unwrap();
+    assert_eq!(json["threshold_source"], "baseline");
+    assert_eq!(json["baseline"]["statistic"], "p90");
+}
+
+#[test]
+fn the_floor_applies_when_history_is_low_and_nothing_fires_before_min_history() {
+    let mut e = engine(vec![surge_rule(30, 8.0, "7d")]);
+    // Day 0 to 6: far above the floor, yet the key is younger than 7 days.
+    for d in 0..7 {
+        assert!(
+            read(&mut e, d * DAY + 60, "a", &format!("d{d}"), 40).is_empty(),
+            "day {d}"
+        );
+    }
+    let view = e.key_values(KeyKind::AccountId, "a");
+    let b = view[0].baseline.as_ref().unwrap();
+    assert!(!b.judged);
+    assert_eq!(view[0].threshold, 30, "a key not judged shows the floor");
+    // Day 7 on a quiet history: 8 x p90 of [40 x 7] = 320; the rule fires at 320.
+    assert!(read(&mut e, 7 * DAY + 60, "a", "d7", 319).is_empty());
+    let fired = read(&mut e, 7 * DAY + 61, "a", "d7b", 1);
+    assert_eq!(fired[0].threshold, 320);
+
+    // A key with a quiet history gets the floor, and says so.
+    let mut e = engine(vec![surge_rule(30, 8.0, "1d")]);
+    read(&mut e, 60, "b", "d0", 1);
+    let fired = read(&mut e, DAY + 60, "b", "d1", 30);
+    assert_eq!(
+        (fired[0].threshold, fired[0].threshold_source),
+        (30, ThresholdSource::Rule)
+    );
+    assert_eq!(fired[0].baseline.as_ref().unwrap().baseline_threshold, Some(8));
+}
+
+#[test]
+fn a_history_survives_a_snapshot_and_a_reload_that_keeps_its_rule() {
+    let feed = |e: &mut Engine, from: i64, to: i64| {
+        let mut alerts = Vec::new();
+        for d in from..to {
+            alerts.extend(read(e, d * DAY + 60, "a", &format!("d{d}"), 5 + d as usize % 3));
+        }
+        alerts.extend(read(e, to * DAY + 60, "a", "surge", 60));
+        alerts
+    };
+    let mut whole = engine(vec![surge_rule(10, 4.0, "3d")]);
+    let expected = feed(&mut whole, 0, 8);
+    assert_eq!(expected.len(), 1, "the surge is caught by history");
+
+    let mut first = engine(vec![surge_rule(10, 4.0, "3d")]);
+    for d in 0..5 {
+        read(&mut first, d * DAY + 60, "a", &format!("d{d}"), 5 + d as usize % 3);
+    }
+    let text = serde_json::to_string(&first.snapshot()).unwrap();
+    let back: EngineSnapshot = serde_json::from_str(&text).unwrap();
+    assert!(!back.histories.is_empty());
+    let mut restored = Engine::restore(first.rules().clone(), &back).unwrap();
+    let mut alerts = Vec::new();
+    for d in 5..8 {
+        alerts.extend(read(
+            &mut restored,
+            d * DAY + 60,
+            "a",
+            &format!("d{d}"),
+            5 + d as usize % 3,
+        ));
+    }
+    // A reload that changes the factor and the window keeps the daily values.
+    let mut reloaded = surge_rule(10, 4.0, "3d");
+    reloaded.window = "12h".into();
+    let report = restored.reload(Arc::new(
+        RuleSet::compile(&EngineSpec::default(), &[reloaded], Profiles::default(), &[]).unwrap(),
+    ));
+    assert_eq!(report.reset, vec!["surge"], "its window changed");
+    alerts.extend(read(&mut restored, 8 * DAY + 60, "a", "surge", 60));
+    let strip = |a: &[Alert]| {
+        a.iter()
+            .map(|a| (a.value, a.threshold, a.baseline.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(strip(&alerts), strip(&expected));
+
+    // A reload that changes what it counts starts the history again.
+    let mut other = surge_rule(10, 4.0, "3d");
+    other.actions = vec!["cv_download".into()];
+    restored.reload(Arc::new(
+        RuleSet::compile(&EngineSpec::default(), &[other], Profiles::default(), &[]).unwrap(),
+    ));
+    let view = restored.key_values(KeyKind::AccountId, "a");
+    assert!(!view[0].baseline.as_ref().unwrap().judged);
+}
+
+#[test]
+fn a_baseline_works_on_distinct_ips_and_its_memory_is_counted() {
+    let mut r = rule("ips", KeyKind::AccountId, Measure::DistinctIps, "1h", 3);
+    r.baseline = Some(crate::baseline::BaselineSpec {
+        history: "7d".into(),
+        statistic: crate::baseline::Statistic::Max,
+        factor: 2.0,
+        min_history: "2d".into(),
+    });
+    let mut e = engine(vec![r]);
+    let from = |e: &mut Engine, secs: i64, ip: &str| {
+        send_json(
+            e,
+            &serde_json::json!({"ts": T0 + secs * 1000, "account_id": "a", "action": "cv_view", "cv_id": "x", "ip": ip}),
+        )
+    };
+    // Two addresses a day (office and home), the same ones every day.
+    for d in 0..3 {
+        from(&mut e, d * DAY + 60, "10.0.0.1");
+        from(&mut e, d * DAY + 120, "10.0.0.2");
+        from(&mut e, d * DAY + 180, "10.0.0.1");
+    }
+    // Day 3: threshold max(3, 2 x 2) = 4.
+    assert!(from(&mut e, 3 * DAY + 60, "10.0.0.3").is_empty());
+    assert!(from(&mut e, 3 * DAY + 70, "10.0.0.4").is_empty());
+    assert!(from(&mut e, 3 * DAY + 80, "10.0.0.5").is_empty());
+    let fired = from(&mut e, 3 * DAY + 90, "10.0.0.6");
+    assert_eq!((fired[0].value, fired[0].threshold), (4, 4));
+    assert_eq!(fired[0].baseline.as_ref().unwrap().daily_values, vec![2, 2, 2]);
+    let profile = e.heap_profile();
+    let part = |name: &str| profile.parts.iter().find(|(n, _)| n.starts_with(name)).unwrap().1;
+    assert!(part("baseline histories") >= 8 * 4, "eight days of values at least");
+    assert!(part("baseline: distinct values") > 0, "today's addresses are held");
 }

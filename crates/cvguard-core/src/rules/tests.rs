@@ -15,6 +15,7 @@ pub(crate) fn spec(name: &str, kind: KeyKind, measure: Measure, window: &str, th
         segments: BTreeMap::new(),
         dry_run: false,
         description: None,
+        baseline: None,
     }
 }
 

@@ -19,6 +19,7 @@ pub fn alert(id: &str, key: &str, rule: &str, value: u64) -> Alert {
         value,
         threshold: 4000,
         threshold_source: cvguard_core::ThresholdSource::PerVacancy,
+        baseline: None,
         action: AlertAction::Suspend,
         reason: AlertReason::RuleResponse,
         event_time: "2024-05-04T05:01:46.000Z".into(),

@@ -39,6 +39,12 @@ fn print_rules(config: &cvguard_config::Config) -> io::Result<()> {
             extra.push(format!("{p} per vacancy"));
         }
         extra.extend(r.segments.iter().map(|(s, t)| format!("{s}={t}")));
+        if let Some(b) = &r.baseline {
+            extra.push(format!(
+                "and at least {} x {} of its last {} daily values, once {} days old",
+                b.factor, b.statistic, b.history_days, b.min_history_days
+            ));
+        }
         let response = if r.dry_run { "dry-run" } else { r.response.as_str() };
         writeln!(
             o,

@@ -10,6 +10,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use cvguard_config::{ConfigSource, Overrides};
 use cvguard_core::Engine;
+use cvguard_stream::warm_start::WarmStart;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::input::{self, LineReader};
@@ -33,6 +34,11 @@ pub struct Args {
     /// The present, for rejecting events from the future (RFC 3339). Default: now.
     #[arg(long)]
     now: Option<String>,
+    /// Also decide the events into this state folder (the config's `state.dir`, empty),
+    /// as `serve` on HTTP ingest would have: the service then starts with these windows
+    /// and histories (a warm start) instead of learning them from nothing.
+    #[arg(long, value_name = "DIR")]
+    save_state: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> Result<ExitCode, Failure> {
@@ -64,10 +70,20 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
         None => Box::new(BufWriter::new(io::stdout().lock())),
     };
     let progress = progress_bar(size);
-    let mut engine = Engine::new(Arc::new(config.ruleset));
+    let rules = Arc::new(config.ruleset);
+    let mut warm = match &args.save_state {
+        Some(dir) => Some(WarmStart::new(dir, rules.clone()).map_err(|e| Failure::Other(e.into()))?),
+        None => None,
+    };
+    let mut engine = Engine::new(rules);
     let mut tally = AlertTally::default();
     let started = Instant::now();
-    let bytes = feed(&mut engine, &mut lines, clock_ms, &progress, |alert| {
+    let on_line = |line: &[u8]| {
+        if let Some(w) = warm.as_mut() {
+            w.feed(line, clock_ms);
+        }
+    };
+    let bytes = feed(&mut engine, &mut lines, clock_ms, &progress, on_line, |alert| {
         tally.note(alert);
         serde_json::to_writer(&mut out, alert)?;
         out.write_all(b"\n")
@@ -75,6 +91,14 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
     .context("reading the input")?;
     out.flush().context("writing alerts")?;
     progress.finish_and_clear();
+    if let (Some(w), Some(dir)) = (warm, &args.save_state) {
+        let (keys, histories) = w.save().map_err(|e| Failure::Other(e.into()))?;
+        eprintln!(
+            "state saved to {}: {keys} keys, {histories} baseline histories; start `cvguard serve` with state.dir = {}",
+            dir.display(),
+            dir.display()
+        );
+    }
     write_summary(
         &mut io::stderr().lock(),
         engine.stats(),

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use proptest::prelude::*;
 
 use crate::alert::Alert;
+use crate::baseline::{BaselineSpec, Statistic};
 use crate::engine::{Engine, EngineSnapshot, EngineStats, IncidentUpdate, StateSize};
 use crate::profiles::Profiles;
 use crate::rules::{EngineSpec, KeyKind, Measure, Response, RuleSet, RuleSpec, Severity};
@@ -30,6 +31,8 @@ struct RuleDraw {
     window: usize,
     threshold: u64,
     suspend: bool,
+    /// `[rules.baseline]`: (history days, min_history days, statistic, factor).
+    baseline: Option<(u32, u32, Statistic, f64)>,
 }
 
 #[derive(Debug, Clone)]
@@ -66,21 +69,34 @@ fn rule_draw() -> impl Strategy<Value = RuleDraw> {
         0..WINDOWS.len(),
         1u64..7,
         any::<bool>(),
+        prop::option::weighted(
+            0.3,
+            (
+                1u32..4,
+                1u32..4,
+                prop::sample::select(vec![Statistic::Median, Statistic::P90, Statistic::Max, Statistic::Mean]),
+                prop::sample::select(vec![0.5, 1.0, 2.5]),
+            ),
+        ),
     )
-        .prop_map(|(kind, measure, actions, window, threshold, suspend)| RuleDraw {
-            kind,
-            // A key's own field counted per key is always 1, and refused by the config.
-            measure: match (kind, measure) {
-                (KeyKind::AccountId, Measure::DistinctAccounts)
-                | (KeyKind::UserId, Measure::DistinctUsers)
-                | (KeyKind::Ip, Measure::DistinctIps) => Measure::DistinctCvs,
-                _ => measure,
+        .prop_map(
+            |(kind, measure, actions, window, threshold, suspend, baseline)| RuleDraw {
+                kind,
+                // A key's own field counted per key is always 1, and refused by the config.
+                measure: match (kind, measure) {
+                    (KeyKind::AccountId, Measure::DistinctAccounts)
+                    | (KeyKind::UserId, Measure::DistinctUsers)
+                    | (KeyKind::Ip, Measure::DistinctIps) => Measure::DistinctCvs,
+                    _ => measure,
+                },
+                actions,
+                window,
+                threshold,
+                suspend,
+                baseline: baseline
+                    .map(|(history, min, statistic, factor)| (history, min.min(history), statistic, factor)),
             },
-            actions,
-            window,
-            threshold,
-            suspend,
-        })
+        )
 }
 
 fn rules_draw() -> impl Strategy<Value = (Vec<RuleDraw>, usize)> {
@@ -92,6 +108,7 @@ fn rules_draw() -> impl Strategy<Value = (Vec<RuleDraw>, usize)> {
         window,
         threshold: 4,
         suspend: false,
+        baseline: None,
     };
     (prop::collection::vec(rule_draw(), 2..8), 0..LATENESS.len(), 0..3usize).prop_map(
         move |(mut rules, lateness, short)| {
@@ -107,6 +124,8 @@ fn step() -> impl Strategy<Value = Step> {
         6 => 0i64..4,
         2 => 4i64..20,
         1 => 60i64..700,
+        // Across UTC days, for the histories of baseline rules.
+        1 => 20_000i64..100_000,
     ];
     let behind_ms = prop_oneof![
         6 => Just(0i64),
@@ -162,6 +181,12 @@ fn rule_set(draws: &[RuleDraw], lateness: usize) -> RuleSet {
             segments: Default::default(),
             dry_run: false,
             description: None,
+            baseline: d.baseline.map(|(history, min, statistic, factor)| BaselineSpec {
+                history: format!("{history}d"),
+                statistic,
+                factor,
+                min_history: format!("{min}d"),
+            }),
         })
         .collect();
     let engine = EngineSpec {
