@@ -10,7 +10,9 @@ mod traffic;
 
 use std::io::{self, Write};
 
-pub use population::{Account, Actor, Label, Population};
+pub use population::{
+    Account, Actor, Label, Population, IP_RING_IP, SURGE_DAY, SURGE_DAYS, SURGE_MIN_DAYS, TURNED_SURGE_IP,
+};
 pub use rng::Rng;
 pub use traffic::{write_events, TrafficSummary};
 
@@ -28,7 +30,33 @@ pub struct Scenarios {
     pub org: bool,
     /// An allowlisted partner reading 20,000 CVs a day.
     pub partner: bool,
+    /// An established small employer turned harvester (stolen credentials): from day 22,
+    /// 2,400 distinct CVs a UTC day for three days, under every fixed threshold. Only in
+    /// simulations of 25 days or more.
+    pub turned: bool,
+    /// Thirty fresh accounts reading 40 CVs each from one address within a few hours.
+    pub ip_ring: bool,
+    /// One account used from 40 addresses within an hour.
+    pub shared_credentials: bool,
+    /// A busy searcher whose every event is delivered twice with the same `event_id`.
+    pub duplicates: bool,
+    /// A legitimate employer with 120 open vacancies reading 3,000 CVs a day for three days
+    /// from day 22 after a quiet history. Only in simulations of 25 days or more.
+    pub recruiting_drive: bool,
 }
+
+/// The scenario names `Scenarios::parse` accepts besides `all` and `none`.
+pub const SCENARIO_NAMES: [&str; 9] = [
+    "harvest",
+    "slow",
+    "org",
+    "partner",
+    "turned",
+    "ip_ring",
+    "shared_credentials",
+    "duplicates",
+    "recruiting_drive",
+];
 
 impl Scenarios {
     pub const ALL: Scenarios = Scenarios {
@@ -36,15 +64,25 @@ impl Scenarios {
         slow: true,
         org: true,
         partner: true,
+        turned: true,
+        ip_ring: true,
+        shared_credentials: true,
+        duplicates: true,
+        recruiting_drive: true,
     };
     pub const NONE: Scenarios = Scenarios {
         harvest: false,
         slow: false,
         org: false,
         partner: false,
+        turned: false,
+        ip_ring: false,
+        shared_credentials: false,
+        duplicates: false,
+        recruiting_drive: false,
     };
 
-    /// Parses `harvest,slow,org,partner`, `all` or `none`.
+    /// Parses a comma-separated list of [`SCENARIO_NAMES`], `all` or `none`.
     pub fn parse(text: &str) -> Result<Scenarios, String> {
         let mut s = Scenarios::NONE;
         for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -55,9 +93,15 @@ impl Scenarios {
                 "slow" => s.slow = true,
                 "org" => s.org = true,
                 "partner" => s.partner = true,
+                "turned" => s.turned = true,
+                "ip_ring" => s.ip_ring = true,
+                "shared_credentials" => s.shared_credentials = true,
+                "duplicates" => s.duplicates = true,
+                "recruiting_drive" => s.recruiting_drive = true,
                 other => {
                     return Err(format!(
-                        "unknown scenario `{other}`; expected harvest, slow, org, partner, all or none"
+                        "unknown scenario `{other}`; expected {}, all or none",
+                        SCENARIO_NAMES.join(", ")
                     ))
                 }
             }

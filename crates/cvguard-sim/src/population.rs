@@ -30,6 +30,41 @@ pub enum Actor {
     Ring { start_ms: i64, total: u32, cv_offset: u32 },
     /// A bulk partner: views around the clock in batches of 50.
     Partner { views_per_day: f64 },
+    /// A small employer's quiet history (10-20 distinct CVs on most working days, some days
+    /// none), then from `surge_ms`, on each of `surge_days` UTC days, `batches` batches of 25
+    /// distinct CVs evenly over `hours` hours from `from_hour` UTC, the first `downloads` of
+    /// each batch also downloaded; from `surge_ip` when set (someone else's address).
+    Surge {
+        surge_ms: i64,
+        surge_days: u32,
+        batches: u32,
+        from_hour: i64,
+        hours: i64,
+        downloads: u32,
+        cv_offset: u32,
+        surge_ip: Option<&'static str>,
+    },
+    /// A freshly registered account reading `total` distinct CVs in one session of about 20
+    /// minutes from `start_ms`.
+    Fresh { start_ms: i64, total: u32, cv_offset: u32 },
+    /// One account's credentials used from `ips` addresses within the hour from `start_ms`,
+    /// `total` distinct CVs in all.
+    SharedCredentials {
+        start_ms: i64,
+        ips: u32,
+        total: u32,
+        cv_offset: u32,
+    },
+    /// `per_hour` CV searches an hour for `hours` hours from `start_ms`, and `views` CV views
+    /// among them; every event is delivered twice, the copy (same `event_id`, same line) a
+    /// few seconds later.
+    Redelivered {
+        start_ms: i64,
+        hours: i64,
+        per_hour: u32,
+        views: u32,
+        cv_offset: u32,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -67,7 +102,18 @@ const BROWSERS: [&str; 4] = [
 ];
 
 pub(crate) const HOUR_MS: i64 = 3_600_000;
-const DAY_MS: i64 = 24 * HOUR_MS;
+pub(crate) const DAY_MS: i64 = 24 * HOUR_MS;
+
+/// `turned` and `recruiting_drive` surge from this UTC day of the simulation (0-based) ...
+pub const SURGE_DAY: i64 = 21;
+/// ... for this many UTC days ...
+pub const SURGE_DAYS: u32 = 3;
+/// ... and are simulated only when the simulation has at least this many days.
+pub const SURGE_MIN_DAYS: u32 = 25;
+/// The address of the `ip_ring` scenario's accounts.
+pub const IP_RING_IP: &str = "198.51.100.200";
+/// Where the `turned` account's harvest comes from (its employer works from its office).
+pub const TURNED_SURGE_IP: &str = "198.51.100.180";
 
 /// Local time on the simulated board is UTC+2 (the Netherlands in summer).
 pub(crate) const LOCAL_OFFSET_MS: i64 = 2 * HOUR_MS;
@@ -86,6 +132,16 @@ fn first_saturday(from: i64, hour: i64) -> i64 {
         t += DAY_MS;
     }
     t
+}
+
+/// The first time at `hour` UTC at or after `from`.
+fn next_utc_hour(from: i64, hour: i64) -> i64 {
+    let t = from.div_euclid(DAY_MS) * DAY_MS + hour * HOUR_MS;
+    if t < from {
+        t + DAY_MS
+    } else {
+        t
+    }
 }
 
 impl Population {
@@ -230,7 +286,126 @@ impl Population {
                 },
             });
         }
+        add_issue_14_scenarios(cfg, &mut accounts, &mut label);
         Population { accounts, labels }
+    }
+}
+
+/// The scenarios of issue #14 ("detection that knows normal"), after every other account so
+/// that the accounts before them, and their traffic, stay exactly as they were.
+fn add_issue_14_scenarios(
+    cfg: &SimConfig,
+    accounts: &mut Vec<Account>,
+    label: &mut impl FnMut(&'static str, &str, &'static str, &'static str),
+) {
+    let s = cfg.scenarios;
+    let sim_end = cfg.start_ms + i64::from(cfg.days) * DAY_MS;
+    // Whether `[from, from + span)` lies inside the simulation.
+    let fits = |from: i64, span: i64| from >= cfg.start_ms && from + span <= sim_end;
+    let surge_ms = cfg.start_ms.div_euclid(DAY_MS) * DAY_MS + SURGE_DAY * DAY_MS;
+    let surges = cfg.days >= SURGE_MIN_DAYS;
+    let employer = |id: &str, users: usize, ip: &str, vacancies: u64, actor: Actor| Account {
+        id: id.into(),
+        users: (1..=users).map(|u| format!("u-{id}-{u}")).collect(),
+        ip: ip.into(),
+        user_agent: BROWSERS[0],
+        segment: None,
+        org_id: None,
+        open_vacancies: vacancies,
+        actor,
+    };
+    if s.turned && surges {
+        label("account_id", "turned-1", "turned", "alert");
+        // 96 batches of 25 a day from 08:00 to 23:00 local: 2,400 distinct CVs per UTC
+        // day, and as the day repeats, about 2,400 in any 24 hours and 4,800 in any 48.
+        accounts.push(employer(
+            "turned-1",
+            1,
+            "10.250.0.1",
+            1,
+            Actor::Surge {
+                surge_ms,
+                surge_days: SURGE_DAYS,
+                batches: 96,
+                from_hour: 6,
+                hours: 15,
+                downloads: 1,
+                cv_offset: 220_000,
+                surge_ip: Some(TURNED_SURGE_IP),
+            },
+        ));
+    }
+    let ring_start = next_utc_hour(cfg.start_ms, 19);
+    if s.ip_ring && fits(ring_start, 4 * HOUR_MS) {
+        label("ip", IP_RING_IP, "ip_ring", "alert");
+        // Thirty sessions, one every six minutes from 21:00 local.
+        for k in 0..30u32 {
+            let id = format!("ipring-{:02}", k + 1);
+            accounts.push(employer(
+                &id,
+                1,
+                IP_RING_IP,
+                0,
+                Actor::Fresh {
+                    start_ms: ring_start + i64::from(k) * 6 * 60_000,
+                    total: 40,
+                    cv_offset: 260_000 + k * 40,
+                },
+            ));
+        }
+    }
+    let shared_start = next_utc_hour(cfg.start_ms, 9);
+    if s.shared_credentials && fits(shared_start, HOUR_MS) {
+        label("account_id", "sharedcreds-1", "shared_credentials", "alert");
+        accounts.push(employer(
+            "sharedcreds-1",
+            1,
+            "203.0.113.100",
+            1,
+            Actor::SharedCredentials {
+                start_ms: shared_start,
+                ips: 40,
+                total: 200,
+                cv_offset: 272_000,
+            },
+        ));
+    }
+    let redelivered_start = next_utc_hour(cfg.start_ms, 8);
+    if s.duplicates && fits(redelivered_start, 2 * HOUR_MS) {
+        label("account_id", "redelivered-1", "duplicates", "none");
+        accounts.push(employer(
+            "redelivered-1",
+            3,
+            "10.250.0.3",
+            2,
+            Actor::Redelivered {
+                start_ms: redelivered_start,
+                hours: 2,
+                per_hour: 400,
+                views: 24,
+                cv_offset: 274_000,
+            },
+        ));
+    }
+    if s.recruiting_drive && surges {
+        label("account_id", "drive-120", "recruiting_drive", "none");
+        // 120 batches of 25 a day from 08:00 to 20:00 local: 3,000 distinct CVs per UTC day.
+        accounts.push(employer(
+            "drive-120",
+            8,
+            "10.250.0.2",
+            120,
+            Actor::Surge {
+                surge_ms,
+                surge_days: SURGE_DAYS,
+                batches: 120,
+                from_hour: 6,
+                hours: 12,
+                downloads: 3,
+                cv_offset: 240_000,
+                surge_ip: None,
+            },
+        ));
     }
 }
 

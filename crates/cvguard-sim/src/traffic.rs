@@ -5,7 +5,7 @@ use std::io::{self, Write};
 
 use cvguard_core::timefmt::format_rfc3339_ms;
 
-use crate::population::{local_weekday, Account, Actor, Population, HOUR_MS, LOCAL_OFFSET_MS};
+use crate::population::{local_weekday, Account, Actor, Population, DAY_MS, HOUR_MS, LOCAL_OFFSET_MS};
 use crate::rng::Rng;
 use crate::SimConfig;
 
@@ -48,7 +48,8 @@ fn cv_named(index: u32) -> bool {
 const STRIDE: u64 = 7_919;
 
 struct Line {
-    ts: i64,
+    /// When it is delivered: its event time, or a few seconds later for a second delivery.
+    at: i64,
     seq: u64,
     text: String,
 }
@@ -59,18 +60,28 @@ struct Hour<'a> {
     cfg: &'a SimConfig,
 }
 
+/// Who acts: an account, as one of its users (an index into them, wrapping), from an address.
+#[derive(Clone, Copy)]
+struct By<'a> {
+    account: &'a Account,
+    user: usize,
+    ip: &'a str,
+}
+
+impl<'a> By<'a> {
+    /// From the account's own address.
+    fn own(account: &'a Account, user: usize) -> By<'a> {
+        By {
+            account,
+            user,
+            ip: &account.ip,
+        }
+    }
+}
+
 impl Hour<'_> {
-    #[allow(clippy::too_many_arguments)]
-    fn push(
-        &mut self,
-        ts: i64,
-        a: &Account,
-        user: usize,
-        action: &str,
-        cvs: &[u32],
-        named: Option<bool>,
-        id_hint: &str,
-    ) {
+    fn push(&mut self, ts: i64, by: By<'_>, action: &str, cvs: &[u32], named: Option<bool>, id_hint: &str) {
+        let By { account: a, user, ip } = by;
         self.seq += 1;
         let mut text = String::with_capacity(200 + cvs.len() * 14);
         let _ = write!(
@@ -90,8 +101,8 @@ impl Hour<'_> {
         }
         let _ = write!(
             text,
-            r#""ip":"{}","user_agent":"{}","action":"{action}""#,
-            a.ip, a.user_agent
+            r#""ip":"{ip}","user_agent":"{}","action":"{action}""#,
+            a.user_agent
         );
         match cvs {
             [] => {}
@@ -118,20 +129,34 @@ impl Hour<'_> {
         }
         text.push('}');
         self.lines.push(Line {
-            ts,
+            at: ts,
             seq: self.seq,
             text,
         });
     }
 
+    /// Delivers the lines from `first` on again, byte for byte (same `event_id`), `delay_ms`
+    /// later, but inside the hour: a producer's retry.
+    fn deliver_again(&mut self, first: usize, delay_ms: i64, end: i64) {
+        for i in first..self.lines.len() {
+            let line = &self.lines[i];
+            let again = Line {
+                at: (line.at + delay_ms).min(end - 1).max(line.at),
+                seq: line.seq,
+                text: line.text.clone(),
+            };
+            self.lines.push(again);
+        }
+    }
+
     /// A batch, split by visibility: each event says whether its CVs showed name and address.
-    fn push_batch(&mut self, ts: i64, a: &Account, user: usize, action: &str, cvs: &[u32], id_hint: &str) {
+    fn push_batch(&mut self, ts: i64, by: By<'_>, action: &str, cvs: &[u32], id_hint: &str) {
         let (named, anonymous): (Vec<u32>, Vec<u32>) = cvs.iter().partition(|cv| cv_named(**cv));
         if !named.is_empty() {
-            self.push(ts, a, user, action, &named, Some(true), &format!("{id_hint}n"));
+            self.push(ts, by, action, &named, Some(true), &format!("{id_hint}n"));
         }
         if !anonymous.is_empty() {
-            self.push(ts, a, user, action, &anonymous, Some(false), &format!("{id_hint}a"));
+            self.push(ts, by, action, &anonymous, Some(false), &format!("{id_hint}a"));
         }
     }
 
@@ -156,7 +181,7 @@ pub fn write_events(cfg: &SimConfig, population: &Population, out: &mut impl Wri
             let mut rng = root.fork(((h as u64) << 24) ^ i as u64);
             generate(&mut hour, account, start, &mut rng);
         }
-        hour.lines.sort_by_key(|l| (l.ts, l.seq));
+        hour.lines.sort_by_key(|l| (l.at, l.seq));
         for line in &hour.lines {
             out.write_all(line.text.as_bytes())?;
             out.write_all(b"\n")?;
@@ -184,19 +209,26 @@ fn generate(hour: &mut Hour<'_>, a: &Account, start: i64, rng: &mut Rng) {
                 let user = rng.range(0, 16) as usize;
                 // Popular CVs are read far more often than the rest.
                 let cv = ((pool as f64) * rng.unit().powf(2.5)) as u32;
-                hour.push(ts, a, user, "cv_view", &[cv], Some(cv_named(cv)), "v");
+                hour.push(ts, By::own(a, user), "cv_view", &[cv], Some(cv_named(cv)), "v");
                 if rng.chance(if heavy { 0.25 } else { 0.15 }) {
                     let later = (ts + rng.range(5_000, 60_000) as i64).min(end - 1);
-                    hour.push(later, a, user, "cv_download", &[cv], Some(cv_named(cv)), "d");
+                    hour.push(later, By::own(a, user), "cv_download", &[cv], Some(cv_named(cv)), "d");
                 }
                 if rng.chance(0.03) {
                     let later = (ts + rng.range(5_000, 120_000) as i64).min(end - 1);
-                    hour.push(later, a, user, "contact_reveal", &[cv], Some(cv_named(cv)), "c");
+                    hour.push(
+                        later,
+                        By::own(a, user),
+                        "contact_reveal",
+                        &[cv],
+                        Some(cv_named(cv)),
+                        "c",
+                    );
                 }
             }
             for _ in 0..rng.poisson(mean / 4.0) {
                 let ts = start + rng.range(0, HOUR_MS as u64) as i64;
-                hour.push(ts, a, rng.range(0, 16) as usize, "cv_search", &[], None, "s");
+                hour.push(ts, By::own(a, rng.range(0, 16) as usize), "cv_search", &[], None, "s");
             }
         }
         Actor::Partner { views_per_day } => {
@@ -204,7 +236,7 @@ fn generate(hour: &mut Hour<'_>, a: &Account, start: i64, rng: &mut Rng) {
             for b in 0..rng.poisson(views_per_day / 24.0 / 50.0) {
                 let ts = start + rng.range(0, HOUR_MS as u64) as i64;
                 let cvs: Vec<u32> = (0..50).map(|_| rng.range(0, pool) as u32).collect();
-                hour.push_batch(ts, a, 0, "cv_view", &cvs, &format!("p{b}"));
+                hour.push_batch(ts, By::own(a, 0), "cv_view", &cvs, &format!("p{b}"));
             }
         }
         Actor::Harvester {
@@ -218,8 +250,8 @@ fn generate(hour: &mut Hour<'_>, a: &Account, start: i64, rng: &mut Rng) {
                 let ts = ts.min(end - 1);
                 let first = u64::from(cv_offset) + u64::from(b) * 200;
                 let cvs = strided(first, 200, hour.pool());
-                hour.push(ts, a, 0, "cv_search", &[], None, &format!("hs{b}"));
-                hour.push_batch(ts, a, 0, "cv_download", &cvs, &format!("h{b}"));
+                hour.push(ts, By::own(a, 0), "cv_search", &[], None, &format!("hs{b}"));
+                hour.push_batch(ts, By::own(a, 0), "cv_download", &cvs, &format!("h{b}"));
             }
         }
         Actor::SlowAndLow {
@@ -234,7 +266,7 @@ fn generate(hour: &mut Hour<'_>, a: &Account, start: i64, rng: &mut Rng) {
                 let ts = start_ms + i64::from(b) * interval_s * 1000;
                 let first = u64::from(cv_offset) + u64::from(b) * u64::from(batch);
                 let cvs = strided(first, batch, hour.pool());
-                hour.push_batch(ts, a, 0, "cv_view", &cvs, &format!("l{b}"));
+                hour.push_batch(ts, By::own(a, 0), "cv_view", &cvs, &format!("l{b}"));
             }
         }
         Actor::Ring {
@@ -248,9 +280,225 @@ fn generate(hour: &mut Hour<'_>, a: &Account, start: i64, rng: &mut Rng) {
                 let ts = start_ms + i64::from(b) * interval_s * 1000 + rng.range(0, 1000) as i64;
                 let first = u64::from(cv_offset) + u64::from(b) * 10;
                 let cvs = strided(first, 10, hour.pool());
-                hour.push_batch(ts.min(end - 1), a, 0, "cv_view", &cvs, &format!("r{b}"));
+                hour.push_batch(ts.min(end - 1), By::own(a, 0), "cv_view", &cvs, &format!("r{b}"));
             }
         }
+        Actor::Surge { .. } | Actor::Fresh { .. } | Actor::SharedCredentials { .. } | Actor::Redelivered { .. } => {
+            for p in plan(hour.cfg, a, start) {
+                if p.ts < start || p.ts >= end {
+                    continue;
+                }
+                let first = hour.lines.len();
+                let by = By {
+                    ip: p.ip.as_deref().unwrap_or(&a.ip),
+                    ..By::own(a, p.user)
+                };
+                match p.cvs.as_slice() {
+                    [] => hour.push(p.ts, by, p.action, &[], None, p.hint),
+                    [one] => hour.push(p.ts, by, p.action, &[*one], Some(cv_named(*one)), p.hint),
+                    many => hour.push_batch(p.ts, by, p.action, many, p.hint),
+                }
+                if let Some(delay) = p.again_after_ms {
+                    hour.deliver_again(first, delay, end);
+                }
+            }
+        }
+    }
+}
+
+/// Randomness of the scenarios of issue #14: a stream of its own, so that they shift
+/// nothing in the traffic of the other accounts.
+const PLAN_SEED: u64 = 0x0014_5ce4_a410_0014;
+
+/// One event of a scenario planned ahead: for a whole UTC day (`Surge`) or a whole session.
+struct Planned {
+    ts: i64,
+    /// None: the account's own address.
+    ip: Option<String>,
+    user: usize,
+    action: &'static str,
+    cvs: Vec<u32>,
+    hint: &'static str,
+    /// Delivered a second time, this much later.
+    again_after_ms: Option<i64>,
+}
+
+impl Planned {
+    fn new(ts: i64, action: &'static str, cvs: Vec<u32>, hint: &'static str) -> Planned {
+        Planned {
+            ts,
+            ip: None,
+            user: 0,
+            action,
+            cvs,
+            hint,
+            again_after_ms: None,
+        }
+    }
+}
+
+/// FNV-1a: a fixed hash of an account id, to give each account its own stream.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Every event of `a`'s plan that can fall in the hour from `start` (and possibly others,
+/// which the caller leaves out). The same for every hour it is asked for, so a plan spanning
+/// hours is cut into them exactly.
+fn plan(cfg: &SimConfig, a: &Account, start: i64) -> Vec<Planned> {
+    let root = Rng::new(cfg.seed ^ PLAN_SEED).fork(fnv1a(a.id.as_bytes()));
+    let pool = cfg.cv_pool;
+    let mut out = Vec::new();
+    match a.actor {
+        Actor::Surge {
+            surge_ms,
+            surge_days,
+            batches,
+            from_hour,
+            hours,
+            downloads,
+            cv_offset,
+            surge_ip,
+        } => {
+            let day_ms = start.div_euclid(DAY_MS) * DAY_MS;
+            let mut rng = root.fork(day_ms.div_euclid(DAY_MS) as u64);
+            quiet_day(&mut out, day_ms, pool, a.users.len(), &mut rng);
+            let surge_day = (day_ms - surge_ms).div_euclid(DAY_MS);
+            if day_ms >= surge_ms && surge_day < i64::from(surge_days) {
+                let interval = hours * HOUR_MS / i64::from(batches);
+                for k in 0..batches {
+                    let ts = day_ms + from_hour * HOUR_MS + i64::from(k) * interval + rng.range(0, 60_000) as i64;
+                    let first = u64::from(cv_offset) + (surge_day as u64 * u64::from(batches) + u64::from(k)) * 25;
+                    let cvs = strided(first, 25, pool);
+                    let user = k as usize % a.users.len();
+                    let ip = surge_ip.map(str::to_string);
+                    let search = ts - rng.range(3_000, 20_000) as i64;
+                    out.push(Planned {
+                        ip: ip.clone(),
+                        user,
+                        ..Planned::new(search, "cv_search", Vec::new(), "gs")
+                    });
+                    for cv in cvs.iter().take(downloads as usize) {
+                        let later = ts + rng.range(10_000, 120_000) as i64;
+                        out.push(Planned {
+                            ip: ip.clone(),
+                            user,
+                            ..Planned::new(later, "cv_download", vec![*cv], "gd")
+                        });
+                    }
+                    out.push(Planned {
+                        ip,
+                        user,
+                        ..Planned::new(ts, "cv_view", cvs, "g")
+                    });
+                }
+            }
+        }
+        Actor::Fresh {
+            start_ms,
+            total,
+            cv_offset,
+        } if start < start_ms + HOUR_MS && start + HOUR_MS > start_ms => {
+            // Batches of 8 every four minutes, each after a search.
+            let mut rng = root.fork(0);
+            for b in 0..total.div_ceil(8) {
+                let ts = start_ms + i64::from(b) * 240_000 + rng.range(0, 30_000) as i64;
+                let n = (total - b * 8).min(8);
+                let search = ts - rng.range(5_000, 20_000) as i64;
+                out.push(Planned::new(search.max(start_ms), "cv_search", Vec::new(), "fs"));
+                let cvs = strided(u64::from(cv_offset + b * 8), n, pool);
+                out.push(Planned::new(ts, "cv_view", cvs, "f"));
+            }
+        }
+        Actor::SharedCredentials {
+            start_ms,
+            ips,
+            total,
+            cv_offset,
+        } if start < start_ms + HOUR_MS && start + HOUR_MS > start_ms => {
+            // One batch from each address, all within 55 minutes.
+            let mut rng = root.fork(0);
+            let per_ip = total / ips;
+            let interval = 50 * 60_000 / i64::from(ips);
+            for k in 0..ips {
+                let ts = start_ms + i64::from(k) * interval + rng.range(0, 20_000) as i64;
+                let cvs = strided(u64::from(cv_offset + k * per_ip), per_ip, pool);
+                out.push(Planned {
+                    ip: Some(format!("203.0.113.{}", 100 + k)),
+                    ..Planned::new(ts, "cv_view", cvs, "x")
+                });
+            }
+        }
+        Actor::Redelivered {
+            start_ms,
+            hours,
+            per_hour,
+            views,
+            cv_offset,
+        } if start < start_ms + hours * HOUR_MS + HOUR_MS && start + HOUR_MS > start_ms => {
+            let mut rng = root.fork(0);
+            let users = a.users.len();
+            let interval = HOUR_MS / i64::from(per_hour);
+            for i in 0..hours * i64::from(per_hour) {
+                let ts = start_ms + i * interval + rng.range(0, 1_000) as i64;
+                out.push(Planned {
+                    user: i as usize % users,
+                    again_after_ms: Some(rng.range(2_000, 7_000) as i64),
+                    ..Planned::new(ts, "cv_search", Vec::new(), "rs")
+                });
+            }
+            let every = hours * HOUR_MS / i64::from(views);
+            for j in 0..views {
+                let ts = start_ms + i64::from(j) * every + 4_500 + rng.range(0, 1_000) as i64;
+                out.push(Planned {
+                    user: j as usize % users,
+                    again_after_ms: Some(rng.range(2_000, 7_000) as i64),
+                    ..Planned::new(ts, "cv_view", strided(u64::from(cv_offset + j), 1, pool), "rv")
+                });
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
+/// An ordinary small employer's UTC day: on most working days 10 to 20 distinct CVs read
+/// in office hours (a few also downloaded) and a few searches; nothing at weekends.
+fn quiet_day(out: &mut Vec<Planned>, day_ms: i64, pool: u32, users: usize, rng: &mut Rng) {
+    if local_weekday(day_ms + 12 * HOUR_MS) >= 5 || rng.chance(0.15) {
+        return;
+    }
+    let n = rng.range(10, 21) as usize;
+    let mut cvs: Vec<u32> = Vec::with_capacity(n);
+    while cvs.len() < n {
+        // Popular CVs are read far more often than the rest.
+        let cv = ((pool as f64) * rng.unit().powf(2.5)) as u32;
+        if !cvs.contains(&cv) {
+            cvs.push(cv);
+        }
+    }
+    // 08:00 to 18:00 local.
+    let office = |rng: &mut Rng| day_ms + 6 * HOUR_MS + rng.range(0, 10 * HOUR_MS as u64) as i64;
+    for cv in cvs {
+        let ts = office(rng);
+        let user = rng.range(0, users as u64) as usize;
+        out.push(Planned {
+            user,
+            ..Planned::new(ts, "cv_view", vec![cv], "qv")
+        });
+        if rng.chance(0.15) {
+            let later = ts + rng.range(5_000, 60_000) as i64;
+            out.push(Planned {
+                user,
+                ..Planned::new(later, "cv_download", vec![cv], "qd")
+            });
+        }
+    }
+    for _ in 0..n / 4 {
+        let ts = office(rng);
+        out.push(Planned::new(ts, "cv_search", Vec::new(), "qs"));
     }
 }
 
