@@ -857,3 +857,81 @@ fn a_restart_publishes_only_incidents_changed_since_the_feed_last_published() {
         "a restart published the change again"
     );
 }
+
+/// A search by `pager-1`, one every 5 s of event time, with its own id.
+fn search(i: u32) -> String {
+    format!(
+        r#"{{"ts":{},"event_id":"pager-1-s{i}","account_id":"pager-1","org_id":"org-pager","action":"cv_search","ip":"203.0.113.7"}}"#,
+        cvguard_tests::kafka::HARVEST_T0 + i64::from(i) * 5_000
+    )
+}
+
+#[test]
+fn a_second_delivery_after_a_kill_9_counts_once_for_the_account_and_is_never_re_keyed() {
+    // search-scraping-1h (account, 600 events an hour) and an ip rule of the same shape: a
+    // redelivered search counted again would fire both 100 searches early.
+    let s = setup("dedupe");
+    let port = free_port();
+    let config = s.dir.path().join("cvguard-0.toml");
+    let state = s.dir.path().join("state-0");
+    let ip_rule = r#"
+[[rules]]
+name = "searches-per-ip-1h"
+actions = ["cv_search"]
+group_by = "ip"
+measure = "events"
+window = "1h"
+threshold = 600
+"#;
+    write_config_with(&config, &s.names, port, &state, PARTITIONS, "", ip_rule);
+    let log = |i: usize| s.dir.path().join(format!("serve-{i}.log"));
+    let mut svc = Service::start(&config, port, &log(0));
+    svc.wait_ready(LONG);
+    let producer = Producer::new();
+    let send = |range: std::ops::Range<u32>| {
+        let lines: Vec<String> = range.map(search).collect();
+        producer.send_many(&s.names.events, lines.iter().map(|l| (5, "pager-1", l.as_bytes())));
+    };
+    send(0..400);
+    wait_committed(&s.names.group, &s.names.events, PARTITIONS, 400, LONG);
+    svc.kill9();
+
+    // The producer retries the last 100 after the crash (well within the 10-minute dedupe
+    // window of event time), then the account goes on.
+    let mut svc = Service::start(&config, port, &log(1));
+    svc.wait_ready(LONG);
+    send(300..400);
+    send(400..600);
+    wait_committed(&s.names.group, &s.names.events, PARTITIONS, 700, LONG);
+    let mut alerts = Reader::new(&s.names.alerts, PARTITIONS);
+    assert!(
+        alerts.until(LONG, |seen| seen.len() >= 2),
+        "expected the account and ip alerts; log:\n{}",
+        svc.log_text()
+    );
+    alerts.poll_for(Duration::from_secs(2));
+    let all = alerts.json();
+    for (key, rule) in [("pager-1", "search-scraping-1h"), ("203.0.113.7", "searches-per-ip-1h")] {
+        let fired = alerts_about(&all, key, rule);
+        assert_eq!(fired.len(), 1, "{rule}: {all:?}");
+        assert_eq!(fired[0]["value"], 600);
+        assert_eq!(
+            fired[0]["event_id"], "pager-1-s599",
+            "{rule} fired on the 600th distinct search, not on a redelivery"
+        );
+    }
+    // The 100 redeliveries are counted as duplicates (the ids accepted before the crash
+    // came back from the snapshot or the rebuild).
+    let duplicates = || {
+        let (_, text) = cvguard_tests::service::http(svc.port, "GET", "/metrics", b"").unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("cvguard_events_total{outcome=\"duplicate\"} "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let deadline = Instant::now() + LONG;
+    while duplicates() < 100.0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(duplicates(), 100.0);
+}
