@@ -34,6 +34,8 @@ pub struct Args {
 
 const HARVESTER: &str = "harvester-1";
 
+mod month;
+
 pub fn run(args: Args) -> Result<ExitCode, Failure> {
     let sim = SimConfig {
         seed: args.seed,
@@ -53,6 +55,7 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
         cvguard_config::EMBEDDED_DEFAULT.replace("sqlite://data/cvguard.db", &format!("sqlite://{}", db.display())),
     )?;
     let config = cvguard_config::load(&ConfigSource::File(config_path.clone()), &Overrides::default())?;
+    let rules = Arc::new(config.ruleset.clone());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -86,7 +89,7 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
 
     let (reader, _) = input::open(&written.events)?;
     let mut lines = LineReader::new(reader, config.ruleset.settings.limits.max_event_bytes);
-    let mut engine = Engine::new(Arc::new(config.ruleset));
+    let mut engine = Engine::new(rules.clone());
     engine.track_exposure(true);
     let alerts_path = args.dir.join("alerts.jsonl");
     let mut alerts_file = BufWriter::new(File::create(&alerts_path)?);
@@ -223,7 +226,8 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
     for problem in &verdict.problems {
         writeln!(o, "  MISMATCH: {problem}")?;
     }
-    Ok(if ok && incident_ok && verdict.problems.is_empty() {
+    let month_ok = month::tell(&mut o, rules, args.seed)?;
+    Ok(if ok && incident_ok && month_ok && verdict.problems.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -30,7 +30,9 @@ pub struct Args {
     /// Staffing agency accounts.
     #[arg(long, default_value_t = 8)]
     pub agencies: usize,
-    /// Attack scenarios: harvest, slow, org, partner, all or none (comma separated).
+    /// Attack scenarios: harvest, slow, org, partner, turned, ip_ring, shared_credentials,
+    /// duplicates, recruiting_drive, all or none (comma separated); turned and
+    /// recruiting_drive need --days 25 or more.
     #[arg(long, default_value = "all", value_parser = Scenarios::parse)]
     pub scenarios: Scenarios,
     /// Gzip the events.
