@@ -14,6 +14,24 @@ use cvguard_core::{parse_event, Engine, KeyKind, RuleSet};
 use crate::http::{part_name, part_of, parts_seed, per_kind, PARTS};
 use crate::snapshot_store::SnapshotStore;
 
+/// What in `dir` is service state: a snapshot (of a part or a partition) or an ingest
+/// log with a record in it.
+fn existing_state(dir: &Path) -> Option<String> {
+    let files = |d: &Path| -> Vec<std::fs::DirEntry> {
+        std::fs::read_dir(d).map(|r| r.flatten().collect()).unwrap_or_default()
+    };
+    let snapshot = files(dir)
+        .into_iter()
+        .find(|f| f.path().extension().is_some_and(|e| e == "snap"));
+    if let Some(f) = snapshot {
+        return Some(f.file_name().to_string_lossy().into_owned());
+    }
+    let logged = files(&dir.join("ingest"))
+        .into_iter()
+        .any(|f| f.metadata().is_ok_and(|m| m.len() > 0));
+    logged.then(|| "an ingest log".to_string())
+}
+
 /// The parts of a state folder being filled from past events.
 pub struct WarmStart {
     store: SnapshotStore,
@@ -35,12 +53,8 @@ impl WarmStart {
     /// Opens `dir` (the config's `state.dir`), which must hold no ingest log and no
     /// snapshot yet.
     pub fn new(dir: &Path, rules: Arc<RuleSet>) -> Result<WarmStart, WarmStartError> {
-        for existing in ["ingest", "http", "kafka"] {
-            let path = dir.join(existing);
-            let has_files = std::fs::read_dir(&path).is_ok_and(|mut d| d.next().is_some());
-            if has_files {
-                return Err(WarmStartError::NotEmpty(dir.to_path_buf(), format!("{existing}/")));
-            }
+        if let Some(found) = existing_state(dir) {
+            return Err(WarmStartError::NotEmpty(dir.to_path_buf(), found));
         }
         let seed = parts_seed(dir).map_err(|e| WarmStartError::Io(dir.to_path_buf(), e))?;
         let sets = per_kind(&rules);
