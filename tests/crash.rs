@@ -30,6 +30,10 @@ impl Node {
             port: free_port(),
         };
         node.write_config(sim, suspend_url, store_dir, 2);
+        // The same part seed in every run: keys fall in the same parts, so each part's
+        // newest event time, and with it what the account view reads, is the same.
+        std::fs::create_dir_all(dir.join("state")).unwrap();
+        std::fs::write(dir.join("state/parts.seed"), "5eed5eed5eed5eed\n").unwrap();
         node
     }
 
@@ -116,6 +120,26 @@ impl Node {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// Every account's history under the shipped history rule (`surge-24h`), as the
+    /// account view shows it: its daily values and first day, by account (#14).
+    fn histories(&self, sim: &Path) -> BTreeMap<String, serde_json::Value> {
+        let accounts = std::fs::read_to_string(sim.join("accounts.csv")).unwrap();
+        let mut out = BTreeMap::new();
+        for account in accounts.lines().skip(1).filter_map(|l| l.split(',').next()) {
+            let (code, text) = http(self.port, "GET", &format!("/v1/accounts/{account}"), b"").unwrap();
+            assert_eq!(code, 200, "{text}");
+            let view: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let history = view["windows"]
+                .as_array()
+                .and_then(|ws| ws.iter().find(|w| w["rule"] == "surge-24h"))
+                .map(|w| w["baseline"].clone());
+            if let Some(h) = history {
+                out.insert(account.to_string(), h);
+            }
+        }
+        out
     }
 
     fn alerts(&self) -> Vec<serde_json::Value> {
@@ -232,6 +256,8 @@ struct Reference {
     incidents: BTreeMap<(String, String, String), String>,
     calls: BTreeMap<String, usize>,
     alerts: BTreeSet<(String, String)>,
+    /// Per account, its history under `surge-24h` at the end.
+    histories: BTreeMap<String, serde_json::Value>,
 }
 
 /// The reference: the same input posted to a service that nothing interrupts. Both tests
@@ -249,8 +275,10 @@ fn uninterrupted() -> &'static Reference {
             node.post(&svc, c);
         }
         let incidents = node.settled_incidents(&svc);
+        let histories = node.histories(&sim);
         assert!(svc.sigterm(WAIT).success());
         Reference {
+            histories,
             incidents: summary(&incidents),
             calls: suspend_calls(&receiver),
             alerts: alert_keys(&node.alerts()).into_iter().collect(),
@@ -326,6 +354,29 @@ fn kill_9_at_bad_moments_gives_the_incidents_and_suspensions_of_an_uninterrupted
         "{segments} segments kept of {logged} bytes logged"
     );
     let log = svc.log_text();
+    // Every account's daily values came through the crashes as they are without them.
+    let histories = node.histories(&sim);
+    assert!(
+        calm.histories
+            .values()
+            .filter(|h| h["daily_values"].as_array().is_some_and(|d| d.len() == 2))
+            .count()
+            > 100,
+        "the board's accounts have two days of history by its third day: {:?}",
+        calm.histories.iter().take(3).collect::<Vec<_>>()
+    );
+    let differ: Vec<String> = histories
+        .iter()
+        .filter(|(account, h)| calm.histories.get(*account) != Some(*h))
+        .map(|(account, h)| {
+            let want = &calm.histories.get(account).map(|w| w["daily_values"].clone());
+            format!("{account}: got {} want {want:?}", h["daily_values"])
+        })
+        .collect();
+    assert!(
+        differ.is_empty() && histories.len() == calm.histories.len(),
+        "{differ:?}"
+    );
     assert!(svc.sigterm(WAIT).success());
 
     assert_same(&summary(&incidents), &calm.incidents, &log);
