@@ -253,6 +253,86 @@ fn print_heap_profile(profile: &HeapProfile, units: u64, unit: &str) {
     }
 }
 
+/// What issue #14's rules cost: throughput with and without them on the same input, three
+/// alternated runs each, and the bytes a history and a kept event id take.
+fn print_issue_14_cost(rules: &Arc<RuleSet>, lines: &[&[u8]], engine: &Engine) {
+    const NEW: [&str; 3] = ["surge-24h", "accounts-per-ip-24h", "ips-per-account-1h"];
+    let variants = [
+        (
+            format!("without {}", NEW.join(", ")),
+            Arc::new(rules.retaining(b"before-14", |r| !NEW.contains(&r.name.as_str()))),
+        ),
+        (
+            "without surge-24h".to_string(),
+            Arc::new(rules.retaining(b"no-history", |r| r.name != "surge-24h")),
+        ),
+        ("all".to_string(), rules.clone()),
+    ];
+    let mut rates = vec![Vec::new(); variants.len()];
+    for _ in 0..3 {
+        for ((_, set), rates) in variants.iter().zip(&mut rates) {
+            let (run, _) = replay(set.clone(), lines, false);
+            rates.push(format!("{:.0}", run.events as f64 / run.secs));
+        }
+    }
+    for ((name, _), rates) in variants.iter().zip(&rates) {
+        println!(
+            "| replay, 1 thread, shipped rules {name} (3 alternated runs) | {} events/s |",
+            rates.join(", ")
+        );
+    }
+    // Deduplication at its busiest: the most ids kept at once, and the table's bytes then.
+    let mut busiest = (0usize, 0u64);
+    let mut probe = Engine::new(rules.clone());
+    let mut out = Vec::new();
+    for (i, l) in lines.iter().enumerate() {
+        probe.process_bytes(l, None, &mut out);
+        out.clear();
+        if i % 20_000 == 0 && probe.dedupe_ids() > busiest.0 {
+            let bytes = probe
+                .heap_profile()
+                .parts
+                .iter()
+                .find(|(p, _)| p.starts_with("event ids"))
+                .map_or(0, |(_, b)| *b);
+            busiest = (probe.dedupe_ids(), bytes);
+        }
+    }
+    println!(
+        "| dedupe at its busiest (10 minutes of event time): event ids kept / bytes each | {} / {:.0} |",
+        busiest.0,
+        busiest.1 as f64 / busiest.0.max(1) as f64
+    );
+    let snap = engine.snapshot();
+    let profile = engine.heap_profile();
+    let part = |name: &str| {
+        profile
+            .parts
+            .iter()
+            .find(|(p, _)| p.starts_with(name))
+            .map_or(0, |(_, b)| *b)
+    };
+    let histories = snap.histories.len().max(1) as f64;
+    let days: usize = rules
+        .rules
+        .iter()
+        .filter_map(|r| r.baseline.map(|b| b.history_days as usize + 1))
+        .max()
+        .unwrap_or(1);
+    println!(
+        "| history: (rule, key) pairs / bytes each (daily values, key, table) / per day kept | {} / {:.0} / {:.1} |",
+        snap.histories.len(),
+        part("baseline histories") as f64 / histories,
+        part("baseline histories") as f64 / histories / days as f64
+    );
+    let open: usize = snap.histories.iter().flat_map(|h| &h.open).map(|(_, v)| v.len()).sum();
+    println!(
+        "| history: distinct CVs of open days held / bytes each | {} / {:.1} |",
+        open,
+        part("baseline: distinct") as f64 / open.max(1) as f64
+    );
+}
+
 fn us(ns: u64) -> f64 {
     ns as f64 / 1000.0
 }
@@ -291,7 +371,7 @@ fn main() {
     println!("|---|---|");
     println!("| plain serde_json parse, 1 thread | {:.0} events/s |", plain);
     println!(
-        "| replay, 1 thread, all 7 rules | {:.0} events/s, {:.0} MB/s |",
+        "| replay, 1 thread, all shipped rules | {:.0} events/s, {:.0} MB/s |",
         run.events as f64 / run.secs,
         mb / run.secs
     );
@@ -309,6 +389,7 @@ fn main() {
         "| state at the end: keys / live (key, CV) pairs / interned CVs | {} / {} / {} |",
         size.keys, size.cv_pairs, size.interned_cvs
     );
+    print_issue_14_cost(&rules, &mixed_lines, &engine);
     drop(engine);
     drop(mixed_lines);
     drop(mixed);
@@ -333,7 +414,7 @@ fn main() {
     let (run, engine) = replay(rules.clone(), &single_lines, false);
     let heap_state = live_heap_bytes().saturating_sub(heap_before);
     println!(
-        "| replay, 1 thread, all 7 rules | {:.0} events/s |",
+        "| replay, 1 thread, all shipped rules | {:.0} events/s |",
         run.events as f64 / run.secs
     );
     let (lat, _) = replay(rules.clone(), &single_lines, true);

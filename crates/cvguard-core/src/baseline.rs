@@ -10,7 +10,9 @@
 
 use std::fmt;
 
-use rustc_hash::{FxHashMap, FxHashSet};
+use hashbrown::hash_map::EntryRef;
+use hashbrown::HashMap;
+use rustc_hash::{FxBuildHasher, FxHashSet};
 use serde::{Deserialize, Serialize};
 
 use crate::interner::{Interner, Sym};
@@ -340,7 +342,7 @@ pub(crate) enum Amount<'a> {
 #[derive(Debug)]
 pub(crate) struct HistoryTable {
     pub(crate) baseline: Baseline,
-    pub(crate) keys: FxHashMap<Box<str>, KeyHistory>,
+    pub(crate) keys: HashMap<Box<str>, KeyHistory, FxBuildHasher>,
 }
 
 /// Why a key was not given a history: its table was full.
@@ -351,7 +353,7 @@ impl HistoryTable {
     pub(crate) fn new(baseline: Baseline) -> HistoryTable {
         HistoryTable {
             baseline,
-            keys: FxHashMap::default(),
+            keys: HashMap::default(),
         }
     }
 
@@ -367,22 +369,21 @@ impl HistoryTable {
         amount: Amount<'_>,
         max_keys: usize,
         values: &mut Interner,
-    ) -> Result<(), Refused> {
+    ) -> Result<&mut KeyHistory, Refused> {
         let history_days = self.baseline.history_days;
         let full = self.keys.len() >= max_keys;
-        let h = match self.keys.get_mut(key) {
-            Some(h) => {
+        // One lookup; the key's text is copied only when it is new.
+        let h = match self.keys.entry_ref(key) {
+            EntryRef::Occupied(o) => {
+                let h = o.into_mut();
                 if i64::from(h.newest_day) < i64::from(now_day) - i64::from(history_days) {
                     h.release_all(values);
                     *h = KeyHistory::new(day, history_days);
                 }
                 h
             }
-            None if full => return Err(Refused),
-            None => self
-                .keys
-                .entry(key.into())
-                .or_insert(KeyHistory::new(day, history_days)),
+            EntryRef::Vacant(_) if full => return Err(Refused),
+            EntryRef::Vacant(v) => v.insert(KeyHistory::new(day, history_days)),
         };
         h.first_day = h.first_day.min(day);
         let n = match amount {
@@ -406,7 +407,7 @@ impl HistoryTable {
             }
         };
         h.add(day, n);
-        Ok(())
+        Ok(h)
     }
 
     /// Frees what days before `wm_day` hold: the distinct values of days that can

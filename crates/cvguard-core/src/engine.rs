@@ -625,6 +625,11 @@ impl Engine {
         }
     }
 
+    /// The event ids kept for deduplication now (benchmarks weigh them).
+    pub fn dedupe_ids(&self) -> usize {
+        self.dedupe.len()
+    }
+
     pub fn state_size(&self) -> StateSize {
         StateSize {
             keys: self.tables.iter().map(|t| t.len() as u64).sum(),
@@ -742,7 +747,7 @@ impl Engine {
                 self.terms.push(0);
                 continue;
             };
-            if rule.action_mask & (1u64 << action) != 0 {
+            let history = if rule.action_mask & (1u64 << action) != 0 {
                 // The event's value of a names field, held while it is counted.
                 let held = match rule.measure.distinct_field() {
                     Some(DistinctField::Accounts) => Some(self.names.intern_retained(&ev.account_id)),
@@ -757,14 +762,18 @@ impl Engine {
                     _ => Amount::Distinct(held.as_slice()),
                 };
                 let values = values_of(rule, &mut self.interner, &mut self.names);
-                if table.count(key, ev_day, now_day, amount, max_keys, values).is_err() {
-                    self.stats.keys_refused += 1;
-                }
+                let counted = table.count(key, ev_day, now_day, amount, max_keys, values);
                 if let Some(h) = held {
                     self.names.release(h);
                 }
-            }
-            let term = table.keys.get_mut(key).and_then(|h| h.term(baseline, now_day));
+                if counted.is_err() {
+                    self.stats.keys_refused += 1;
+                }
+                counted.ok()
+            } else {
+                table.keys.get_mut(key)
+            };
+            let term = history.and_then(|h| h.term(baseline, now_day));
             self.terms.push(term.map_or(u64::MAX, |(t, _)| t));
         }
     }

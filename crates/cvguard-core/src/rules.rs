@@ -544,9 +544,15 @@ impl RuleSet {
     /// The same rules, settings and profiles, keeping only the rules of `kind`. A service
     /// runs one engine per key kind so that each (rule, key) lives on exactly one shard.
     pub fn restricted_to(&self, kind: KeyKind) -> RuleSet {
+        self.retaining(&[kind.id_byte()], |r| r.group_by == kind)
+    }
+
+    /// The same settings and profiles with only the rules `keep` keeps (benchmarks and
+    /// backtests compare rule sets this way). `tag` tells the result's fingerprint apart.
+    pub fn retaining(&self, tag: &[u8], keep: impl Fn(&Rule) -> bool) -> RuleSet {
         let mut set = self.clone();
-        set.rules.retain(|r| r.group_by == kind);
-        set.fingerprint = crate::alert::stable_hash(&[&self.fingerprint.to_be_bytes(), &[kind.id_byte()]]);
+        set.rules.retain(|r| keep(r));
+        set.fingerprint = crate::alert::stable_hash(&[&self.fingerprint.to_be_bytes(), tag]);
         set.index_rules();
         set
     }
