@@ -29,6 +29,7 @@ fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
 
 pub async fn metrics(State(s): State<ApiState>) -> impl IntoResponse {
     let scrape = Registry::new();
+    cvguard_stream::metrics::register_process_metrics(&scrape);
     let (stats, size) = s.detection.stats();
     let counts = s.detection.event_counts();
     let events = counter_vec(
@@ -115,6 +116,11 @@ pub async fn metrics(State(s): State<ApiState>) -> impl IntoResponse {
         );
         for outcome in ["queued", "delivered", "failed", "cancelled"] {
             suspensions.with_label_values(&[outcome]);
+        }
+        for kind in ["suspend", "unsuspend"] {
+            for status in ["pending", "sending", "delivered", "failed", "cancelled"] {
+                calls.with_label_values(&[kind, status]);
+            }
         }
         for (kind, status, n) in rows {
             calls.with_label_values(&[&kind, &status]).set(n);

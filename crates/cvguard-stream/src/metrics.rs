@@ -59,7 +59,11 @@ impl Metrics {
                 "cvguard_decision_latency_seconds",
                 "Time from an event's arrival at cvguard to the engine's decision.",
             )
-            .buckets(vec![1e-6, 5e-6, 2e-5, 1e-4, 5e-4, 1e-3, 5e-3, 0.02, 0.1, 0.5, 2.0]),
+            // Up to minutes: a decision held up by a store outage or a catch-up must land in
+            // a bucket of its own, not in +Inf.
+            .buckets(vec![
+                1e-6, 5e-6, 2e-5, 1e-4, 5e-4, 1e-3, 5e-3, 0.02, 0.1, 0.5, 2.0, 10.0, 30.0, 60.0, 300.0,
+            ]),
         )
         .expect("metric");
         let time_to_detect = prometheus::HistogramVec::new(
@@ -78,6 +82,10 @@ impl Metrics {
             &["result"],
         )
         .expect("metric");
+        // Born at zero: an alert on `increase(...{result="error"})` must see the first one.
+        for r in ["success", "error"] {
+            config_reloads.with_label_values(&[r]);
+        }
         let consumer_lag = IntGaugeVec::new(
             Opts::new(
                 "cvguard_consumer_lag_messages",
@@ -167,6 +175,28 @@ impl Metrics {
         }
     }
 
+    /// Creates, at zero, the series the rules will feed: accepted events by each action a
+    /// rule counts (and `other`), alerts by rule, severity and each action the rule can
+    /// decide, time to detect by rule. A dashboard and an alert on their increase see them
+    /// from the start; after a reload, the new rules' series are added.
+    pub fn seed(&self, rules: &cvguard_core::RuleSet) {
+        self.events_by_action.with_label_values(&["other"]);
+        for rule in &rules.rules {
+            for action in &rule.actions {
+                self.events_by_action.with_label_values(&[action.as_str()]);
+            }
+            let mut decisions = vec!["alert"];
+            if rule.response == cvguard_core::Response::Suspend {
+                decisions.push("suspend");
+            }
+            for decision in decisions {
+                self.alerts
+                    .with_label_values(&[rule.name.as_str(), rule.severity.as_str(), decision]);
+            }
+            self.time_to_detect.with_label_values(&[rule.name.as_str()]);
+        }
+    }
+
     /// Records one decision's latency.
     pub fn decided(&self, latency: Duration) {
         self.decision_latency.observe(latency.as_secs_f64());
@@ -247,6 +277,96 @@ impl LocalMeter {
             }
         }
         self.latencies_us.clear();
+    }
+}
+
+/// `cvguard_build_info` and the standard `process_*` series (CPU, memory, open files, start
+/// time), read from `/proc/self` at each scrape, into `registry`. Elsewhere than Linux
+/// only the build info.
+pub fn register_process_metrics(registry: &Registry) {
+    let info = IntGaugeVec::new(
+        Opts::new("cvguard_build_info", "Always 1; the labels say which build is running."),
+        &["version"],
+    )
+    .expect("metric");
+    info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+    let _ = registry.register(Box::new(info));
+    let Some(p) = process::read() else { return };
+    let gauge = |name: &str, help: &str, value: f64| {
+        let g = prometheus::Gauge::new(name, help).expect("metric");
+        g.set(value);
+        let _ = registry.register(Box::new(g));
+    };
+    let counter = prometheus::Counter::new(
+        "process_cpu_seconds_total",
+        "Total user and system CPU time spent in seconds.",
+    )
+    .expect("metric");
+    counter.inc_by(p.cpu_seconds);
+    let _ = registry.register(Box::new(counter));
+    gauge(
+        "process_resident_memory_bytes",
+        "Resident memory size in bytes.",
+        p.resident_bytes,
+    );
+    gauge(
+        "process_virtual_memory_bytes",
+        "Virtual memory size in bytes.",
+        p.virtual_bytes,
+    );
+    gauge("process_open_fds", "Number of open file descriptors.", p.open_fds);
+    gauge("process_max_fds", "Maximum number of open file descriptors.", p.max_fds);
+    gauge(
+        "process_start_time_seconds",
+        "Start time of the process since unix epoch in seconds.",
+        p.start_time_seconds,
+    );
+}
+
+/// The process's own figures from procfs (Linux), in the units of the Prometheus client
+/// libraries' process collectors.
+mod process {
+    pub struct Figures {
+        pub cpu_seconds: f64,
+        pub resident_bytes: f64,
+        pub virtual_bytes: f64,
+        pub open_fds: f64,
+        pub max_fds: f64,
+        pub start_time_seconds: f64,
+    }
+
+    /// Clock ticks per second and page size: fixed at 100 and 4096 on the Linux
+    /// platforms cvguard is built for (reading them needs libc's sysconf).
+    const TICKS: f64 = 100.0;
+    const PAGE: f64 = 4096.0;
+
+    pub fn read() -> Option<Figures> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok());
+        // Numbered from field 3 (state) as 0: utime 14, stime 15, starttime 22, vsize 23, rss 24.
+        let (utime, stime, start, vsize, rss) = (num(11)?, num(12)?, num(19)?, num(20)?, num(21)?);
+        let boot = std::fs::read_to_string("/proc/stat")
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix("btime ").and_then(|v| v.trim().parse::<f64>().ok()))?;
+        let open_fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count()) as f64;
+        let max_fds = std::fs::read_to_string("/proc/self/limits")
+            .ok()?
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .and_then(|l| l.split_whitespace().nth(3).and_then(|v| v.parse::<f64>().ok()))
+            .unwrap_or(0.0);
+        Some(Figures {
+            cpu_seconds: (utime + stime) / TICKS,
+            resident_bytes: rss * PAGE,
+            virtual_bytes: vsize,
+            open_fds,
+            max_fds,
+            start_time_seconds: boot + start / TICKS,
+        })
     }
 }
 

@@ -92,6 +92,7 @@ async fn serve(config: Config, source: ConfigSource) -> Result<(), Failure> {
     // Keeps each open incident's Alertmanager alert alive and resolves it when it closes.
     tokio::spawn(cvguard_respond::alertmanager::run(store.clone(), config.sinks.clone()));
     let metrics = Arc::new(Metrics::new());
+    metrics.seed(&config.ruleset);
     let health = Arc::new(Health::default());
     let effects = cvguard_stream::Effects::new(Some(responder.clone()), sinks.clone(), metrics.clone(), health.clone());
     let shutdown = Arc::new(AtomicBool::new(false));
@@ -323,6 +324,7 @@ async fn watch_config(
                 let r = rules.clone();
                 let _ = tokio::task::spawn_blocking(move || d.reload(r)).await;
                 *live.write().expect("rules") = rules.clone();
+                metrics.seed(&rules);
                 profiles = config.profiles_path.clone();
                 seen = (modified(&file), modified(&profiles));
                 metrics.config_reloads.with_label_values(&["success"]).inc();
