@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: demo test fmt fmt-check clippy build build-release unit e2e services kafka-up kafka-down pg-up prometheus-tools run bench clean
+.PHONY: demo test fmt fmt-check clippy build build-release unit e2e services kafka-up kafka-down pg-up prometheus-tools shell-tools run bench clean
 
 ## The main job: simulate the werk.nl weekend and replay it with the shipped rules.
 demo: build-release
@@ -30,13 +30,16 @@ unit: pg-up
 	$(CARGO) test --workspace --exclude cvguard-tests
 
 ## Services the end-to-end tests talk to, installed and started by our own scripts.
-services: kafka-up pg-up prometheus-tools
+services: kafka-up pg-up prometheus-tools shell-tools
 
 pg-up:
 	scripts/pg-up.sh
 
 prometheus-tools:
 	scripts/prometheus-tools.sh
+
+shell-tools:
+	scripts/shell-tools.sh
 
 kafka-up:
 	scripts/kafka-up.sh

@@ -24,6 +24,35 @@ pub struct Args {
     /// Config file (TOML). Without it, the shipped default compiled into the binary.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Profile CSV to use instead of the config's `[profiles] path` (also on reloads): e.g.
+    /// the `accounts.csv` that `cvguard simulate` wrote beside its events.
+    #[arg(long, value_name = "FILE")]
+    profiles: Option<PathBuf>,
+    /// Write the process id to this file at start and remove it at a clean stop, for
+    /// `kill -HUP $(cat FILE)` (reload) and `kill $(cat FILE)` (drain and stop).
+    #[arg(long, value_name = "FILE")]
+    pidfile: Option<PathBuf>,
+}
+
+/// The pid file, removed when the service stops (not after a crash: a stale file then
+/// names a process that is gone, as with any daemon).
+struct PidFile(PathBuf);
+
+impl PidFile {
+    fn write(path: PathBuf) -> anyhow::Result<PidFile> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        std::fs::write(&path, format!("{}\n", std::process::id()))
+            .with_context(|| format!("writing the pid file {}", path.display()))?;
+        Ok(PidFile(path))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 pub fn run(args: Args) -> Result<ExitCode, Failure> {
@@ -31,15 +60,19 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
     let source = args
         .config
         .map_or_else(ConfigSource::embedded_default, ConfigSource::File);
-    let config = cvguard_config::load(&source, &Overrides::default())?;
+    let overrides = Overrides {
+        profiles_path: args.profiles,
+    };
+    let config = cvguard_config::load(&source, &overrides)?;
     telemetry::init(config.log.format);
+    let _pidfile = args.pidfile.map(PidFile::write).transpose()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     let timeout = config.timing.shutdown_timeout;
-    let served = runtime.block_on(serve(config, source));
+    let served = runtime.block_on(serve(config, source, overrides));
     // Dropping a runtime waits for its blocking tasks for ever; a drain that overran the
     // timeout must not keep the process alive.
     runtime.shutdown_timeout(Duration::from_secs(2).min(timeout));
@@ -50,7 +83,7 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn serve(config: Config, source: ConfigSource) -> Result<(), Failure> {
+async fn serve(config: Config, source: ConfigSource, overrides: Overrides) -> Result<(), Failure> {
     let workers = match config.service.workers {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
         n => n,
@@ -97,7 +130,7 @@ async fn serve(config: Config, source: ConfigSource) -> Result<(), Failure> {
     let effects = cvguard_stream::Effects::new(Some(responder.clone()), sinks.clone(), metrics.clone(), health.clone());
     let shutdown = Arc::new(AtomicBool::new(false));
     let rules = Arc::new(config.ruleset.clone());
-    info!(message = "Starting.", config = %config.source_name, source = ?config.source.kind, rules = rules.rules.len(), workers);
+    info!(message = "Starting.", pid = std::process::id(), config = %config.source_name, source = ?config.source.kind, rules = rules.rules.len(), workers);
 
     let mut ingest = None;
     let mut kafka_handle = None;
@@ -194,6 +227,7 @@ async fn serve(config: Config, source: ConfigSource) -> Result<(), Failure> {
     });
     let reloader = tokio::spawn(watch_config(
         source,
+        overrides,
         config.profiles_path.clone(),
         detection,
         live_rules,
@@ -287,6 +321,7 @@ fn modified(path: &Option<PathBuf>) -> Option<SystemTime> {
 /// others need a restart.
 async fn watch_config(
     source: ConfigSource,
+    overrides: Overrides,
     mut profiles: Option<PathBuf>,
     detection: Arc<dyn Detection>,
     live: Arc<RwLock<Arc<RuleSet>>>,
@@ -315,8 +350,8 @@ async fn watch_config(
             continue;
         }
         seen = now;
-        let source = source.clone();
-        let loaded = tokio::task::spawn_blocking(move || cvguard_config::load(&source, &Overrides::default())).await;
+        let (source, overrides) = (source.clone(), overrides.clone());
+        let loaded = tokio::task::spawn_blocking(move || cvguard_config::load(&source, &overrides)).await;
         match loaded {
             Ok(Ok(config)) => {
                 let rules = Arc::new(config.ruleset);

@@ -63,6 +63,9 @@ pub struct Written {
     pub events: PathBuf,
     pub accounts: PathBuf,
     pub labels: PathBuf,
+    /// The shipped config with this board's profiles, and the store, state and alerts in
+    /// the same folder: `cvguard serve --config <it>` runs the board as it is meant.
+    pub config: PathBuf,
     pub summary: cvguard_sim::TrafficSummary,
 }
 
@@ -90,25 +93,57 @@ pub fn write_all(cfg: &SimConfig, out: &Path, gzip: bool) -> anyhow::Result<Writ
     let mut w = BufWriter::new(File::create(&labels)?);
     write_labels(&population, &mut w)?;
     w.flush()?;
+    let config = out.join("cvguard.toml");
+    fs::write(&config, ready_config(out)?).with_context(|| format!("cannot create {}", config.display()))?;
     Ok(Written {
         events,
         accounts,
         labels,
+        config,
         summary,
     })
+}
+
+/// The shipped config with every file it names in `dir` (absolute paths, so it works
+/// from any working directory): the simulated profiles, the store, the state folder and
+/// the alerts file.
+pub fn ready_config(dir: &Path) -> anyhow::Result<String> {
+    let dir = fs::canonicalize(dir).with_context(|| format!("cannot resolve {}", dir.display()))?;
+    let d = dir.display().to_string().replace('\\', "/");
+    let mut text = cvguard_config::EMBEDDED_DEFAULT.to_string();
+    for (shipped, here) in [
+        (
+            "url = \"sqlite://data/cvguard.db\"",
+            format!("url = \"sqlite://{d}/cvguard.db\""),
+        ),
+        ("dir = \"data/state\"", format!("dir = \"{d}/state\"")),
+        ("path = \"data/alerts.jsonl\"", format!("path = \"{d}/alerts.jsonl\"")),
+        ("path = \"accounts.csv\"", format!("path = \"{d}/accounts.csv\"")),
+    ] {
+        anyhow::ensure!(
+            text.matches(shipped).count() == 1,
+            "the shipped config no longer has `{shipped}` once; update ready_config"
+        );
+        text = text.replace(shipped, &here);
+    }
+    Ok(format!(
+        "# Written by `cvguard simulate`: the shipped config (config/cvguard.toml), its files in this folder.\n{text}"
+    ))
 }
 
 pub fn run(args: Args) -> Result<ExitCode, Failure> {
     let cfg = args.sim_config()?;
     let written = write_all(&cfg, &args.out, args.gzip)?;
     eprintln!(
-        "wrote {} events ({} CV ids, {:.1} MB) to {}\nprofiles: {}\nlabels: {}",
+        "wrote {} events ({} CV ids, {:.1} MB) to {}\nprofiles: {}\nlabels: {}\nconfig: {} (cvguard serve --config {})",
         written.summary.events,
         written.summary.cv_ids,
         written.summary.bytes as f64 / 1e6,
         written.events.display(),
         written.accounts.display(),
-        written.labels.display()
+        written.labels.display(),
+        written.config.display(),
+        written.config.display()
     );
     Ok(ExitCode::SUCCESS)
 }
