@@ -131,10 +131,13 @@ pub struct BaselineExplain {
     /// does not fire for it.
     pub judged: bool,
     pub min_history_days: u32,
-    /// The UTC day of the first event the rule counted for the key.
-    pub first_day: String,
-    /// The UTC day of the first of `daily_values`.
-    pub history_from: String,
+    /// The UTC day of the first event the rule counted for the key; absent when it has
+    /// no history (none counted yet, or none kept: see `max_tracked_keys`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_day: Option<String>,
+    /// The UTC day of the first of `daily_values`; absent with `first_day`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history_from: Option<String>,
     /// The key's value on each whole UTC day of its history, oldest first.
     pub daily_values: Vec<u64>,
 }

@@ -150,7 +150,16 @@ impl Baseline {
     /// The threshold the history sets: `factor x statistic`, rounded up (a whole-number
     /// value reaches `factor x statistic` exactly when it reaches this).
     pub fn term(&self, statistic: f64) -> u64 {
-        let t = (self.factor * statistic).ceil();
+        // `factor` is decimal in config and binary here: 1.1 x 50 is 55.000000000000007,
+        // which must be 55 as an analyst works it out, not 56. A product within a few
+        // units in the last place of a whole number is that number.
+        let product = self.factor * statistic;
+        let nearest = product.round();
+        let t = if (product - nearest).abs() <= 1e-9 * nearest.abs().max(1.0) {
+            nearest
+        } else {
+            product.ceil()
+        };
         if t >= u64::MAX as f64 {
             u64::MAX
         } else {
@@ -345,9 +354,14 @@ pub(crate) struct HistoryTable {
     pub(crate) keys: HashMap<Box<str>, KeyHistory, FxBuildHasher>,
 }
 
-/// Why a key was not given a history: its table was full.
-#[derive(Debug)]
-pub(crate) struct Refused;
+/// Why a key was not given a history.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// Its table holds `max_tracked_keys` already.
+    Full,
+    /// The event added nothing, and the key has no history to add it to.
+    Nothing,
+}
 
 impl HistoryTable {
     pub(crate) fn new(baseline: Baseline) -> HistoryTable {
@@ -371,6 +385,15 @@ impl HistoryTable {
         values: &mut Interner,
     ) -> Result<&mut KeyHistory, Refused> {
         let history_days = self.baseline.history_days;
+        // The first day is that of the first event the rule counted: one that adds
+        // nothing (a distinct rule's event without a value) starts no history.
+        let adds = match amount {
+            Amount::Count(n) => n > 0,
+            Amount::Distinct(values) => !values.is_empty(),
+        };
+        if !adds && !self.keys.contains_key(key) {
+            return Err(Refused::Nothing);
+        }
         let full = self.keys.len() >= max_keys;
         // One lookup; the key's text is copied only when it is new.
         let h = match self.keys.entry_ref(key) {
@@ -382,7 +405,7 @@ impl HistoryTable {
                 }
                 h
             }
-            EntryRef::Vacant(_) if full => return Err(Refused),
+            EntryRef::Vacant(_) if full => return Err(Refused::Full),
             EntryRef::Vacant(v) => v.insert(KeyHistory::new(day, history_days)),
         };
         h.first_day = h.first_day.min(day);
@@ -525,9 +548,12 @@ impl HistoryTable {
     /// The same histories under another length of history (a reload that changed it).
     pub(crate) fn resized(mut self, baseline: Baseline) -> HistoryTable {
         if baseline.history_days != self.baseline.history_days {
+            let old_span = self.baseline.history_days as i32;
             for h in self.keys.values_mut() {
                 let mut n = KeyHistory::new(h.newest_day, baseline.history_days);
-                n.first_day = h.first_day;
+                // Days the shorter ring let go of are unknown, not quiet: the history
+                // starts at the oldest day still held.
+                n.first_day = h.first_day.max(h.newest_day - old_span);
                 let span = baseline.history_days as i32;
                 for d in h.newest_day - span..=h.newest_day {
                     let slot = n.slot(d);

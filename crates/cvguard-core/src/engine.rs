@@ -766,7 +766,7 @@ impl Engine {
                 if let Some(h) = held {
                     self.names.release(h);
                 }
-                if counted.is_err() {
+                if counted.as_ref().err() == Some(&crate::baseline::Refused::Full) {
                     self.stats.keys_refused += 1;
                 }
                 counted.ok()
@@ -1187,8 +1187,8 @@ impl KeyView<'_> {
             floor,
             judged: term.is_some(),
             min_history_days: baseline.min_history_days,
-            first_day: format_day(judgement.as_ref().map_or(day, |j| j.first_day)),
-            history_from: format_day(judgement.as_ref().map_or(day, |j| j.from_day)),
+            first_day: judgement.as_ref().map(|j| format_day(j.first_day)),
+            history_from: judgement.as_ref().map(|j| format_day(j.from_day)),
             daily_values: judgement.map(|j| j.daily).unwrap_or_default(),
         };
         (term.map_or(floor, |(t, _)| floor.max(t)), Some(explain))

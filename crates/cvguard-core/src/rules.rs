@@ -493,18 +493,29 @@ impl RuleSet {
             return Err(issues);
         }
         let fingerprint = {
-            // What the state's layout and values depend on: a rule's description does
-            // not, and changing it must not make a restart refuse the snapshots.
-            let described: Vec<RuleSpec> = specs
+            // What the state's layout and values depend on, and nothing else: each rule's
+            // name, key kind, measure, window, actions and length of history, in order,
+            // and the engine settings. A restart after a change of threshold, segments,
+            // per_vacancy, response, severity, dry run, factor, statistic, min_history or
+            // description keeps every window and history (as a reload does: effective
+            // thresholds are computed afresh at restore).
+            type Shape<'r> = (&'r str, KeyKind, Measure, i64, Vec<&'r str>, u32);
+            let shapes: Vec<Shape<'_>> = rules
                 .iter()
-                .map(|s| RuleSpec {
-                    description: None,
-                    ..s.clone()
+                .map(|r| {
+                    let mut actions: Vec<&str> = r.actions.iter().map(String::as_str).collect();
+                    actions.sort_unstable();
+                    let history = r.baseline.map_or(0, |b| b.history_days);
+                    (r.name.as_str(), r.group_by, r.measure, r.window_secs, actions, history)
                 })
                 .collect();
-            let specs = serde_json::to_vec(&described).unwrap_or_default();
-            let engine = serde_json::to_vec(engine).unwrap_or_default();
-            crate::alert::stable_hash(&[&specs, &engine])
+            let shapes = serde_json::to_vec(&shapes).unwrap_or_default();
+            let engine = serde_json::to_vec(&EngineSpec {
+                dry_run: false,
+                ..engine.clone()
+            })
+            .unwrap_or_default();
+            crate::alert::stable_hash(&[&shapes, &engine])
         };
         let mut set = RuleSet {
             rules,

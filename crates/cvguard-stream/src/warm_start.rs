@@ -14,9 +14,14 @@ use cvguard_core::{parse_event, Engine, KeyKind, RuleSet};
 use crate::http::{part_name, part_of, parts_seed, per_kind, PARTS};
 use crate::snapshot_store::SnapshotStore;
 
-/// What in `dir` is service state: a snapshot (of a part or a partition) or an ingest
-/// log with a record in it.
+/// What in `dir` is service state: a snapshot (of a part or a partition), an ingest log,
+/// or the part seed a service (running now, perhaps) made at its start.
 fn existing_state(dir: &Path) -> Option<String> {
+    for made_by_serve in ["parts.seed", "ingest"] {
+        if dir.join(made_by_serve).exists() {
+            return Some(made_by_serve.to_string());
+        }
+    }
     let files = |d: &Path| -> Vec<std::fs::DirEntry> {
         std::fs::read_dir(d).map(|r| r.flatten().collect()).unwrap_or_default()
     };
@@ -26,10 +31,7 @@ fn existing_state(dir: &Path) -> Option<String> {
     if let Some(f) = snapshot {
         return Some(f.file_name().to_string_lossy().into_owned());
     }
-    let logged = files(&dir.join("ingest"))
-        .into_iter()
-        .any(|f| f.metadata().is_ok_and(|m| m.len() > 0));
-    logged.then(|| "an ingest log".to_string())
+    None
 }
 
 /// The parts of a state folder being filled from past events.

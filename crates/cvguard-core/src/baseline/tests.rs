@@ -242,3 +242,42 @@ fn a_longer_history_after_a_reload_keeps_the_days_it_had() {
     let t = t.resized(shorter);
     assert_eq!(t.keys["a"].judgement(&shorter, D + 3).daily, vec![3]);
 }
+
+#[test]
+fn a_decimal_factor_gives_the_threshold_an_analyst_works_out() {
+    // 1.1 x 50 is 55.000000000000007 in binary floating point.
+    let b = baseline(28, Statistic::Max, 1.1, 1);
+    assert_eq!(b.term(50.0), 55);
+    assert_eq!(b.term(50.5), 56, "55.55 still rounds up");
+}
+
+#[test]
+fn an_event_that_counts_nothing_starts_no_history() {
+    let mut names = Interner::default();
+    let mut t = HistoryTable::new(baseline(7, Statistic::Max, 1.0, 1));
+    assert!(t
+        .count("a", D, D, Amount::Distinct(&[]), usize::MAX, &mut names)
+        .is_err());
+    assert!(t.keys.is_empty());
+    count(&mut t, &mut names, "a", D + 1, D + 1, 3);
+    assert_eq!(t.keys["a"].first_day, D + 1);
+}
+
+#[test]
+fn a_history_made_longer_starts_at_the_oldest_day_it_kept() {
+    let mut names = Interner::default();
+    let short = baseline(3, Statistic::Mean, 1.0, 1);
+    let mut t = HistoryTable::new(short);
+    for d in 0..10 {
+        count(&mut t, &mut names, "a", D + d, D + d, 10);
+    }
+    let long = baseline(28, Statistic::Mean, 1.0, 1);
+    let t = t.resized(long);
+    let j = t.keys["a"].judgement(&long, D + 10);
+    assert_eq!(
+        j.daily,
+        vec![10; 4],
+        "the days the 3-day ring had let go of are not zeros"
+    );
+    assert_eq!(j.term, Some((10, 10.0)));
+}

@@ -1256,8 +1256,8 @@ fn an_account_far_above_its_own_history_fires_and_says_why() {
     assert_eq!((b.baseline_threshold, b.floor, b.judged), (Some(80), 30, true));
     assert_eq!(b.daily_values, vec![10; 10]);
     assert_eq!(
-        (b.first_day.as_str(), b.history_from.as_str()),
-        ("2024-05-04", "2024-05-04")
+        (b.first_day.as_deref(), b.history_from.as_deref()),
+        (Some("2024-05-04"), Some("2024-05-04"))
     );
     // The account view says the same.
     let view = e.key_values(KeyKind::AccountId, "a");

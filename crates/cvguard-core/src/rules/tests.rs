@@ -195,3 +195,56 @@ fn the_dedupe_window_must_cover_the_allowed_lateness() {
     };
     assert!(RuleSet::compile(&off, &rules, Profiles::default(), &[]).is_ok());
 }
+
+/// A snapshot is restored under rules of the same shape: what decides only (thresholds,
+/// responses, the history's factor) may change across a restart, as across a reload;
+/// what shapes the state (window, actions, the history's length) may not.
+#[test]
+fn the_fingerprint_covers_what_shapes_state_and_nothing_else() {
+    let base = || {
+        let mut r = spec("surge", KeyKind::AccountId, Measure::DistinctCvs, "24h", 400);
+        r.baseline = Some(crate::baseline::BaselineSpec {
+            history: "28d".into(),
+            statistic: crate::baseline::Statistic::P90,
+            factor: 8.0,
+            min_history: "7d".into(),
+        });
+        r
+    };
+    let print = |r: RuleSpec| {
+        RuleSet::compile(&EngineSpec::default(), &[r], Profiles::default(), &[])
+            .unwrap()
+            .fingerprint()
+    };
+    let same = print(base());
+    let decides: Vec<fn(&mut RuleSpec)> = vec![
+        |r| r.threshold = 500,
+        |r| r.severity = Severity::Low,
+        |r| r.response = Response::Suspend,
+        |r| r.dry_run = true,
+        |r| r.per_vacancy = Some(9),
+        |r| r.description = Some("why".into()),
+        |r| r.baseline.as_mut().unwrap().factor = 4.0,
+        |r| r.baseline.as_mut().unwrap().statistic = crate::baseline::Statistic::Max,
+        |r| r.baseline.as_mut().unwrap().min_history = "3d".into(),
+        |r| r.actions.reverse(),
+    ];
+    for change in decides {
+        let mut r = base();
+        change(&mut r);
+        assert_eq!(print(r), same);
+    }
+    let shapes: Vec<fn(&mut RuleSpec)> = vec![
+        |r| r.window = "12h".into(),
+        |r| r.actions = vec!["cv_view".into()],
+        |r| r.measure = Measure::Events,
+        |r| r.name = "other".into(),
+        |r| r.baseline.as_mut().unwrap().history = "14d".into(),
+        |r| r.baseline = None,
+    ];
+    for change in shapes {
+        let mut r = base();
+        change(&mut r);
+        assert_ne!(print(r), same);
+    }
+}

@@ -72,6 +72,11 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
     let progress = progress_bar(size);
     let rules = Arc::new(config.ruleset);
     let mut warm = match &args.save_state {
+        Some(_) if config.source.kind == cvguard_config::SourceKind::Kafka => {
+            return Err(Failure::Other(anyhow::anyhow!(
+                "--save-state writes HTTP ingest state; a Kafka service rebuilds its state from the topics' retention (docs/DETECTION.md)"
+            )))
+        }
         Some(dir) => Some(WarmStart::new(dir, rules.clone()).map_err(|e| Failure::Other(e.into()))?),
         None => None,
     };

@@ -176,18 +176,22 @@ pub fn tell(o: &mut impl Write, rules: Arc<RuleSet>, seed: u64) -> anyhow::Resul
             };
             writeln!(
                 o,
-                "    CAUGHT  {}  {HISTORY_RULE} after {} distinct CVs in 24 hours{times}",
+                "    CAUGHT  {}  {HISTORY_RULE} (history rule) after {} distinct CVs in 24 hours{times}",
                 local_day(a.event_time_ms),
                 group(a.value)
             )?;
             writeln!(
                 o,
-                "            (its normal day: {} of its last {} daily values, {statistic} CVs; threshold max(floor {}, {} x {statistic}) = {})",
+                "            judged against its normal day ({} of its last {} days: {statistic} CVs): threshold max(floor {}, {} x {statistic}) = {},",
                 b.statistic,
                 b.daily_values.len(),
                 group(b.floor),
                 b.factor,
                 group(a.threshold)
+            )?;
+            writeln!(
+                o,
+                "            a tenth of the fixed daily rule's: a rule that knows each account's normal can afford a low floor"
             )?;
         }
         None => writeln!(o, "    NOT CAUGHT: check {HISTORY_RULE}")?,
