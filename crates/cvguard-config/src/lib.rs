@@ -1,19 +1,29 @@
 //! cvguard's configuration: one TOML file, layered as embedded defaults, then the file,
 //! then `CVGUARD__SECTION__KEY` environment variables; validated all at once so an
-//! analyst sees every problem with its file, rule and key.
+//! analyst sees every problem with its file, line, rule and key, or the variable that
+//! set it. Paths in the file are relative to the file's folder.
 
+mod actions;
+mod collect;
+mod document;
+mod effective;
+mod paths;
+mod problem;
 mod profiles;
 mod service;
 
-use std::fmt;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use config::{Environment, File, FileFormat};
-use cvguard_core::{ConfigIssue, EngineSpec, Profiles, RuleSet, RuleSpec};
-use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use cvguard_core::{EngineSpec, Profiles, RuleSet, RuleSpec};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::collect::{collect, Finding, Kind};
+use crate::document::{Document, KeyPath, Seg};
+
+pub use actions::KNOWN_ACTIONS;
+pub use problem::{ConfigError, LoadError, LoadErrorKind, Origin, Problem};
 pub use profiles::{load_profiles, read_profiles};
 pub use service::{
     HttpSection, KafkaSection, LogFormat, LogSection, Role, ServiceSection, SinkSpec, SourceKind, SourceSection,
@@ -35,7 +45,8 @@ const ENV_SEPARATOR: &str = "__";
 #[derive(Debug, Clone)]
 pub enum ConfigSource {
     File(PathBuf),
-    /// The shipped default compiled into the binary, with its example profiles.
+    /// The shipped default compiled into the binary, with its example profiles. Its
+    /// paths are relative to the working directory.
     Embedded,
     /// Text with a name for messages and a folder that relative paths start from.
     Text {
@@ -58,35 +69,26 @@ impl ConfigSource {
         }
     }
 
-    fn base_dir(&self) -> PathBuf {
+    /// The folder relative paths start from; `None`: the working directory.
+    fn base_dir(&self) -> Option<&Path> {
         match self {
-            ConfigSource::File(p) => p.parent().map(Path::to_path_buf).unwrap_or_default(),
-            ConfigSource::Embedded => PathBuf::from("config"),
-            ConfigSource::Text { base_dir, .. } => base_dir.clone(),
+            ConfigSource::File(p) => Some(p.parent().unwrap_or(Path::new(""))),
+            ConfigSource::Embedded => None,
+            ConfigSource::Text { base_dir, .. } => Some(base_dir),
         }
     }
-}
 
-/// A config that failed to load: the file and every problem in it.
-#[derive(Debug, Clone, thiserror::Error)]
-pub struct ConfigError {
-    pub file: String,
-    pub issues: Vec<ConfigIssue>,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = self.issues.len();
-        write!(f, "{}: {n} problem{}", self.file, if n == 1 { "" } else { "s" })?;
-        for issue in &self.issues {
-            write!(f, "\n  {}: {issue}", self.file)?;
+    fn text(&self) -> std::io::Result<String> {
+        match self {
+            ConfigSource::File(p) => std::fs::read_to_string(p),
+            ConfigSource::Embedded => Ok(EMBEDDED_DEFAULT.to_string()),
+            ConfigSource::Text { text, .. } => Ok(text.clone()),
         }
-        Ok(())
     }
 }
 
 /// `[profiles]`
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProfilesSection {
     /// CSV with columns account_id,segment,org_id,open_vacancies; relative to the config file.
@@ -94,7 +96,7 @@ pub struct ProfilesSection {
 }
 
 /// `[allowlist]`
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AllowlistSection {
     /// Accounts that rules still alert on but that are never suspended automatically.
@@ -102,14 +104,17 @@ pub struct AllowlistSection {
     pub accounts: Vec<String>,
 }
 
-/// Everything read from one config file.
+/// Everything read from one config file. Its paths (`state.dir`, a SQLite `store.url`,
+/// `jsonl` sinks' `path`, `profiles.path`) are resolved: relative to the config file's
+/// folder, or to the working directory when they came from the environment or the
+/// embedded default.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// The file (or embedded source) it came from, for messages.
     pub source_name: String,
     pub engine: EngineSpec,
     pub profiles: ProfilesSection,
-    /// The profile file actually read, resolved against the config's folder.
+    /// The profile file actually read: `profiles.path`, or the override.
     pub profiles_path: Option<PathBuf>,
     pub allowlist: AllowlistSection,
     pub rules: Vec<RuleSpec>,
@@ -126,6 +131,9 @@ pub struct Config {
     pub log: LogSection,
     /// The durations of `[state]`, `[service]` and `[suspend]`, parsed.
     pub timing: Timing,
+    /// What is allowed but probably wrong: a rule action no known event has. Commands
+    /// print or log these; `check-config --strict` refuses them.
+    pub warnings: Vec<Problem>,
 }
 
 /// Parsed durations of the service sections.
@@ -141,333 +149,429 @@ pub struct Timing {
 /// Options that replace what the file says.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
-    /// Use this profile file instead of `[profiles] path`.
+    /// Use this profile file instead of `[profiles] path` (relative to the working
+    /// directory, as a command-line path is).
     pub profiles_path: Option<PathBuf>,
 }
 
-/// Loads, layers and validates a config. Every problem is returned at once.
-pub fn load(source: &ConfigSource, overrides: &Overrides) -> Result<Config, ConfigError> {
+/// The file's top level: every section, each defaulted. Rules and sinks are read one
+/// by one, so a broken one hides nothing about the others.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Sections {
+    #[serde(default)]
+    engine: EngineSpec,
+    #[serde(default)]
+    profiles: ProfilesSection,
+    #[serde(default)]
+    allowlist: AllowlistSection,
+    #[serde(default)]
+    rules: Vec<Value>,
+    #[serde(default)]
+    source: SourceSection,
+    #[serde(default)]
+    http: HttpSection,
+    #[serde(default)]
+    state: StateSection,
+    #[serde(default)]
+    service: ServiceSection,
+    #[serde(default)]
+    kafka: KafkaSection,
+    #[serde(default)]
+    sinks: Vec<Value>,
+    #[serde(default)]
+    store: StoreSection,
+    #[serde(default)]
+    suspend: SuspendSection,
+    #[serde(default)]
+    log: LogSection,
+}
+
+/// Loads, layers and validates a config. Every problem is returned at once, in the
+/// file's order; an unreadable file is told apart (`LoadError::is_unreadable`).
+pub fn load(source: &ConfigSource, overrides: &Overrides) -> Result<Config, LoadError> {
     let file = source.name();
-    let fail = |issues: Vec<ConfigIssue>| ConfigError {
-        file: file.clone(),
-        issues,
+    let text = match source.text() {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            return Err(invalid(&file, vec![located(None, "the file is not UTF-8 text".into())]))
+        }
+        Err(e) => return Err(LoadError::unreadable(file, &e)),
     };
-    let tree = read_tree(source).map_err(|message| {
-        fail(vec![ConfigIssue {
-            rule: None,
-            key: "-".into(),
-            message,
-        }])
+    let env = std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+    let doc = Document::parse(text, env, ENV_PREFIX, ENV_SEPARATOR).map_err(|errors| {
+        let problems = errors.into_iter().map(|e| located(e.at, e.message)).collect();
+        invalid(&file, problems)
     })?;
-    let Value::Object(top) = tree else {
-        return Err(fail(vec![issue(None, "-", "the config must be a TOML table".into())]));
-    };
-
-    let mut issues = Vec::new();
-    let mut engine = EngineSpec::default();
-    let mut profiles = ProfilesSection::default();
-    let mut allowlist = AllowlistSection::default();
-    let mut rule_values = Vec::new();
-    let mut sink_values = Vec::new();
-    let mut source_section = SourceSection::default();
-    let mut http = HttpSection::default();
-    let mut state = StateSection::default();
-    let mut service = ServiceSection::default();
-    let mut kafka = KafkaSection::default();
-    let mut store = StoreSection::default();
-    let mut suspend = SuspendSection::default();
-    let mut log = LogSection::default();
-    for (key, value) in top {
-        match key.as_str() {
-            "engine" => section(&key, value, &mut issues).map(|v| engine = v),
-            "profiles" => section(&key, value, &mut issues).map(|v| profiles = v),
-            "allowlist" => section(&key, value, &mut issues).map(|v| allowlist = v),
-            "source" => section(&key, value, &mut issues).map(|v| source_section = v),
-            "http" => section(&key, value, &mut issues).map(|v| http = v),
-            "state" => section(&key, value, &mut issues).map(|v| state = v),
-            "service" => section(&key, value, &mut issues).map(|v| service = v),
-            "kafka" => section(&key, value, &mut issues).map(|v| kafka = v),
-            "store" => section(&key, value, &mut issues).map(|v| store = v),
-            "suspend" => section(&key, value, &mut issues).map(|v| suspend = v),
-            "log" => section(&key, value, &mut issues).map(|v| log = v),
-            "rules" | "sinks" => match value {
-                Value::Array(items) => {
-                    if key == "rules" {
-                        rule_values = items;
-                    } else {
-                        sink_values = items;
-                    }
-                    Some(())
-                }
-                _ => {
-                    issues.push(issue(
-                        None,
-                        &key,
-                        format!("must be an array of tables: write `[[{key}]]`"),
-                    ));
-                    None
-                }
-            },
-            other => {
-                issues.push(issue(
-                    None,
-                    other,
-                    format!("unknown section or key; expected one of {}", SECTIONS.join(", ")),
-                ));
-                None
-            }
-        };
+    Loader {
+        doc: &doc,
+        source,
+        overrides,
+        file,
+        shape: Vec::new(),
+        checks: Vec::new(),
     }
-    let mut sinks = Vec::new();
-    for (i, value) in sink_values.into_iter().enumerate() {
-        match deserialize::<SinkSpec>(value) {
-            Ok(sink) => sinks.push(sink),
-            Err((key, message)) => issues.push(issue(None, &format!("sinks[{i}].{key}"), message)),
-        }
-    }
-    if state.ingest_segment_bytes < 65_536 {
-        issues.push(issue(
-            None,
-            "state.ingest_segment_bytes",
-            format!("{} is too small; at least 65536", state.ingest_segment_bytes),
-        ));
-    }
-    let timing = Timing {
-        snapshot_interval: duration("state.snapshot_interval", &state.snapshot_interval, &mut issues),
-        shutdown_timeout: duration("service.shutdown_timeout", &service.shutdown_timeout, &mut issues),
-        commit_interval: duration("service.commit_interval", &service.commit_interval, &mut issues),
-        suspend_timeout: duration("suspend.timeout", &suspend.timeout, &mut issues),
-        suspend_cooldown: duration("suspend.cooldown", &suspend.cooldown, &mut issues),
-    };
-    for (i, sink) in sinks.iter().enumerate() {
-        if let SinkSpec::Alertmanager { resend_interval, .. } = sink {
-            let key = format!("sinks[{i}].resend_interval");
-            if duration(&key, resend_interval, &mut issues).is_zero() && humantime_parse(resend_interval).is_some() {
-                issues.push(issue(None, &key, "must be longer than 0s".to_string()));
-            }
-        }
-        if let SinkSpec::Webhook { timeout, .. } | SinkSpec::Alertmanager { timeout, .. } = sink {
-            duration(&format!("sinks[{i}].timeout"), timeout, &mut issues);
-        }
-    }
-    if !(store.url.starts_with("sqlite://")
-        || store.url.starts_with("postgres://")
-        || store.url.starts_with("postgresql://"))
-    {
-        issues.push(issue(
-            None,
-            "store.url",
-            "expected sqlite://PATH or postgres://...".into(),
-        ));
-    }
-    let mut token_names = std::collections::BTreeSet::new();
-    for (i, t) in http.tokens.iter().enumerate() {
-        if t.sha256.len() != 64 || !t.sha256.chars().all(|c| c.is_ascii_hexdigit()) {
-            issues.push(issue(
-                None,
-                &format!("http.tokens[{i}].sha256"),
-                "must be the 64 hex digits of the token's SHA-256 (cvguard token new prints it)".into(),
-            ));
-        }
-        if !token_names.insert(t.name.clone()) {
-            issues.push(issue(
-                None,
-                &format!("http.tokens[{i}].name"),
-                format!("duplicate token name `{}`", t.name),
-            ));
-        }
-    }
-    if suspend.max_attempts == 0 {
-        issues.push(issue(None, "suspend.max_attempts", "must be at least 1".into()));
-    }
-    if http.listen.parse::<std::net::SocketAddr>().is_err() {
-        issues.push(issue(
-            None,
-            "http.listen",
-            format!("`{}` is not an address like 127.0.0.1:8088", http.listen),
-        ));
-    }
-    if source_section.kind == SourceKind::Kafka {
-        let props = kafka.client_properties();
-        for required in ["bootstrap.servers", "group.id"] {
-            if !props.contains_key(required) {
-                issues.push(issue(
-                    None,
-                    &format!("kafka.properties.\"{required}\""),
-                    "is required when [source] kind = \"kafka\"".into(),
-                ));
-            }
-        }
-        if kafka.topics.is_empty() {
-            issues.push(issue(None, "kafka.topics", "must name at least one topic".into()));
-        }
-        if kafka.partitions < 1 {
-            issues.push(issue(None, "kafka.partitions", "must be at least 1".into()));
-        }
-    }
-
-    let mut rules = Vec::with_capacity(rule_values.len());
-    for (i, value) in rule_values.into_iter().enumerate() {
-        let label = value
-            .get("name")
-            .and_then(Value::as_str)
-            .filter(|n| !n.trim().is_empty())
-            .map_or_else(|| format!("rules[{i}]"), str::to_string);
-        match deserialize::<RuleSpec>(value) {
-            Ok(spec) => rules.push(spec),
-            Err((key, message)) => issues.push(issue(Some(label), &key, message)),
-        }
-    }
-
-    let embedded = matches!(source, ConfigSource::Embedded) && overrides.profiles_path.is_none();
-    let profiles_path = overrides.profiles_path.clone().or_else(|| {
-        profiles
-            .path
-            .as_ref()
-            .filter(|_| !embedded)
-            .map(|p| source.base_dir().join(p))
-    });
-    let read = match &profiles_path {
-        Some(path) => Some(load_profiles(path)),
-        None if embedded => Some(read_profiles(
-            "<embedded config/accounts.csv>",
-            EMBEDDED_PROFILES.as_bytes(),
-        )),
-        None => None,
-    };
-    let loaded_profiles = match read {
-        Some(Ok(p)) => p,
-        Some(Err(message)) => {
-            issues.push(issue(None, "profiles.path", message));
-            Profiles::default()
-        }
-        None => Profiles::default(),
-    };
-
-    let compiled = RuleSet::compile(&engine, &rules, loaded_profiles, &allowlist.accounts);
-    match compiled {
-        Ok(ruleset) if issues.is_empty() => Ok(Config {
-            source_name: file.clone(),
-            engine,
-            profiles,
-            profiles_path,
-            allowlist,
-            rules,
-            ruleset,
-            source: source_section,
-            http,
-            state,
-            service,
-            kafka,
-            sinks,
-            store,
-            suspend,
-            log,
-            timing,
-        }),
-        Ok(_) => Err(fail(issues)),
-        Err(more) => {
-            issues.extend(more);
-            Err(fail(issues))
-        }
-    }
+    .load()
 }
 
-const SECTIONS: [&str; 10] = [
-    "engine",
-    "profiles",
-    "allowlist",
-    "rules",
-    "source",
-    "http",
-    "state",
-    "service",
-    "kafka",
-    "sinks",
-];
-
-fn duration(key: &str, text: &str, issues: &mut Vec<ConfigIssue>) -> std::time::Duration {
-    match humantime_parse(text) {
-        Some(d) => d,
-        None => {
-            issues.push(issue(
-                None,
-                key,
-                format!("`{text}` is not a duration; write it like `30s` or `5m`"),
-            ));
-            std::time::Duration::ZERO
-        }
-    }
-}
-
-fn humantime_parse(text: &str) -> Option<std::time::Duration> {
-    cvguard_core::rules::parse_duration(text)
-}
-
-fn read_tree(source: &ConfigSource) -> Result<Value, String> {
-    let builder = config::Config::builder();
-    let builder = match source {
-        ConfigSource::File(path) => {
-            if !path.is_file() {
-                return Err(format!(
-                    "cannot read the config file: {} does not exist or is not a file",
-                    path.display()
-                ));
-            }
-            builder.add_source(File::from(path.as_path()).format(FileFormat::Toml).required(true))
-        }
-        ConfigSource::Embedded => builder.add_source(File::from_str(EMBEDDED_DEFAULT, FileFormat::Toml)),
-        ConfigSource::Text { text, .. } => builder.add_source(File::from_str(text, FileFormat::Toml)),
-    };
-    let built = builder
-        .add_source(
-            Environment::with_prefix(ENV_PREFIX)
-                .prefix_separator(ENV_SEPARATOR)
-                .separator(ENV_SEPARATOR)
-                .try_parsing(true),
-        )
-        .build()
-        .map_err(|e| e.to_string())?;
-    built.try_deserialize::<Value>().map_err(|e| e.to_string())
-}
-
-fn issue(rule: Option<String>, key: &str, message: String) -> ConfigIssue {
-    ConfigIssue {
-        rule,
-        key: key.to_string(),
+/// A problem with a place in the file and no key: a TOML syntax error.
+fn located(at: Option<(usize, usize)>, message: String) -> Problem {
+    Problem {
+        origin: Origin::File(at),
+        rule: None,
+        key: None,
         message,
     }
 }
 
-fn section<T: DeserializeOwned>(name: &str, value: Value, issues: &mut Vec<ConfigIssue>) -> Option<T> {
-    match deserialize::<T>(value) {
-        Ok(v) => Some(v),
-        Err((key, message)) => {
-            issues.push(issue(None, &format!("{name}.{key}"), message));
-            None
-        }
+fn invalid(file: &str, issues: Vec<Problem>) -> LoadError {
+    LoadError {
+        file: file.to_string(),
+        kind: LoadErrorKind::Invalid,
+        issues,
     }
 }
 
-/// Deserializes with the path of the failing key; for missing and unknown fields, whose
-/// path is the table itself, the key is taken from serde's message.
-fn deserialize<T: DeserializeOwned>(value: Value) -> Result<T, (String, String)> {
-    serde_path_to_error::deserialize::<_, T>(value).map_err(|e| {
-        let message = e.inner().to_string();
-        let path = e.path().to_string();
-        let key = if path == "." || path.is_empty() || path == "?" {
-            backticked(&message).unwrap_or_else(|| "-".into())
-        } else {
-            path
-        };
-        (key, message)
-    })
+struct Loader<'a> {
+    doc: &'a Document,
+    source: &'a ConfigSource,
+    overrides: &'a Overrides,
+    file: String,
+    /// Problems of shape (unknown keys, wrong types, missing keys): their keys hold
+    /// defaults or stand-ins from then on.
+    shape: Vec<Finding>,
+    /// Problems of meaning (a bad duration, a zero threshold), found on the values read.
+    checks: Vec<Finding>,
 }
 
-fn backticked(message: &str) -> Option<String> {
-    let start = message.find('`')? + 1;
-    let len = message[start..].find('`')?;
-    Some(message[start..start + len].to_string())
+impl Loader<'_> {
+    fn load(mut self) -> Result<Config, LoadError> {
+        let root = KeyPath::default();
+        let mut sections: Sections =
+            collect(self.doc, &root, self.doc.tree.clone(), &mut self.shape).unwrap_or_default();
+        for f in &mut self.shape {
+            if let [Seg::Key(k)] = f.path.0.as_slice() {
+                if (k == "rules" || k == "sinks") && f.kind == Kind::Value {
+                    f.message = format!("must be an array of tables: write `[[{k}]]`");
+                }
+            }
+        }
+        let rules: Vec<(usize, RuleSpec)> = std::mem::take(&mut sections.rules)
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, v)| collect(self.doc, &rule_path(i), v, &mut self.shape).map(|r| (i, r)))
+            .collect();
+        let mut sinks = Vec::new();
+        for (i, v) in std::mem::take(&mut sections.sinks).into_iter().enumerate() {
+            let at = root.key("sinks").index(i);
+            let mut found = Vec::new();
+            if let Some(sink) = collect::<SinkSpec>(self.doc, &at, v, &mut found) {
+                sinks.push(sink);
+            }
+            // A sink's keys depend on its kind: with the kind wrong, only the kind is.
+            let kind = at.key("kind");
+            if found.iter().any(|f| f.path == kind) {
+                found.retain(|f| f.path == kind);
+            }
+            self.shape.extend(found);
+        }
+        let timing = self.check_service(&sections, &sinks);
+        self.check_rules(&sections, &rules);
+        let warnings: Vec<Finding> = rules
+            .iter()
+            .flat_map(|(i, spec)| actions::unknown_actions(spec, &rule_path(*i)))
+            .collect();
+
+        let resolver = paths::Resolver {
+            base: self.source.base_dir(),
+            doc: self.doc,
+        };
+        let state_dir = root.key("state").key("dir");
+        sections.state.dir = resolver.path(&state_dir, &sections.state.dir);
+        let store_url = root.key("store").key("url");
+        sections.store.url = resolver.store_url(&store_url, &sections.store.url);
+        for (i, sink) in sinks.iter_mut().enumerate() {
+            if let SinkSpec::Jsonl { path } = sink {
+                *path = resolver.path(&root.key("sinks").index(i).key("path"), path);
+            }
+        }
+        let profiles_key = root.key("profiles").key("path");
+        sections.profiles.path = sections.profiles.path.map(|p| resolver.path(&profiles_key, &p));
+
+        let embedded = matches!(self.source, ConfigSource::Embedded) && self.overrides.profiles_path.is_none();
+        let profiles_path = match (&self.overrides.profiles_path, &sections.profiles.path) {
+            (Some(p), _) => Some(p.clone()),
+            (None, Some(p)) if !embedded => Some(PathBuf::from(p)),
+            _ => None,
+        };
+        let read = match &profiles_path {
+            Some(path) => Some(load_profiles(path)),
+            None if embedded => Some(read_profiles(
+                "<embedded config/accounts.csv>",
+                EMBEDDED_PROFILES.as_bytes(),
+            )),
+            None => None,
+        };
+        let mut from_command_line = None;
+        let loaded_profiles = match read {
+            Some(Ok(p)) => p,
+            Some(Err(message)) => {
+                if self.overrides.profiles_path.is_some() {
+                    from_command_line = Some(Problem {
+                        origin: Origin::CommandLine,
+                        rule: None,
+                        key: Some("profiles".into()),
+                        message,
+                    });
+                } else {
+                    self.checks.push(Finding {
+                        path: profiles_key,
+                        kind: Kind::Value,
+                        message,
+                    });
+                }
+                Profiles::default()
+            }
+            None => Profiles::default(),
+        };
+
+        let mut problems = self.problems();
+        problems.extend(from_command_line);
+        let rule_specs: Vec<RuleSpec> = rules.into_iter().map(|(_, r)| r).collect();
+        if !problems.is_empty() {
+            return Err(invalid(&self.file, problems));
+        }
+        let ruleset = RuleSet::compile(
+            &sections.engine,
+            &rule_specs,
+            loaded_profiles,
+            &sections.allowlist.accounts,
+        )
+        .map_err(|issues| {
+            // Already checked rule by rule; this is a safety net, without lines.
+            let problems = issues
+                .into_iter()
+                .map(|i| Problem {
+                    origin: Origin::File(None),
+                    rule: i.rule,
+                    key: Some(i.key),
+                    message: i.message,
+                })
+                .collect();
+            invalid(&self.file, problems)
+        })?;
+        let warnings = self.to_problems(warnings);
+        Ok(Config {
+            source_name: self.file,
+            engine: sections.engine,
+            profiles: sections.profiles,
+            profiles_path,
+            allowlist: sections.allowlist,
+            rules: rule_specs,
+            ruleset,
+            source: sections.source,
+            http: sections.http,
+            state: sections.state,
+            service: sections.service,
+            kafka: sections.kafka,
+            sinks,
+            store: sections.store,
+            suspend: sections.suspend,
+            log: sections.log,
+            timing,
+            warnings,
+        })
+    }
+
+    fn check(&mut self, key: &str, message: String) {
+        self.checks.push(Finding {
+            path: KeyPath::parse(key),
+            kind: Kind::Value,
+            message,
+        });
+    }
+
+    fn duration(&mut self, key: &str, text: &str) -> std::time::Duration {
+        cvguard_core::rules::parse_duration(text).unwrap_or_else(|| {
+            self.check(key, format!("`{text}` is not a duration; write it like `30s` or `5m`"));
+            std::time::Duration::ZERO
+        })
+    }
+
+    /// The service sections' values that their types do not check.
+    fn check_service(&mut self, s: &Sections, sinks: &[SinkSpec]) -> Timing {
+        if s.state.ingest_segment_bytes < 65_536 {
+            let n = s.state.ingest_segment_bytes;
+            self.check(
+                "state.ingest_segment_bytes",
+                format!("{n} is too small; at least 65536"),
+            );
+        }
+        let timing = Timing {
+            snapshot_interval: self.duration("state.snapshot_interval", &s.state.snapshot_interval),
+            shutdown_timeout: self.duration("service.shutdown_timeout", &s.service.shutdown_timeout),
+            commit_interval: self.duration("service.commit_interval", &s.service.commit_interval),
+            suspend_timeout: self.duration("suspend.timeout", &s.suspend.timeout),
+            suspend_cooldown: self.duration("suspend.cooldown", &s.suspend.cooldown),
+        };
+        for (i, sink) in sinks.iter().enumerate() {
+            if let SinkSpec::Alertmanager { resend_interval, .. } = sink {
+                let key = format!("sinks[{i}].resend_interval");
+                let parsed = cvguard_core::rules::parse_duration(resend_interval);
+                if self.duration(&key, resend_interval).is_zero() && parsed.is_some() {
+                    self.check(&key, "must be longer than 0s".into());
+                }
+            }
+            if let SinkSpec::Webhook { timeout, .. } | SinkSpec::Alertmanager { timeout, .. } = sink {
+                self.duration(&format!("sinks[{i}].timeout"), timeout);
+            }
+        }
+        let url = &s.store.url;
+        if !(url.starts_with("sqlite://") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            self.check("store.url", "expected sqlite://PATH or postgres://...".into());
+        }
+        let mut token_names = HashSet::new();
+        for (i, t) in s.http.tokens.iter().enumerate() {
+            if t.sha256.len() != 64 || !t.sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+                self.check(
+                    &format!("http.tokens[{i}].sha256"),
+                    "must be the 64 hex digits of the token's SHA-256 (cvguard token new prints it)".into(),
+                );
+            }
+            if !token_names.insert(t.name.as_str()) {
+                self.check(
+                    &format!("http.tokens[{i}].name"),
+                    format!("duplicate token name `{}`", t.name),
+                );
+            }
+        }
+        if s.suspend.max_attempts == 0 {
+            self.check("suspend.max_attempts", "must be at least 1".into());
+        }
+        if s.http.listen.parse::<std::net::SocketAddr>().is_err() {
+            let listen = &s.http.listen;
+            self.check(
+                "http.listen",
+                format!("`{listen}` is not an address like 127.0.0.1:8088"),
+            );
+        }
+        if s.source.kind == SourceKind::Kafka {
+            let props = s.kafka.client_properties();
+            for required in ["bootstrap.servers", "group.id"] {
+                if !props.contains_key(required) {
+                    self.check(
+                        &format!("kafka.properties.\"{required}\""),
+                        "is required when [source] kind = \"kafka\"".into(),
+                    );
+                }
+            }
+            if s.kafka.topics.is_empty() {
+                self.check("kafka.topics", "must name at least one topic".into());
+            }
+            if s.kafka.partitions < 1 {
+                self.check("kafka.partitions", "must be at least 1".into());
+            }
+        }
+        timing
+    }
+
+    /// The rule compiler's checks, each traced to its rule by index: the rules are
+    /// compiled under the names `rules[i]`, and their real names checked here.
+    fn check_rules(&mut self, s: &Sections, rules: &[(usize, RuleSpec)]) {
+        let mut seen = HashSet::new();
+        for (i, spec) in rules {
+            if spec.name.trim().is_empty() {
+                self.checks.push(rule_finding(*i, "name", "must not be empty".into()));
+            } else if !seen.insert(spec.name.as_str()) {
+                let message = format!("duplicate rule name `{}`", spec.name);
+                self.checks.push(rule_finding(*i, "name", message));
+            }
+        }
+        let named: Vec<RuleSpec> = rules
+            .iter()
+            .map(|(i, spec)| RuleSpec {
+                name: rule_path(*i).to_string(),
+                ..spec.clone()
+            })
+            .collect();
+        let Err(issues) = RuleSet::compile(&s.engine, &named, Profiles::default(), &s.allowlist.accounts) else {
+            return;
+        };
+        for issue in issues {
+            let path = match issue.rule.as_deref().map(KeyPath::parse) {
+                Some(rule) => rule.join(&KeyPath::parse(&issue.key)),
+                None => KeyPath::parse(&issue.key),
+            };
+            self.checks.push(Finding {
+                path,
+                kind: Kind::Value,
+                message: issue.message,
+            });
+        }
+    }
+
+    /// Every finding as a problem, the checks on keys that already have a problem of
+    /// shape left out (they saw a default or a stand-in, not what was written).
+    fn problems(&mut self) -> Vec<Problem> {
+        let shape = std::mem::take(&mut self.shape);
+        let checks = std::mem::take(&mut self.checks);
+        let touched = |f: &Finding| {
+            shape
+                .iter()
+                .any(|s| s.path.starts_with(&f.path) || f.path.starts_with(&s.path))
+        };
+        let checks: Vec<Finding> = checks.into_iter().filter(|f| !touched(f)).collect();
+        self.to_problems(shape.into_iter().chain(checks).collect())
+    }
+
+    /// Findings as problems, in the file's order, then the environment's.
+    fn to_problems(&self, findings: Vec<Finding>) -> Vec<Problem> {
+        let mut problems: Vec<Problem> = findings.iter().map(|f| self.problem(f)).collect();
+        problems.sort_by_key(|p| match &p.origin {
+            Origin::File(Some(at)) => (0, *at, String::new()),
+            Origin::File(None) => (1, (0, 0), String::new()),
+            Origin::Env(var) => (2, (0, 0), var.clone()),
+            Origin::CommandLine => (3, (0, 0), String::new()),
+        });
+        problems
+    }
+
+    fn problem(&self, f: &Finding) -> Problem {
+        let origin = self.doc.origin(&f.path, f.kind == Kind::UnknownKey);
+        let (rule, key) = match f.path.0.as_slice() {
+            [Seg::Key(rules), Seg::Index(i), rest @ ..] if rules == "rules" => {
+                (Some(self.rule_label(*i)), KeyPath(rest.to_vec()))
+            }
+            _ => (None, f.path.clone()),
+        };
+        Problem {
+            origin,
+            rule,
+            key: (!key.0.is_empty()).then(|| key.to_string()),
+            message: f.message.clone(),
+        }
+    }
+
+    /// A rule's name as written, or `rules[i]`.
+    fn rule_label(&self, i: usize) -> String {
+        document::get(&self.doc.tree, &rule_path(i).0)
+            .and_then(|r| r.get("name"))
+            .and_then(Value::as_str)
+            .filter(|n| !n.trim().is_empty())
+            .map_or_else(|| rule_path(i).to_string(), str::to_string)
+    }
+}
+
+fn rule_path(i: usize) -> KeyPath {
+    KeyPath::default().key("rules").index(i)
+}
+
+fn rule_finding(i: usize, key: &str, message: String) -> Finding {
+    Finding {
+        path: rule_path(i).key(key),
+        kind: Kind::Value,
+        message,
+    }
 }
 
 #[cfg(test)]

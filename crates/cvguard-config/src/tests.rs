@@ -1,13 +1,20 @@
 use super::*;
 use std::fs;
 
+fn keys(err: &LoadError) -> Vec<(Option<&str>, &str)> {
+    err.issues
+        .iter()
+        .map(|i| (i.rule.as_deref(), i.key.as_deref().unwrap_or("")))
+        .collect()
+}
+
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     fs::write(&path, text).unwrap();
     path
 }
 
-fn load_text(dir: &Path, text: &str) -> Result<Config, ConfigError> {
+fn load_text(dir: &Path, text: &str) -> Result<Config, LoadError> {
     let path = write(dir, "cvguard.toml", text);
     load(&ConfigSource::File(path), &Overrides::default())
 }
@@ -87,7 +94,7 @@ threshold = "ten"
 "#;
     let err = load_text(dir.path(), text).unwrap_err();
     assert!(err.file.ends_with("cvguard.toml"));
-    let found: Vec<(Option<&str>, &str)> = err.issues.iter().map(|i| (i.rule.as_deref(), i.key.as_str())).collect();
+    let found = keys(&err);
     for expected in [
         (None, "engine.colour"),
         (None, "surprise"),
@@ -97,11 +104,23 @@ threshold = "ten"
     ] {
         assert!(found.contains(&expected), "{expected:?} not in {found:?}");
     }
-    // The section with an unknown key is rejected whole, so the rule-level problems
-    // (checked once every section parsed) still come: duplicate name and bad window.
+    // A section with an unknown key still has its other keys checked, and the rules'
+    // own checks still come: duplicate name and bad window.
+    for expected in [
+        (None, "engine.allowed_lateness"),
+        (Some("mass"), "window"),
+        (Some("mass"), "name"),
+        (Some("typo"), "threshold"),
+        (Some("badkind"), "threshold"),
+    ] {
+        assert!(found.contains(&expected), "{expected:?} not in {found:?}");
+    }
     let text = err.to_string();
     assert!(text.contains("missing.csv"), "{text}");
-    assert!(text.contains("unknown field `thresold`"), "{text}");
+    assert!(
+        text.contains("key `thresold`: unknown key; did you mean `threshold`?"),
+        "{text}"
+    );
     assert!(text.contains("unknown variant `company`"), "{text}");
     assert!(
         text.lines().skip(1).all(|l| l.trim_start().starts_with(&err.file)),
@@ -125,7 +144,7 @@ threshold = 10
 "#
     );
     let err = load_text(dir.path(), &text).unwrap_err();
-    let found: Vec<(Option<&str>, &str)> = err.issues.iter().map(|i| (i.rule.as_deref(), i.key.as_str())).collect();
+    let found = keys(&err);
     assert_eq!(
         found,
         vec![
@@ -154,7 +173,8 @@ fn profiles_are_read_relative_to_the_config_and_checked() {
 
     write(dir.path(), "accounts.csv", "account_id,open_vacancies\nbig,lots\n");
     let err = load_text(dir.path(), &format!("[profiles]\npath = \"accounts.csv\"\n{RULE}")).unwrap_err();
-    assert_eq!(err.issues[0].key, "profiles.path");
+    assert_eq!(err.issues[0].key.as_deref(), Some("profiles.path"));
+    assert_eq!(err.issues[0].origin, Origin::File(Some((2, 8))));
     assert!(err.issues[0].message.contains("line 2"), "{}", err.issues[0].message);
 
     write(dir.path(), "accounts.csv", "account,open_vacancies\nbig,1\n");
@@ -172,10 +192,27 @@ fn segment_names_keep_their_case() {
 #[test]
 fn syntax_errors_and_missing_files_are_config_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let err = load_text(dir.path(), "[[rules]\nname = 1").unwrap_err();
-    assert_eq!(err.issues.len(), 1);
+    let err = load_text(dir.path(), "[[rules]\nname = 1\n[engine]\ndry_run = \n").unwrap_err();
+    assert!(!err.is_unreadable());
+    let at: Vec<(&Origin, Option<&str>)> = err.issues.iter().map(|i| (&i.origin, i.key.as_deref())).collect();
+    assert_eq!(
+        at,
+        vec![
+            (&Origin::File(Some((1, 9))), None),
+            (&Origin::File(Some((4, 11))), None)
+        ],
+        "{err}"
+    );
+    let text = err.to_string();
+    assert!(!text.contains("key `"), "{text}");
+    assert!(text.contains("cvguard.toml:1:9: unclosed array table"), "{text}");
+
     let err = load(&ConfigSource::File(dir.path().join("nope.toml")), &Overrides::default()).unwrap_err();
-    assert!(err.to_string().contains("does not exist"));
+    assert!(err.is_unreadable());
+    assert!(
+        err.to_string().contains("nope.toml: cannot read the config file"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -218,7 +255,7 @@ kind = "stdout"
         cfg.sinks,
         vec![
             SinkSpec::Jsonl {
-                path: "out.jsonl".into()
+                path: dir.path().join("out.jsonl").display().to_string()
             },
             SinkSpec::Stdout {}
         ]
@@ -229,7 +266,7 @@ kind = "stdout"
         &format!("[source]\nkind = \"kafka\"\n[http]\nlisten = \"nowhere\"\n[[sinks]]\nkind = \"fax\"\n{RULE}"),
     )
     .unwrap_err();
-    let keys: Vec<&str> = err.issues.iter().map(|i| i.key.as_str()).collect();
+    let keys: Vec<&str> = err.issues.iter().filter_map(|i| i.key.as_deref()).collect();
     assert!(keys.contains(&"http.listen"), "{keys:?}");
     assert!(keys.contains(&"kafka.properties.\"bootstrap.servers\""), "{keys:?}");
     assert!(keys.iter().any(|k| k.starts_with("sinks[0]")), "{keys:?}");
@@ -249,6 +286,243 @@ fn roles_nest_and_ingest_stands_apart() {
         &format!("[[http.tokens]]\nname = \"a\"\nrole = \"viewer\"\nsha256 = \"abc\"\n[[http.tokens]]\nname = \"a\"\nrole = \"god\"\nsha256 = \"{}\"\n{RULE}", "0".repeat(64)),
     )
     .unwrap_err();
-    let keys: Vec<&str> = err.issues.iter().map(|i| i.key.as_str()).collect();
-    assert!(keys.iter().any(|k| k.starts_with("http.")), "{keys:?}");
+    let keys: Vec<&str> = err.issues.iter().filter_map(|i| i.key.as_deref()).collect();
+    assert!(keys.contains(&"http.tokens[0].sha256"), "{keys:?}");
+    assert!(keys.contains(&"http.tokens[1].role"), "{keys:?}");
+}
+
+/// The breaks of issue #15: two in `[engine]`, three in one rule, each with its line.
+const BROKEN: &str = r#"[engine]
+dry_rnu = true
+max_cv_ids = "lots"
+
+[[rules]]
+name = "fine"
+actions = ["cv_view"]
+group_by = "account_id"
+measure = "distinct_cvs"
+window = "24h"
+threshold = 10
+
+[[rules]]
+name = "broken"
+actions = ["cv_view"]
+group_by = "account_id"
+measure = "distinct_cvs"
+window = "5 parsecs"
+threshold = -5
+response2 = "suspend"
+"#;
+
+#[test]
+fn every_key_of_every_table_is_checked_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = load_text(dir.path(), BROKEN).unwrap_err();
+    let got: Vec<(Origin, Option<&str>, Option<&str>)> = err
+        .issues
+        .iter()
+        .map(|i| (i.origin.clone(), i.rule.as_deref(), i.key.as_deref()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (Origin::File(Some((2, 1))), None, Some("engine.dry_rnu")),
+            (Origin::File(Some((3, 14))), None, Some("engine.max_cv_ids")),
+            (Origin::File(Some((18, 10))), Some("broken"), Some("window")),
+            (Origin::File(Some((19, 13))), Some("broken"), Some("threshold")),
+            (Origin::File(Some((20, 1))), Some("broken"), Some("response2")),
+        ],
+        "{err}"
+    );
+    let text = err.to_string();
+    assert!(text.starts_with(&format!("{}: 5 problems\n", err.file)), "{text}");
+    for line in [
+        "cvguard.toml:2:1: key `engine.dry_rnu`: unknown key; did you mean `dry_run`?",
+        "cvguard.toml:3:14: key `engine.max_cv_ids`: invalid type: string \"lots\", expected usize",
+        "cvguard.toml:18:10: rule `broken`, key `window`: `5 parsecs` is not a duration",
+        "cvguard.toml:19:13: rule `broken`, key `threshold`: invalid value: integer `-5`, expected u64",
+        "cvguard.toml:20:1: rule `broken`, key `response2`: unknown key; did you mean `response`?",
+    ] {
+        assert!(text.contains(line), "{line}\nnot in\n{text}");
+    }
+}
+
+#[test]
+fn a_missing_key_points_at_its_table_and_a_bad_required_one_is_not_also_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let text =
+        "[[rules]]\nname = \"r\"\nactions = [\"cv_view\", 7]\ngroup_by = 3\nmeasure = \"events\"\nthreshold = 1\n";
+    let err = load_text(dir.path(), text).unwrap_err();
+    let got: Vec<(Origin, Option<&str>, &str)> = err
+        .issues
+        .iter()
+        .map(|i| (i.origin.clone(), i.key.as_deref(), i.message.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (Origin::File(Some((1, 1))), Some("window"), "is required"),
+            (
+                Origin::File(Some((3, 23))),
+                Some("actions[1]"),
+                "invalid type: integer `7`, expected a string"
+            ),
+            (
+                Origin::File(Some((4, 12))),
+                Some("group_by"),
+                "invalid type: integer `3`, expected string or map"
+            ),
+        ],
+        "{err}"
+    );
+}
+
+#[test]
+fn sinks_and_tokens_are_checked_one_by_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[[sinks]]\nkind = \"jsonl\"\n[[sinks]]\nkind = \"webhook\"\nurl = \"http://x\"\ntimeout = \"soon\"\nretries = 3\n[[sinks]]\nkind = \"fax\"\n{RULE}"
+    );
+    let err = load_text(dir.path(), &text).unwrap_err();
+    let got: Vec<(Option<&str>, Origin)> = err
+        .issues
+        .iter()
+        .map(|i| (i.key.as_deref(), i.origin.clone()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (Some("sinks[0].path"), Origin::File(Some((1, 1)))),
+            (Some("sinks[1].timeout"), Origin::File(Some((6, 11)))),
+            (Some("sinks[1].retries"), Origin::File(Some((7, 1)))),
+            (Some("sinks[2].kind"), Origin::File(Some((9, 8)))),
+        ],
+        "{err}"
+    );
+    assert!(err.issues[3].message.contains("unknown variant `fax`"), "{err}");
+}
+
+#[test]
+fn a_rule_action_no_event_has_is_a_warning_with_the_nearest_action() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = load_text(
+        dir.path(),
+        &RULE.replace("[\"cv_view\"]", "[\"cv_view\", \"cv_serach\", \"print_cv\"]"),
+    )
+    .unwrap();
+    let got: Vec<(Origin, Option<&str>, Option<&str>)> = cfg
+        .warnings
+        .iter()
+        .map(|w| (w.origin.clone(), w.rule.as_deref(), w.key.as_deref()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (Origin::File(Some((4, 23))), Some("mass"), Some("actions[1]")),
+            (Origin::File(Some((4, 36))), Some("mass"), Some("actions[2]")),
+        ]
+    );
+    assert!(
+        cfg.warnings[0].message.ends_with("did you mean `cv_search`?"),
+        "{}",
+        cfg.warnings[0]
+    );
+    assert!(!cfg.warnings[1].message.contains("did you mean"), "{}", cfg.warnings[1]);
+    assert!(load_text(dir.path(), RULE).unwrap().warnings.is_empty());
+    let shipped = load(&ConfigSource::Embedded, &Overrides::default()).unwrap();
+    assert!(shipped.warnings.is_empty(), "{:?}", shipped.warnings);
+}
+
+#[test]
+fn paths_are_relative_to_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = dir.path().join("etc");
+    fs::create_dir(&sub).unwrap();
+    write(&sub, "accounts.csv", "account_id\na\n");
+    let text = format!(
+        "[state]\ndir = \"data/state\"\n[store]\nurl = \"sqlite://data/x.db?mode=rwc\"\n[profiles]\npath = \"accounts.csv\"\n\
+         [[sinks]]\nkind = \"jsonl\"\npath = \"out/alerts.jsonl\"\n[[sinks]]\nkind = \"jsonl\"\npath = \"/abs/alerts.jsonl\"\n{RULE}"
+    );
+    let path = write(&sub, "c.toml", &text);
+    let cfg = load(&ConfigSource::File(path), &Overrides::default()).unwrap();
+    let at = |p: &str| sub.join(p).display().to_string();
+    assert_eq!(cfg.state.dir, at("data/state"));
+    assert_eq!(cfg.store.url, format!("sqlite://{}?mode=rwc", at("data/x.db")));
+    assert_eq!(cfg.profiles_path, Some(sub.join("accounts.csv")));
+    assert_eq!(
+        cfg.sinks,
+        vec![
+            SinkSpec::Jsonl {
+                path: at("out/alerts.jsonl")
+            },
+            SinkSpec::Jsonl {
+                path: "/abs/alerts.jsonl".into()
+            }
+        ]
+    );
+
+    // A config named without a folder: its paths stay relative to the working directory,
+    // which is its folder.
+    let cfg = load(&ConfigSource::File("c.toml".into()), &Overrides::default());
+    assert!(cfg.is_err_and(|e| e.is_unreadable()));
+
+    // The embedded default has no folder: the working directory.
+    let embedded = load(&ConfigSource::Embedded, &Overrides::default()).unwrap();
+    assert_eq!(embedded.state.dir, "data/state");
+    assert_eq!(embedded.store.url, "sqlite://data/cvguard.db");
+    assert_eq!(
+        embedded.sinks,
+        vec![SinkSpec::Jsonl {
+            path: "data/alerts.jsonl".into()
+        }]
+    );
+    let postgres = load_text(dir.path(), &format!("[store]\nurl = \"postgres://u@h/db\"\n{RULE}")).unwrap();
+    assert_eq!(postgres.store.url, "postgres://u@h/db");
+}
+
+#[test]
+fn the_effective_config_has_every_section_with_its_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = load_text(dir.path(), RULE).unwrap();
+    let all = cfg.effective();
+    for section in [
+        "engine",
+        "profiles",
+        "allowlist",
+        "rules",
+        "source",
+        "http",
+        "state",
+        "service",
+        "kafka",
+        "sinks",
+        "store",
+        "suspend",
+        "log",
+    ] {
+        assert!(all.get(section).is_some(), "{section} missing from {all}");
+    }
+    assert_eq!(all["engine"]["max_cv_ids"], 10_000);
+    assert_eq!(all["engine"]["dedupe_window"], "10m");
+    assert_eq!(all["http"]["listen"], "127.0.0.1:8088");
+    assert_eq!(all["suspend"]["secret_env"], "CVGUARD_SUSPEND_SECRET");
+    assert_eq!(all["rules"][0]["response"], "alert");
+    assert_eq!(all["rules"][0]["severity"], "high");
+    assert_eq!(all["rules"][0]["dry_run"], false);
+    assert_eq!(
+        all["store"]["url"],
+        format!("sqlite://{}", dir.path().join("data/cvguard.db").display())
+    );
+}
+
+#[test]
+fn key_paths_read_and_print_as_the_rule_compiler_writes_them() {
+    for text in [
+        "engine.dedupe_window",
+        "http.tokens[0].sha256",
+        "kafka.properties.\"bootstrap.servers\"",
+        "rules[3].baseline.history",
+    ] {
+        assert_eq!(document::KeyPath::parse(text).to_string(), text);
+    }
 }

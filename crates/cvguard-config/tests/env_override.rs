@@ -1,7 +1,7 @@
 //! Environment overrides run in their own test binary: environment variables are
 //! process-wide, and no other test should see these.
 
-use cvguard_config::{load, ConfigSource, Overrides};
+use cvguard_config::{load, ConfigSource, Origin, Overrides};
 
 #[test]
 fn cvguard_env_vars_override_file_values() {
@@ -20,6 +20,28 @@ fn cvguard_env_vars_override_file_values() {
     assert!(cfg.ruleset.settings.dry_run);
 
     std::env::set_var("CVGUARD__ENGINE__MAX_CV_IDS", "many");
-    let err = load(&ConfigSource::File(path), &Overrides::default()).unwrap_err();
-    assert_eq!(err.issues[0].key, "engine.max_cv_ids");
+    let err = load(&ConfigSource::File(path.clone()), &Overrides::default()).unwrap_err();
+    assert_eq!(err.issues[0].key.as_deref(), Some("engine.max_cv_ids"));
+    assert_eq!(err.issues[0].origin, Origin::Env("CVGUARD__ENGINE__MAX_CV_IDS".into()));
+    let text = err.to_string();
+    assert!(
+        text.contains("\n  environment variable CVGUARD__ENGINE__MAX_CV_IDS: key `engine.max_cv_ids`: invalid type"),
+        "{text}"
+    );
+    std::env::remove_var("CVGUARD__ENGINE__MAX_CV_IDS");
+
+    // An unknown key from the environment is the variable's; a value that reads as a
+    // number stays text where text is wanted; a path from the environment is the working
+    // directory's, not the file's.
+    std::env::set_var("CVGUARD__ENGINE__DRY_RNU", "true");
+    std::env::set_var("CVGUARD__KAFKA__GROUP_ID", "1234");
+    std::env::set_var("CVGUARD__STATE__DIR", "here/state");
+    let err = load(&ConfigSource::File(path.clone()), &Overrides::default()).unwrap_err();
+    assert_eq!(err.issues.len(), 1, "{err}");
+    assert_eq!(err.issues[0].origin, Origin::Env("CVGUARD__ENGINE__DRY_RNU".into()));
+    assert!(err.issues[0].message.contains("did you mean `dry_run`?"), "{err}");
+    std::env::remove_var("CVGUARD__ENGINE__DRY_RNU");
+    let cfg = load(&ConfigSource::File(path), &Overrides::default()).unwrap();
+    assert_eq!(cfg.kafka.group_id.as_deref(), Some("1234"));
+    assert_eq!(cfg.state.dir, "here/state");
 }

@@ -5,7 +5,6 @@ mod input;
 mod replay;
 mod telemetry;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -36,16 +35,16 @@ enum Command {
     Incidents(commands::incidents::Args),
     /// API tokens: `token new --role viewer --name soc-dashboard`.
     Token(commands::token::Args),
-    /// Validate a config file and print the effective rules; exit 64 with every problem.
-    CheckConfig {
-        /// The config file.
-        file: PathBuf,
-    },
+    /// Validate a config file and print the effective rules (or, with -o json, the whole
+    /// effective config); exit 64 with every problem, 66 when the file cannot be read.
+    CheckConfig(commands::check_config::Args),
 }
 
 /// Errors the commands return, each with its exit status.
 #[derive(Debug)]
 pub enum Failure {
+    /// A config that cannot be read (66) or is invalid (64).
+    Load(cvguard_config::LoadError),
     Config(cvguard_config::ConfigError),
     NoInput(String),
     Other(anyhow::Error),
@@ -60,6 +59,12 @@ impl From<anyhow::Error> for Failure {
 impl From<std::io::Error> for Failure {
     fn from(e: std::io::Error) -> Self {
         Failure::Other(e.into())
+    }
+}
+
+impl From<cvguard_config::LoadError> for Failure {
+    fn from(e: cvguard_config::LoadError) -> Self {
+        Failure::Load(e)
     }
 }
 
@@ -78,10 +83,18 @@ fn main() -> ExitCode {
         Command::Serve(args) => commands::serve::run(args),
         Command::Incidents(args) => commands::incidents::run(args),
         Command::Token(args) => commands::token::run(args),
-        Command::CheckConfig { file } => commands::check_config::run(&file),
+        Command::CheckConfig(args) => commands::check_config::run(args),
     };
     match result {
         Ok(code) => code,
+        Err(Failure::Load(e)) if e.is_unreadable() => {
+            eprintln!("cvguard: {e}");
+            ExitCode::from(EXIT_NO_INPUT)
+        }
+        Err(Failure::Load(e)) => {
+            eprintln!("cvguard: invalid config: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
         Err(Failure::Config(e)) => {
             eprintln!("cvguard: invalid config: {e}");
             ExitCode::from(EXIT_CONFIG)

@@ -1,16 +1,56 @@
-//! `cvguard check-config FILE`: what an analyst runs before a change goes live.
+//! `cvguard check-config [--config] FILE`: what an analyst runs before a change goes live.
 
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use cvguard_config::{ConfigSource, Overrides};
+use cvguard_config::{Config, ConfigSource, LoadError, Overrides};
+use serde_json::Value;
 
+use crate::commands::serve::redact_url;
 use crate::Failure;
 
-pub fn run(file: &Path) -> Result<ExitCode, Failure> {
-    let config = cvguard_config::load(&ConfigSource::File(file.to_path_buf()), &Overrides::default())?;
-    match print_rules(&config) {
+#[derive(clap::Args)]
+pub struct Args {
+    /// The config file (TOML); the same as --config. Without either, the default
+    /// compiled into the binary.
+    #[arg(value_name = "FILE", conflicts_with = "config")]
+    file: Option<PathBuf>,
+    /// The config file (TOML).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// `table`: the effective rules; `json`: the whole effective config, defaults
+    /// included (credentials in URLs and secret Kafka properties redacted).
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    /// Refuse warnings too (a rule action no known event has): exit 64.
+    #[arg(long)]
+    strict: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+pub fn run(args: Args) -> Result<ExitCode, Failure> {
+    let source = args
+        .file
+        .or(args.config)
+        .map_or_else(ConfigSource::embedded_default, ConfigSource::File);
+    let config = cvguard_config::load(&source, &Overrides::default())?;
+    if args.strict && !config.warnings.is_empty() {
+        return Err(LoadError::from_warnings(config.source_name, config.warnings).into());
+    }
+    for warning in &config.warnings {
+        eprintln!("cvguard: warning: {}", warning.in_file(&config.source_name));
+    }
+    let printed = match args.output {
+        Output::Table => print_rules(&config),
+        Output::Json => print_json(&config),
+    };
+    match printed {
         // A closed pipe (`| head`) is the reader's choice, not an error.
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
         Err(e) => Err(e.into()),
@@ -18,7 +58,47 @@ pub fn run(file: &Path) -> Result<ExitCode, Failure> {
     }
 }
 
-fn print_rules(config: &cvguard_config::Config) -> io::Result<()> {
+fn print_json(config: &Config) -> io::Result<()> {
+    let mut all = config.effective();
+    redact(&mut all);
+    let mut o = io::stdout().lock();
+    serde_json::to_writer_pretty(&mut o, &all)?;
+    writeln!(o)
+}
+
+/// librdkafka properties whose values are secrets (they belong in
+/// `[kafka.properties_from_env]`, but a file may hold them).
+fn secret_property(name: &str) -> bool {
+    ["password", "secret", "key.pem", "jaas"]
+        .iter()
+        .any(|s| name.contains(s))
+}
+
+/// Credentials out of every URL and secret out of every Kafka property. Token hashes and
+/// `secret_env` (a variable's name) are not secrets.
+fn redact(all: &mut Value) {
+    let redact_url_at = |url: Option<&mut Value>| {
+        if let Some(Value::String(text)) = url {
+            *text = redact_url(text);
+        }
+    };
+    redact_url_at(all.pointer_mut("/store/url"));
+    redact_url_at(all.pointer_mut("/suspend/url"));
+    if let Some(Value::Array(sinks)) = all.get_mut("sinks") {
+        for sink in sinks {
+            redact_url_at(sink.get_mut("url"));
+        }
+    }
+    if let Some(Value::Object(props)) = all.pointer_mut("/kafka/properties") {
+        for (name, value) in props.iter_mut() {
+            if secret_property(name) {
+                *value = Value::String("<redacted>".into());
+            }
+        }
+    }
+}
+
+fn print_rules(config: &Config) -> io::Result<()> {
     let mut o = io::stdout().lock();
     let set = &config.ruleset;
     writeln!(o, "{}: ok", config.source_name)?;
