@@ -320,7 +320,7 @@ impl Loader<'_> {
                     from_command_line = Some(Problem {
                         origin: Origin::CommandLine,
                         rule: None,
-                        key: Some("profiles".into()),
+                        key: None,
                         message,
                     });
                 } else {

@@ -526,3 +526,16 @@ fn key_paths_read_and_print_as_the_rule_compiler_writes_them() {
         assert_eq!(document::KeyPath::parse(text).to_string(), text);
     }
 }
+
+#[test]
+fn a_profile_file_from_the_command_line_is_blamed_on_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "c.toml", RULE);
+    let overrides = Overrides {
+        profiles_path: Some(dir.path().join("nope.csv")),
+    };
+    let err = load(&ConfigSource::File(path), &overrides).unwrap_err();
+    assert_eq!(err.issues.len(), 1, "{err}");
+    assert_eq!(err.issues[0].origin, Origin::CommandLine);
+    assert!(err.to_string().contains("\n  command line: cannot read profile file"), "{err}");
+}
