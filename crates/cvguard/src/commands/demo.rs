@@ -52,7 +52,8 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
     let config_path = args.dir.join("cvguard.toml");
     std::fs::write(
         &config_path,
-        cvguard_config::EMBEDDED_DEFAULT.replace("sqlite://data/cvguard.db", &format!("sqlite://{}", db.display())),
+        // Paths in a config file are relative to its folder: the store beside it.
+        cvguard_config::EMBEDDED_DEFAULT.replace("sqlite://data/cvguard.db", "sqlite://cvguard.db"),
     )?;
     let config = cvguard_config::load(&ConfigSource::File(config_path.clone()), &Overrides::default())?;
     let rules = Arc::new(config.ruleset.clone());

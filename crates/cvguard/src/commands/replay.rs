@@ -51,6 +51,9 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
             profiles_path: args.profiles,
         },
     )?;
+    for w in &config.warnings {
+        eprintln!("cvguard: warning: {}", w.in_file(&config.source_name));
+    }
     let clock_ms = match &args.now {
         Some(text) => Some(
             cvguard_core::timefmt::parse_rfc3339_ms(text)

@@ -65,6 +65,9 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
     };
     let config = cvguard_config::load(&source, &overrides)?;
     telemetry::init(config.log.format);
+    for w in &config.warnings {
+        warn!(message = "Config warning.", file = %config.source_name, problem = %w);
+    }
     let _pidfile = args.pidfile.map(PidFile::write).transpose()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -354,6 +357,9 @@ async fn watch_config(
         let loaded = tokio::task::spawn_blocking(move || cvguard_config::load(&source, &overrides)).await;
         match loaded {
             Ok(Ok(config)) => {
+                for w in &config.warnings {
+                    warn!(message = "Config warning.", file = %config.source_name, problem = %w);
+                }
                 let rules = Arc::new(config.ruleset);
                 let d = detection.clone();
                 let r = rules.clone();
