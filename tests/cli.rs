@@ -103,3 +103,55 @@ fn replay_reads_stdin_and_writes_alerts_to_stdout() {
     assert_eq!(suspend["value"], 4000);
     assert_eq!(suspend["event_time"], "2024-05-04T00:00:19.000Z");
 }
+
+/// Like its neighbours (#15): completions and man pages from the same definition as
+/// `--help`, exit codes in `--help`, filters refused with the API's own words.
+#[test]
+fn completions_man_pages_exit_codes_and_validated_filters() {
+    let bash = cvguard_ok(&["completions", "bash"]);
+    let script = String::from_utf8_lossy(&bash.stdout);
+    for word in [
+        "replay",
+        "serve",
+        "incidents",
+        "check-config",
+        "--save-state",
+        "--pidfile",
+    ] {
+        assert!(script.contains(word), "bash completion lacks {word}");
+    }
+    let help = cvguard_ok(&["--help"]);
+    let help = String::from_utf8_lossy(&help.stdout);
+    for code in ["64", "65", "66"] {
+        assert!(
+            help.contains(&format!("\n  {code} ")),
+            "--help lacks exit status {code}:\n{help}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    cvguard_ok(&["man", "--out", dir.path().to_str().unwrap()]);
+    let page = std::fs::read_to_string(dir.path().join("cvguard-replay.1")).unwrap();
+    assert!(page.starts_with(".ie") || page.contains(".TH"), "{page}");
+    assert!(page.contains("save\\-state"), "{page}");
+
+    // A status the API would refuse is refused here, with the words it accepts.
+    let bad = cvguard(&["incidents", "list", "--status", "bogus"]);
+    assert_eq!(bad.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("open") && err.contains("false_positive"), "{err}");
+    let bad = cvguard(&["incidents", "list", "--limit", "0"]);
+    assert_eq!(bad.status.code(), Some(2));
+}
+
+#[test]
+fn a_replay_with_no_usable_event_exits_65() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("junk.ndjson");
+    std::fs::write(&input, "{broken\n[1]\n").unwrap();
+    let out = cvguard(&["replay", "--input", input.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(65));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("all 2 lines were rejected"));
+    std::fs::write(&input, "").unwrap();
+    let out = cvguard(&["replay", "--input", input.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(65));
+}

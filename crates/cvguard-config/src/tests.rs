@@ -537,5 +537,8 @@ fn a_profile_file_from_the_command_line_is_blamed_on_it() {
     let err = load(&ConfigSource::File(path), &overrides).unwrap_err();
     assert_eq!(err.issues.len(), 1, "{err}");
     assert_eq!(err.issues[0].origin, Origin::CommandLine);
-    assert!(err.to_string().contains("\n  command line: cannot read profile file"), "{err}");
+    assert!(
+        err.to_string().contains("\n  command line: cannot read profile file"),
+        "{err}"
+    );
 }

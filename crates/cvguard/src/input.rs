@@ -3,28 +3,59 @@
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use flate2::read::MultiGzDecoder;
 
+/// What an opened input says about how far it has been read.
+pub struct Source {
+    /// The file's size on disk (compressed, for a gzip file); unknown for stdin.
+    pub size: Option<u64>,
+    /// Bytes read from the file itself so far (compressed, for a gzip file): what to
+    /// compare with `size`.
+    pub read: Arc<AtomicU64>,
+}
+
+/// Counts the bytes read through it.
+struct Counted<R> {
+    inner: R,
+    read: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
 /// Opens `path` (`-` for stdin), decompressing gzip when the data starts with its magic
-/// bytes, whatever the file is called. Returns the reader and the file size, if known.
-pub fn open(path: &Path) -> io::Result<(Box<dyn BufRead>, Option<u64>)> {
-    let (raw, size): (Box<dyn Read>, Option<u64>) = if path.as_os_str() == "-" {
+/// bytes, whatever the file is called. Returns the reader and how far it has been read.
+pub fn open(path: &Path) -> io::Result<(Box<dyn BufRead>, Source)> {
+    let read = Arc::new(AtomicU64::new(0));
+    let (inner, size): (Box<dyn Read>, Option<u64>) = if path.as_os_str() == "-" {
         (Box::new(io::stdin().lock()), None)
     } else {
         let f = File::open(path)?;
         let size = f.metadata().ok().map(|m| m.len());
         (Box::new(f), size)
     };
+    let raw = Counted {
+        inner,
+        read: read.clone(),
+    };
+    let source = Source { size, read };
     let mut buffered = BufReader::with_capacity(1 << 20, raw);
     let is_gzip = buffered.fill_buf()?.starts_with(&[0x1f, 0x8b]);
     if is_gzip {
         Ok((
             Box::new(BufReader::with_capacity(1 << 20, MultiGzDecoder::new(buffered))),
-            size,
+            source,
         ))
     } else {
-        Ok((Box::new(buffered), size))
+        Ok((Box::new(buffered), source))
     }
 }
 
@@ -128,6 +159,34 @@ mod tests {
         assert_eq!(
             lines("short\nthis one is too long\nok\n", 8),
             vec!["short", "<too long>", "ok"]
+        );
+    }
+
+    /// Progress compares like with like: a gzip file's compressed bytes read with its
+    /// compressed size, not the decompressed stream with it ("802 MiB / 123 MiB").
+    #[test]
+    fn a_gzip_input_reports_compressed_bytes_read_against_its_size() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.ndjson.gz");
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        for i in 0..20_000 {
+            writeln!(gz, "{{\"ts\":{i},\"account_id\":\"a\",\"action\":\"cv_view\"}}").unwrap();
+        }
+        let compressed = gz.finish().unwrap();
+        std::fs::write(&path, &compressed).unwrap();
+        let (reader, source) = open(&path).unwrap();
+        let mut r = LineReader::new(reader, 1024);
+        let mut n = 0;
+        while r.next_line().unwrap().is_some() {
+            n += 1;
+        }
+        assert_eq!(n, 20_000);
+        assert_eq!(source.size, Some(compressed.len() as u64));
+        assert_eq!(source.read.load(Ordering::Relaxed), compressed.len() as u64);
+        assert!(
+            r.consumed > 10 * compressed.len() as u64,
+            "the decompressed stream is larger"
         );
     }
 }

@@ -7,16 +7,31 @@ mod telemetry;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// Exit status for a bad config or bad arguments (sysexits EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
 /// Exit status for an input that cannot be opened (sysexits EX_NOINPUT).
 const EXIT_NO_INPUT: u8 = 66;
+/// Exit status for input with no usable event in it (sysexits EX_DATAERR).
+pub const EXIT_NO_DATA: u8 = 65;
+
+const EXIT_CODES: &str = "Exit status:
+  0   ok
+  1   any other failure (a store or broker that cannot be reached, a failed write)
+  2   wrong arguments (usage)
+  64  invalid config: every problem listed with file, line, rule and key
+  65  replay: the input held no usable event
+  66  a config file, input or incident that does not exist";
 
 #[derive(Parser)]
-#[command(name = "cvguard", version, about = "Stops mass harvesting of CVs on job boards")]
-struct Cli {
+#[command(
+    name = "cvguard",
+    version,
+    about = "Stops mass harvesting of CVs on job boards",
+    after_help = EXIT_CODES
+)]
+pub struct Cli {
     #[command(subcommand)]
     command: Command,
 }
@@ -38,6 +53,18 @@ enum Command {
     /// Validate a config file and print the effective rules (or, with -o json, the whole
     /// effective config); exit 64 with every problem, 66 when the file cannot be read.
     CheckConfig(commands::check_config::Args),
+    /// Print a shell completion script: `cvguard completions bash > /etc/bash_completion.d/cvguard`.
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (cvguard.1 and one per command) into a folder.
+    Man {
+        /// Where to write them.
+        #[arg(long, value_name = "DIR", default_value = "target/man")]
+        out: std::path::PathBuf,
+    },
 }
 
 /// Errors the commands return, each with its exit status.
@@ -84,6 +111,11 @@ fn main() -> ExitCode {
         Command::Incidents(args) => commands::incidents::run(args),
         Command::Token(args) => commands::token::run(args),
         Command::CheckConfig(args) => commands::check_config::run(args),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "cvguard", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { out } => commands::man::write(Cli::command(), &out),
     };
     match result {
         Ok(code) => code,
@@ -107,5 +139,33 @@ fn main() -> ExitCode {
             eprintln!("cvguard: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every command and every flag says what it is for in `--help` (and so in the man
+    /// pages and completions made from the same definition).
+    #[test]
+    fn every_command_and_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                if !builtin && arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+                if sub.get_about().is_none() {
+                    missing.push(format!("{path} {} (the command)", sub.get_name()));
+                }
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "cvguard", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:#?}");
     }
 }

@@ -4,9 +4,69 @@ use std::collections::BTreeMap;
 use std::io::{self, BufRead, Write};
 
 use cvguard_core::{Alert, AlertAction, Engine, EngineStats, KeyKind, RejectReason};
-use indicatif::ProgressBar;
+use std::io::IsTerminal;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::input::{Line, LineReader};
+
+/// How far a replay is: a bar on a terminal, else a line on stderr every 10 seconds (a
+/// replay of a month in a CI log or under `nohup` says it is alive). Positions are bytes
+/// read from the file itself, compressed for a gzip file, as its size is.
+pub struct Progress {
+    bar: Option<ProgressBar>,
+    source: crate::input::Source,
+    started: Instant,
+    last_line: Instant,
+}
+
+impl Progress {
+    pub fn new(source: crate::input::Source) -> Progress {
+        let bar = io::stderr().is_terminal().then(|| match source.size {
+            Some(len) => ProgressBar::new(len).with_style(
+                ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            ),
+            None => ProgressBar::new_spinner(),
+        });
+        Progress {
+            bar,
+            source,
+            started: Instant::now(),
+            last_line: Instant::now(),
+        }
+    }
+
+    fn tick(&mut self, events: u64) {
+        let read = self.source.read.load(Ordering::Relaxed);
+        match &self.bar {
+            Some(bar) => bar.set_position(read),
+            None if self.last_line.elapsed() >= Duration::from_secs(10) => {
+                self.last_line = Instant::now();
+                let share = self
+                    .source
+                    .size
+                    .filter(|s| *s > 0)
+                    .map(|s| format!(" ({:.0}%)", read as f64 * 100.0 / s as f64))
+                    .unwrap_or_default();
+                eprintln!(
+                    "replay: {events} events, {:.1} MB read{share}, {:.0} s",
+                    read as f64 / 1e6,
+                    self.started.elapsed().as_secs_f64()
+                );
+            }
+            None => {}
+        }
+    }
+
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
 
 /// Feeds every line to the engine and hands each alert to `on_alert` as it is decided.
 /// Returns the bytes read (after decompression).
@@ -14,12 +74,13 @@ pub fn feed<R: BufRead>(
     engine: &mut Engine,
     lines: &mut LineReader<R>,
     clock_ms: Option<i64>,
-    progress: &ProgressBar,
+    progress: &mut Progress,
     mut on_line: impl FnMut(&[u8]),
     mut on_alert: impl FnMut(&Alert) -> io::Result<()>,
 ) -> io::Result<u64> {
     let mut alerts = Vec::new();
     let mut since_tick = 0u32;
+    let mut events = 0u64;
     while let Some(line) = lines.next_line()? {
         match line {
             Line::Text(bytes) => {
@@ -34,12 +95,13 @@ pub fn feed<R: BufRead>(
             on_alert(&alert)?;
         }
         since_tick += 1;
+        events += 1;
         if since_tick == 65_536 {
             since_tick = 0;
-            progress.set_position(lines.consumed);
+            progress.tick(events);
         }
     }
-    progress.set_position(lines.consumed);
+    progress.tick(events);
     Ok(lines.consumed)
 }
 

@@ -28,6 +28,7 @@ pub struct Args {
     /// Folder for the simulated traffic, profiles, labels and alerts.
     #[arg(long, default_value = "data/demo")]
     dir: PathBuf,
+    /// The simulation's seed: the same seed tells the same story.
     #[arg(long, default_value_t = 42)]
     seed: u64,
 }

@@ -20,42 +20,58 @@ pub struct Args {
 enum Sub {
     /// Incidents, newest first.
     List {
+        /// Config file whose `[store] url` to read. Without it, the shipped default's.
         #[arg(long)]
         config: Option<PathBuf>,
-        /// open, acknowledged, resolved or false_positive.
-        #[arg(long)]
-        status: Option<String>,
+        /// Only incidents in this status (the API's `status` filter, the same words).
+        #[arg(long, value_enum)]
+        status: Option<ListStatus>,
+        /// Only incidents of this rule.
         #[arg(long)]
         rule: Option<String>,
-        #[arg(long, default_value_t = 50)]
+        /// How many, at most (1 to 1000, as the API's `limit`).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..=1000))]
         limit: i64,
-        #[arg(long, value_enum, default_value = "table")]
-        format: ListFormat,
+        /// `table` for people, `json` for programs.
+        #[arg(short = 'o', long = "output", alias = "format", value_enum, default_value = "table")]
+        output: Output,
     },
-    /// One incident with its actions and history, as JSON.
+    /// One incident with its actions and history.
     Show {
+        /// The incident's id (from `incidents list`).
         id: String,
+        /// Config file whose `[store] url` to read. Without it, the shipped default's.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// `json` (the incident as the API gives it) or `table` (its main fields, one a line).
+        #[arg(short = 'o', long = "output", value_enum, default_value = "json")]
+        output: Output,
     },
-    /// Move an incident on: acknowledged, resolved or false-positive (which unsuspends).
+    /// Change an incident's status, as the SOC's decision (recorded with actor and note).
     Set {
+        /// The incident's id (from `incidents list`).
         id: String,
+        /// The new status: a false positive also lifts the suspension it caused.
         #[arg(value_enum)]
         status: Status,
+        /// Config file whose `[store] url` to write. Without it, the shipped default's.
         #[arg(long)]
         config: Option<PathBuf>,
         /// Who is making the change (recorded in the history).
         #[arg(long, default_value = "cli")]
         actor: String,
+        /// Why, in a few words (recorded in the history).
         #[arg(long, default_value = "")]
         note: String,
     },
-    /// The people to notify: one row per distinct CV (cv_id,first_access,action,visibility).
+    /// The people to notify: every CV the incident's key touched, one row each.
     Export {
+        /// The incident's id (from `incidents list`).
         id: String,
+        /// Config file whose `[store] url` to read. Without it, the shipped default's.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// The export's format (CSV, safe to open in a spreadsheet).
         #[arg(long, value_enum, default_value = "csv")]
         format: ExportFormat,
     },
@@ -65,11 +81,32 @@ enum Sub {
 enum Status {
     Acknowledged,
     Resolved,
+    #[value(name = "false_positive", alias = "false-positive")]
     FalsePositive,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
-enum ListFormat {
+enum ListStatus {
+    Open,
+    Acknowledged,
+    Resolved,
+    #[value(name = "false_positive", alias = "false-positive")]
+    FalsePositive,
+}
+
+impl ListStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            ListStatus::Open => "open",
+            ListStatus::Acknowledged => "acknowledged",
+            ListStatus::Resolved => "resolved",
+            ListStatus::FalsePositive => "false_positive",
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
     Table,
     Json,
 }
@@ -100,19 +137,19 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
             status,
             rule,
             limit,
-            format,
+            output,
         } => {
             let (rt, store) = open(config)?;
             let filter = IncidentFilter {
-                status,
+                status: status.map(|s| s.as_str().to_string()),
                 rule,
                 limit,
                 ..IncidentFilter::default()
             };
             let list = rt.block_on(store.list(&filter)).context("listing incidents")?;
-            match format {
-                ListFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(&list).unwrap_or_default()),
-                ListFormat::Table => (|| {
+            match output {
+                Output::Json => writeln!(out, "{}", serde_json::to_string_pretty(&list).unwrap_or_default()),
+                Output::Table => (|| {
                     writeln!(
                         out,
                         "{:<18} {:<15} {:<20} {:<12} {:<18} {:>8} {:<8} {:>9} {:>9}  opened",
@@ -138,10 +175,13 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
                 })(),
             }
         }
-        Sub::Show { id, config } => {
+        Sub::Show { id, config, output } => {
             let (rt, store) = open(config)?;
             match rt.block_on(store.get(&id)).context("reading the incident")? {
-                Some(d) => writeln!(out, "{}", serde_json::to_string_pretty(&d).unwrap_or_default()),
+                Some(d) if output == Output::Json => {
+                    writeln!(out, "{}", serde_json::to_string_pretty(&d).unwrap_or_default())
+                }
+                Some(d) => show_table(&mut out, &d),
                 None => return Err(Failure::NoInput(format!("no incident {id}"))),
             }
         }
@@ -189,4 +229,50 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
         Err(e) => Err(e.into()),
         Ok(()) => Ok(ExitCode::SUCCESS),
     }
+}
+
+/// An incident's main fields, one a line, then its actions and history.
+fn show_table(out: &mut impl Write, d: &cvguard_store::IncidentDetail) -> io::Result<()> {
+    let i = &d.incident;
+    let c = &i.cvs_by_visibility;
+    for (field, value) in [
+        ("id", i.id.clone()),
+        ("status", i.status.clone()),
+        ("rule", i.rule.clone()),
+        ("key", format!("{} {}", i.key_kind, i.key)),
+        ("accounts", i.accounts.join(", ")),
+        ("decided", format!("{} ({})", i.action, i.reason)),
+        ("suspended", i.suspended.to_string()),
+        (
+            "value",
+            format!(
+                "{} at detection, {} latest; threshold {} ({})",
+                i.value_at_detection, i.latest_value, i.threshold, i.threshold_source
+            ),
+        ),
+        ("first event", i.first_event_time.clone()),
+        ("opened", i.opened_at.clone()),
+        (
+            "people to notify",
+            format!("{} named, {} anonymous, {} unknown", c.named, c.anonymous, c.unknown),
+        ),
+        ("notify authority by", i.notify_authority_by.clone()),
+    ] {
+        writeln!(out, "{field:<20} {value}")?;
+    }
+    for a in &d.actions {
+        writeln!(
+            out,
+            "action               {} {} {} {}: {}",
+            a.at, a.action, a.target, a.outcome, a.detail
+        )?;
+    }
+    for h in &d.history {
+        writeln!(
+            out,
+            "history              {} {} {}: {}",
+            h.at, h.actor, h.change, h.note
+        )?;
+    }
+    Ok(())
 }

@@ -1,6 +1,7 @@
 pub mod check_config;
 pub mod demo;
 pub mod incidents;
+pub mod man;
 pub mod replay;
 pub mod serve;
 pub mod simulate;

@@ -1,7 +1,7 @@
 //! `cvguard replay`: a backtest. Never calls the suspend webhook.
 
 use std::fs::File;
-use std::io::{self, BufWriter, IsTerminal, Write};
+use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -11,10 +11,9 @@ use anyhow::Context;
 use cvguard_config::{ConfigSource, Overrides};
 use cvguard_core::Engine;
 use cvguard_stream::warm_start::WarmStart;
-use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::input::{self, LineReader};
-use crate::replay::{feed, write_summary, AlertTally};
+use crate::replay::{feed, write_summary, AlertTally, Progress};
 use crate::Failure;
 
 #[derive(clap::Args)]
@@ -61,7 +60,7 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
         ),
         None => Some(wall_clock_ms()),
     };
-    let (reader, size) = input::open(&args.input)
+    let (reader, source) = input::open(&args.input)
         .map_err(|e| Failure::NoInput(format!("cannot open input {}: {e}", args.input.display())))?;
     let max_line = config.ruleset.settings.limits.max_event_bytes;
     let mut lines = LineReader::new(reader, max_line);
@@ -72,7 +71,7 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
         )),
         None => Box::new(BufWriter::new(io::stdout().lock())),
     };
-    let progress = progress_bar(size);
+    let mut progress = Progress::new(source);
     let rules = Arc::new(config.ruleset);
     let mut warm = match &args.save_state {
         Some(_) if config.source.kind == cvguard_config::SourceKind::Kafka => {
@@ -91,14 +90,14 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
             w.feed(line, clock_ms);
         }
     };
-    let bytes = feed(&mut engine, &mut lines, clock_ms, &progress, on_line, |alert| {
+    let bytes = feed(&mut engine, &mut lines, clock_ms, &mut progress, on_line, |alert| {
         tally.note(alert);
         serde_json::to_writer(&mut out, alert)?;
         out.write_all(b"\n")
     })
     .context("reading the input")?;
     out.flush().context("writing alerts")?;
-    progress.finish_and_clear();
+    progress.finish();
     if let (Some(w), Some(dir)) = (warm, &args.save_state) {
         let (keys, histories) = w.save().map_err(|e| Failure::Other(e.into()))?;
         eprintln!(
@@ -114,6 +113,15 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
         bytes,
         started.elapsed(),
     )?;
+    let s = engine.stats();
+    if s.accepted + s.late + s.duplicates == 0 {
+        let why = match s.events {
+            0 => "it is empty".to_string(),
+            n => format!("all {n} lines were rejected: see the reasons above"),
+        };
+        eprintln!("cvguard: no usable event in {}: {why}", args.input.display());
+        return Ok(ExitCode::from(crate::EXIT_NO_DATA));
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -121,18 +129,4 @@ pub fn wall_clock_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
-}
-
-/// A progress bar on stderr when it is a terminal; hidden otherwise.
-pub fn progress_bar(size: Option<u64>) -> ProgressBar {
-    if !io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    match size {
-        Some(len) => ProgressBar::new(len).with_style(
-            ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        ),
-        None => ProgressBar::new_spinner(),
-    }
 }

@@ -16,6 +16,7 @@ pub struct Args {
     /// Folder to write events.ndjson (or .ndjson.gz), accounts.csv and labels.csv into.
     #[arg(long, default_value = "data/sim")]
     pub out: PathBuf,
+    /// The same seed gives the same board, byte for byte.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// Days of traffic, starting Friday 3 May 2024 00:00 UTC unless --start says otherwise.

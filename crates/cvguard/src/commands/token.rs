@@ -17,6 +17,8 @@ pub struct Args {
 enum Sub {
     /// Print a new random token and the `[[http.tokens]]` entry to paste into the config.
     New {
+        /// What it may do: viewer reads, responder also acts on incidents, admin also
+        /// changes suspensions, ingest may only POST events.
         #[arg(long, value_enum)]
         role: RoleArg,
         /// Who holds it; recorded as the actor of every change made with it.
