@@ -905,27 +905,55 @@ impl Engine {
         }
 
         let names = &mut self.names;
+        let rule_ids = rules.rules_of(kind);
+        // First every window moves to `now`, letting go of what has left it; then a firing
+        // rule whose window emptied while the key was quiet re-arms, before this event is
+        // added: one event that takes it back over is a new crossing. (Only an empty
+        // window: a key hovering at its threshold, one event leaving as one arrives, is
+        // one incident, not an alert per event.)
+        for (g, plan) in layout.plan.groups.iter().enumerate() {
+            let rules = &mut progress[layout.progress_range(g)];
+            if layout.plan.fields[g] == DistinctField::Cvs {
+                groups[g].advance(plan, rules, now, |cv| {
+                    *cv_pairs -= 1;
+                    interner.release(cv);
+                });
+            } else {
+                groups[g].advance(plan, rules, now, |name| names.release(name));
+            }
+        }
+        for (slot, &ri) in rule_ids.iter().enumerate() {
+            if layout.plan.place[slot].is_none() {
+                counts[layout.count_place[slot]].expire(now - rules.rules[ri].window_secs);
+            }
+        }
+        if state.firing != 0 {
+            for w in 0..rule_ids.len() {
+                let key = KeyRef {
+                    state,
+                    thresholds,
+                    counts,
+                    groups,
+                    progress,
+                };
+                if key.value(layout, w) == 0 {
+                    firing.set(&mut state.firing, slot, w, None);
+                }
+            }
+        }
+
         for (g, plan) in layout.plan.groups.iter().enumerate() {
             let field = layout.plan.fields[g];
             let group = &mut groups[g];
             let rules = &mut progress[layout.progress_range(g)];
             // A group of accounts, users or ips counts the event's value of that field,
-            // held while the key decides (as the CVs are in `apply`): an advance may drop
-            // its last reference just before the add takes it again.
+            // held while the key decides (as the CVs are in `apply`).
             let held = match field {
                 DistinctField::Cvs => None,
                 DistinctField::Accounts => Some(names.intern_retained(&ev.account_id)),
                 DistinctField::Users => ev.user_id.as_deref().map(|u| names.intern_retained(u)),
                 DistinctField::Ips => ev.ip.as_deref().map(|ip| names.intern_retained(ip)),
             };
-            if field == DistinctField::Cvs {
-                group.advance(plan, rules, now, |cv| {
-                    *cv_pairs -= 1;
-                    interner.release(cv);
-                });
-            } else {
-                group.advance(plan, rules, now, |name| names.release(name));
-            }
             if let Some(class) = plan.class_of(action) {
                 let access = Access {
                     class,
@@ -954,7 +982,6 @@ impl Engine {
             }
         }
 
-        let rule_ids = rules.rules_of(kind);
         for (slot, &ri) in rule_ids.iter().enumerate() {
             if layout.plan.place[slot].is_some() {
                 continue;
@@ -962,7 +989,6 @@ impl Engine {
             let rule = &rules.rules[ri];
             let cutoff = now - rule.window_secs;
             let win = &mut counts[layout.count_place[slot]];
-            win.expire(cutoff);
             if rule.action_mask & bit != 0 && sec > cutoff {
                 let amount = match rule.measure {
                     Measure::Events => 1,

@@ -1390,3 +1390,21 @@ fn a_baseline_works_on_distinct_ips_and_its_memory_is_counted() {
     assert!(part("baseline histories") >= 8 * 4, "eight days of values at least");
     assert!(part("baseline: distinct values") > 0, "today's addresses are held");
 }
+
+/// A key whose window emptied while it was quiet re-arms before its next event is
+/// counted: one event that takes it back over the threshold is a new crossing, whatever
+/// other keys did meanwhile (review of #14).
+#[test]
+fn a_rule_re_arms_when_the_window_emptied_even_if_one_event_crosses_again() {
+    let mut e = engine(vec![rule("r", KeyKind::AccountId, Measure::Cvs, "1h", 3)]);
+    assert_eq!(send(&mut e, 0, "a", "cv_view", &["1", "2", "3"]).len(), 1);
+    // Two hours later, with nobody else's event in between, one event crosses again.
+    assert_eq!(send(&mut e, 7200, "a", "cv_view", &["4", "5", "6"]).len(), 1);
+    // The same with another key's event in between: the same answer.
+    let mut e = engine(vec![rule("r", KeyKind::AccountId, Measure::Cvs, "1h", 3)]);
+    assert_eq!(send(&mut e, 0, "a", "cv_view", &["1", "2", "3"]).len(), 1);
+    send(&mut e, 5000, "b", "cv_view", &["x"]);
+    assert_eq!(send(&mut e, 7200, "a", "cv_view", &["4", "5", "6"]).len(), 1);
+    // While the window still holds the first crossing, it is the same incident.
+    assert!(send(&mut e, 7300, "a", "cv_view", &["7"]).is_empty());
+}
