@@ -512,10 +512,15 @@ fn hot_reload_of_a_good_and_a_broken_config_under_live_traffic() {
 
     // A broken config is refused: the running rules stay and detection goes on.
     std::fs::write(&api.config, good.replace("window = \"24h\"", "window = \"24 hourz\"")).unwrap();
+    // The series is exported from the start at 0 (#15): wait for it to count.
     let mut refused = false;
     for _ in 0..100 {
         let (_, text) = api.call(None, "GET", "/metrics", b"");
-        if text.contains("cvguard_config_reloads_total{result=\"error\"}") {
+        let errors = parse_metrics(&text)
+            .into_iter()
+            .find(|(n, _)| n == "cvguard_config_reloads_total{result=\"error\"}")
+            .map_or(0.0, |(_, v)| v);
+        if errors >= 1.0 {
             refused = true;
             break;
         }
