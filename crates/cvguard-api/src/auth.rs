@@ -1,9 +1,13 @@
 //! Bearer tokens: stored as SHA-256 hashes, compared in constant time, each with a role.
 //! 401 when the token is missing or unknown, 403 when its role is not enough. The scheme
-//! `Bearer` is matched without regard to case (RFC 7235).
+//! `Bearer` is matched without regard to case (RFC 7235). Handlers say what they need
+//! once, with the [`RequireRole`] extractor; it runs before the query or body is read.
 
+use std::marker::PhantomData;
 use std::net::SocketAddr;
 
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use cvguard_config::{Role, TokenSpec};
 use sha2::{Digest, Sha256};
@@ -92,6 +96,51 @@ impl Tokens {
         } else {
             Err((StatusCode::FORBIDDEN, "this token's role may not do that"))
         }
+    }
+}
+
+/// The role an endpoint needs, as a type, for [`RequireRole`].
+pub trait Needs {
+    const ROLE: Role;
+}
+
+/// Reads incidents, accounts and rules.
+pub struct Viewer;
+/// Changes incidents.
+pub struct Responder;
+/// Posts events.
+pub struct Ingest;
+
+impl Needs for Viewer {
+    const ROLE: Role = Role::Viewer;
+}
+impl Needs for Responder {
+    const ROLE: Role = Role::Responder;
+}
+impl Needs for Ingest {
+    const ROLE: Role = Role::Ingest;
+}
+
+/// The caller of a request whose token allows `R`'s role; else the request is answered
+/// 401 or 403 (a problem) before any other extractor runs, so its body is never read.
+pub struct RequireRole<R>(pub Caller, pub PhantomData<R>);
+
+impl<R: Needs> FromRequestParts<crate::ApiState> for RequireRole<R> {
+    type Rejection = crate::problem::Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &crate::ApiState) -> Result<Self, Self::Rejection> {
+        let Some(ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<SocketAddr>>().copied() else {
+            // The router must be served with `into_make_service_with_connect_info`.
+            return Err(crate::problem::Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the server cannot tell the client's address",
+            ));
+        };
+        state
+            .tokens
+            .authorize(&parts.headers, peer, R::ROLE)
+            .map(|caller| RequireRole(caller, PhantomData))
+            .map_err(|(code, message)| crate::problem::Problem::new(code, message))
     }
 }
 

@@ -1,15 +1,12 @@
-//! The request handlers. Each checks its caller's role first; every state change is
-//! recorded in the store's audit trail with the token's name.
-
-// Handlers answer early with a ready `Response`; boxing it would only add noise.
-#![allow(clippy::result_large_err)]
+//! The request handlers. Each states the role it needs with [`RequireRole`]; every state
+//! change is recorded in the store's audit trail with the token's name. Every error is a
+//! [`Problem`].
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use cvguard_config::Role;
 use cvguard_core::timefmt::parse_rfc3339_ms;
 use cvguard_core::KeyKind;
 use cvguard_store::{IncidentFilter, StoreError};
@@ -17,39 +14,25 @@ use serde::Deserialize;
 use serde_json::json;
 use std::sync::atomic::Ordering;
 
-use crate::auth::Caller;
-use crate::{ApiState, Peer};
+use crate::auth::{RequireRole, Responder, Viewer};
+use crate::problem::Problem;
+use crate::ApiState;
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-fn error(code: StatusCode, message: &str) -> Response {
-    let mut r = (code, Json(json!({ "error": message }))).into_response();
-    if code == StatusCode::UNAUTHORIZED {
-        r.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static"));
-    }
-    r
-}
-
-fn store_error(e: StoreError) -> Response {
+fn store_error(e: StoreError) -> Problem {
     match e {
-        StoreError::NotFound(id) => error(StatusCode::NOT_FOUND, &format!("no incident {id}")),
-        e @ StoreError::BadTransition { .. } => error(StatusCode::CONFLICT, &e.to_string()),
+        StoreError::NotFound(id) => Problem::new(StatusCode::NOT_FOUND, format!("no incident {id}")),
+        e @ StoreError::BadTransition { .. } => Problem::new(StatusCode::CONFLICT, e.to_string()),
         e => {
             tracing::error!(message = "Store error.", error = %e);
-            error(StatusCode::SERVICE_UNAVAILABLE, "the incident store is unavailable")
+            Problem::new(StatusCode::SERVICE_UNAVAILABLE, "the incident store is unavailable").retry_after("5")
         }
     }
-}
-
-fn caller(s: &ApiState, headers: &HeaderMap, peer: &Peer, needed: Role) -> Result<Caller, Response> {
-    s.tokens
-        .authorize(headers, peer.0, needed)
-        .map_err(|(c, m)| error(c, m))
 }
 
 pub async fn healthz() -> impl IntoResponse {
@@ -60,73 +43,49 @@ pub async fn readyz(State(s): State<ApiState>) -> Response {
     let h = &s.health;
     let store_ok = s.store.ping().await;
     let ready = h.ready() && store_ok;
-    let body = json!({
-        "ready": ready,
-        "source_connected": h.source_connected.load(Ordering::Relaxed),
-        "store_reachable": store_ok,
-        "rebuilding": h.rebuilding.load(Ordering::Relaxed).max(0),
-        "draining": h.draining.load(Ordering::Relaxed),
-    });
-    let code = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (code, Json(body)).into_response()
+    let source = h.source_connected.load(Ordering::Relaxed);
+    let rebuilding = h.rebuilding.load(Ordering::Relaxed).max(0);
+    let draining = h.draining.load(Ordering::Relaxed);
+    let checks = [
+        ("ready", json!(ready)),
+        ("source_connected", json!(source)),
+        ("store_reachable", json!(store_ok)),
+        ("rebuilding", json!(rebuilding)),
+        ("draining", json!(draining)),
+    ];
+    if ready {
+        let body: serde_json::Map<String, serde_json::Value> =
+            checks.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        return Json(body).into_response();
+    }
+    let why: Vec<&str> = [
+        (!source, "the source is not connected"),
+        (!h.started.load(Ordering::Relaxed), "still starting"),
+        (rebuilding > 0, "windows are being rebuilt"),
+        (draining, "draining for shutdown"),
+        (
+            !store_ok || h.store_failing.load(Ordering::Relaxed),
+            "the incident store is failing",
+        ),
+        (h.ingest_log_failing(), "the ingest log could not be written"),
+    ]
+    .into_iter()
+    .filter_map(|(bad, what)| bad.then_some(what))
+    .collect();
+    checks
+        .into_iter()
+        .fold(
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {}", why.join("; ")),
+            ),
+            |p, (k, v)| p.with(k, v),
+        )
+        .into_response()
 }
 
 pub async fn openapi() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/yaml")], crate::OPENAPI)
-}
-
-/// 202 with counts when at least one event was accepted; 400 (same body) when the body
-/// held none; 409 when events come from Kafka instead.
-pub async fn ingest(State(s): State<ApiState>, peer: Peer, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(r) = caller(&s, &headers, &peer, Role::Ingest) {
-        return r;
-    }
-    let Some(pipeline) = s.ingest.clone() else {
-        return error(
-            StatusCode::CONFLICT,
-            "this instance reads events from Kafka; [source] kind is not \"http\"",
-        );
-    };
-    if s.health.draining.load(Ordering::Relaxed) {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
-    }
-    let now = now_ms();
-    // Appending to the ingest log waits for an fsync: keep it off the async threads.
-    let report = match tokio::task::spawn_blocking(move || pipeline.submit(&body, now)).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            // Nothing was accepted: the client may send the same body again.
-            let retry_after = match e {
-                cvguard_stream::http::IngestError::Busy { .. } | cvguard_stream::http::IngestError::CatchingUp => "1",
-                cvguard_stream::http::IngestError::Log(_) => "10",
-            };
-            let mut r = error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static(retry_after));
-            return r;
-        }
-        Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-    };
-    let code = if report.accepted > 0 {
-        StatusCode::ACCEPTED
-    } else {
-        StatusCode::BAD_REQUEST
-    };
-    (
-        code,
-        Json(json!({
-            "accepted": report.accepted,
-            "rejected": report.rejected,
-            "late": report.late,
-            "duplicates": report.duplicates,
-            "decided": report.decided,
-        })),
-    )
-        .into_response()
 }
 
 #[derive(Debug, Deserialize)]
@@ -142,36 +101,49 @@ pub struct ListQuery {
     offset: Option<i64>,
 }
 
-pub async fn list_incidents(
-    State(s): State<ApiState>,
-    peer: Peer,
-    headers: HeaderMap,
-    Query(q): Query<ListQuery>,
-) -> Response {
-    if let Err(r) = caller(&s, &headers, &peer, Role::Viewer) {
-        return r;
+/// A page holds 1 to `MAX_LIMIT` incidents, 50 unless asked.
+pub const DEFAULT_LIMIT: i64 = 50;
+pub const MAX_LIMIT: i64 = 1000;
+
+/// `limit` and `offset` as asked, or the 400 that says what is allowed: a page size out
+/// of range is refused rather than quietly changed, so a client never misreads a page.
+fn page(limit: Option<i64>, offset: Option<i64>) -> Result<(i64, i64), Problem> {
+    let limit = limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            format!("`limit` must be from 1 to {MAX_LIMIT}, not {limit}"),
+        ));
     }
+    let offset = offset.unwrap_or(0);
+    if offset < 0 {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            format!("`offset` must be 0 or more, not {offset}"),
+        ));
+    }
+    Ok((limit, offset))
+}
+
+fn filter(q: ListQuery) -> Result<IncidentFilter, Problem> {
     let time = |t: &Option<String>, name: &str| match t {
         None => Ok(None),
         Some(text) => parse_rfc3339_ms(text)
             .map(Some)
-            .ok_or_else(|| error(StatusCode::BAD_REQUEST, &format!("`{name}` must be an RFC 3339 time"))),
+            .ok_or_else(|| Problem::new(StatusCode::BAD_REQUEST, format!("`{name}` must be an RFC 3339 time"))),
     };
-    let (from_ms, to_ms) = match (time(&q.from, "from"), time(&q.to, "to")) {
-        (Ok(f), Ok(t)) => (f, t),
-        (Err(r), _) | (_, Err(r)) => return r,
-    };
+    let from_ms = time(&q.from, "from")?;
+    let to_ms = time(&q.to, "to")?;
     if let Some(st) = &q.status {
         if !cvguard_store::STATUSES.contains(&st.as_str()) {
-            return error(
+            return Err(Problem::new(
                 StatusCode::BAD_REQUEST,
-                "status must be open, acknowledged, resolved or false_positive",
-            );
+                "`status` must be open, acknowledged, resolved or false_positive",
+            ));
         }
     }
-    let limit = q.limit.unwrap_or(50).clamp(1, 1000);
-    let offset = q.offset.unwrap_or(0).max(0);
-    let filter = IncidentFilter {
+    let (limit, offset) = page(q.limit, q.offset)?;
+    Ok(IncidentFilter {
         status: q.status,
         rule: q.rule,
         key: q.key,
@@ -179,122 +151,120 @@ pub async fn list_incidents(
         to_ms,
         limit,
         offset,
+    })
+}
+
+pub async fn list_incidents(
+    State(s): State<ApiState>,
+    _caller: RequireRole<Viewer>,
+    // A query axum cannot read (a word for a number, a key twice) is a 400 problem
+    // (`problem::normalise`), answered after the token is checked.
+    Query(q): Query<ListQuery>,
+) -> Result<Response, Problem> {
+    let filter = filter(q)?;
+    let (limit, offset) = (filter.limit, filter.offset);
+    let list = s.store.list(&filter).await.map_err(store_error)?;
+    // A full page may have a next one; past i64 there is none to ask for.
+    let next = if list.len() as i64 == limit {
+        offset.checked_add(limit)
+    } else {
+        None
     };
-    match s.store.list(&filter).await {
-        Ok(list) => {
-            let next = (list.len() as i64 == limit).then_some(offset + limit);
-            Json(json!({"incidents": list, "limit": limit, "offset": offset, "next_offset": next})).into_response()
-        }
-        Err(e) => store_error(e),
-    }
+    Ok(Json(json!({"incidents": list, "limit": limit, "offset": offset, "next_offset": next})).into_response())
 }
 
 pub async fn get_incident(
     State(s): State<ApiState>,
-    peer: Peer,
-    headers: HeaderMap,
+    _caller: RequireRole<Viewer>,
     Path(id): Path<String>,
-) -> Response {
-    if let Err(r) = caller(&s, &headers, &peer, Role::Viewer) {
-        return r;
-    }
-    match s.store.get(&id).await {
-        Ok(Some(d)) => Json(d).into_response(),
-        Ok(None) => error(StatusCode::NOT_FOUND, &format!("no incident {id}")),
-        Err(e) => store_error(e),
+) -> Result<Response, Problem> {
+    match s.store.get(&id).await.map_err(store_error)? {
+        Some(d) => Ok(Json(d).into_response()),
+        None => Err(Problem::new(StatusCode::NOT_FOUND, format!("no incident {id}"))),
     }
 }
 
-#[derive(Debug, Deserialize, Default)]
-pub struct NoteBody {
-    #[serde(default)]
-    note: String,
-}
-
-async fn transition(s: ApiState, peer: Peer, headers: HeaderMap, id: String, body: Bytes, to: &str) -> Response {
-    let who = match caller(&s, &headers, &peer, Role::Responder) {
-        Ok(c) => c,
-        Err(r) => return r,
+/// The note of a status change: an empty body, or a JSON object whose `note`, if any, is a
+/// string. (A derived `Deserialize` would also take an array, `["..."]`.)
+fn note_of(body: &[u8]) -> Result<String, Problem> {
+    if body.is_empty() {
+        return Ok(String::new());
+    }
+    let bad = |why: String| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            format!("the body must be {{\"note\": \"...\"}} or empty: {why}"),
+        )
     };
-    let note: NoteBody = if body.is_empty() {
-        NoteBody::default()
-    } else {
-        match serde_json::from_slice(&body) {
-            Ok(n) => n,
-            Err(e) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    &format!("body must be {{\"note\": \"...\"}}: {e}"),
-                )
-            }
-        }
-    };
-    let now = now_ms();
-    let unsuspend = |i: &cvguard_store::Incident, acc: &str| cvguard_respond::responder::unsuspend_body(i, acc, now);
-    match s
-        .store
-        .set_status(&id, to, &who.name, &note.note, now, &unsuspend)
-        .await
-    {
-        Ok(incident) => {
-            if let Err(e) = s.store.audit(now, &who.name, to, &id, &note.note).await {
-                tracing::error!(message = "Audit write failed.", error = %e);
-            }
-            tracing::info!(message = "Incident updated.", incident = %id, status = to, actor = %who.name);
-            Json(incident).into_response()
-        }
-        Err(e) => store_error(e),
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Err(e) => Err(bad(e.to_string())),
+        Ok(serde_json::Value::Object(mut fields)) => match fields.remove("note") {
+            None => Ok(String::new()),
+            Some(serde_json::Value::String(note)) => Ok(note),
+            Some(_) => Err(bad("`note` is not a string".into())),
+        },
+        Ok(_) => Err(bad("not a JSON object".into())),
     }
 }
 
 /// `POST /v1/incidents/{id}/ack|resolve|false-positive`.
 pub async fn change_status(
     State(s): State<ApiState>,
-    peer: Peer,
-    headers: HeaderMap,
+    RequireRole(who, _): RequireRole<Responder>,
     Path((id, verb)): Path<(String, String)>,
     body: Bytes,
-) -> Response {
+) -> Result<Response, Problem> {
     let to = match verb.as_str() {
         "ack" => "acknowledged",
         "resolve" => "resolved",
         "false-positive" => "false_positive",
-        _ => return error(StatusCode::NOT_FOUND, "expected ack, resolve or false-positive"),
+        _ => {
+            return Err(Problem::new(
+                StatusCode::NOT_FOUND,
+                format!("no action `{verb}` on an incident: ack, resolve or false-positive"),
+            ))
+        }
     };
-    transition(s, peer, headers, id, body, to).await
+    let note = note_of(&body)?;
+    let now = now_ms();
+    let unsuspend = |i: &cvguard_store::Incident, acc: &str| cvguard_respond::responder::unsuspend_body(i, acc, now);
+    let incident = s
+        .store
+        .set_status(&id, to, &who.name, &note, now, &unsuspend)
+        .await
+        .map_err(store_error)?;
+    if let Err(e) = s.store.audit(now, &who.name, to, &id, &note).await {
+        tracing::error!(message = "Audit write failed.", error = %e);
+    }
+    tracing::info!(message = "Incident updated.", incident = %id, status = to, actor = %who.name);
+    Ok(Json(incident).into_response())
 }
 
 pub async fn affected_csv(
     State(s): State<ApiState>,
-    peer: Peer,
-    headers: HeaderMap,
+    _caller: RequireRole<Viewer>,
     Path(id): Path<String>,
-) -> Response {
-    if let Err(r) = caller(&s, &headers, &peer, Role::Viewer) {
-        return r;
+) -> Result<Response, Problem> {
+    if s.store.get(&id).await.map_err(store_error)?.is_none() {
+        return Err(Problem::new(StatusCode::NOT_FOUND, format!("no incident {id}")));
     }
-    match s.store.get(&id).await {
-        Ok(None) => return error(StatusCode::NOT_FOUND, &format!("no incident {id}")),
-        Err(e) => return store_error(e),
-        Ok(Some(_)) => {}
-    }
-    match s.store.exposed_cvs(&id).await {
-        Ok(rows) => {
-            let out = affected_csv_text(&rows);
+    let rows = s.store.exposed_cvs(&id).await.map_err(store_error)?;
+    // Ids are the store's own, but a header must never be built from arbitrary text.
+    let name: String = id
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        .collect();
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/csv".to_string()),
             (
-                [
-                    (header::CONTENT_TYPE, "text/csv".to_string()),
-                    (
-                        header::CONTENT_DISPOSITION,
-                        format!("attachment; filename=\"affected-{id}.csv\""),
-                    ),
-                ],
-                out,
-            )
-                .into_response()
-        }
-        Err(e) => store_error(e),
-    }
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"affected-{name}.csv\""),
+            ),
+        ],
+        affected_csv_text(&rows),
+    )
+        .into_response())
 }
 
 fn affected_csv_text(rows: &[cvguard_store::ExposedCv]) -> Vec<u8> {
@@ -303,10 +273,11 @@ fn affected_csv_text(rows: &[cvguard_store::ExposedCv]) -> Vec<u8> {
     out
 }
 
-pub async fn account(State(s): State<ApiState>, peer: Peer, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err(r) = caller(&s, &headers, &peer, Role::Viewer) {
-        return r;
-    }
+pub async fn account(
+    State(s): State<ApiState>,
+    _caller: RequireRole<Viewer>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
     let detection = s.detection.clone();
     let key = id.clone();
     let windows = tokio::task::spawn_blocking(move || detection.query(KeyKind::AccountId, &key))
@@ -316,13 +287,11 @@ pub async fn account(State(s): State<ApiState>, peer: Peer, headers: HeaderMap, 
     let Some(windows) = windows else {
         // The shard holding the key is busy (a harvest, a store outage): say so rather
         // than answer that the account is not tracked.
-        let mut r = error(
+        return Err(Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "the engine holding this account did not answer in time; retry",
-        );
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
-        return r;
+        )
+        .retry_after("5"));
     };
     let rules = s.rules.read().expect("rules").clone();
     let list: Vec<serde_json::Value> = windows
@@ -333,33 +302,34 @@ pub async fn account(State(s): State<ApiState>, peer: Peer, headers: HeaderMap, 
                 .iter()
                 .find(|r| r.name == w.rule)
                 .map_or("alert", |r| r.response.as_str());
-            json!({
+            let mut window = json!({
                 "rule": w.rule,
                 "measure": w.measure,
                 "window": w.window,
                 "value": w.value,
                 "threshold": w.threshold,
                 "threshold_source": w.threshold_source,
-                "baseline": w.baseline,
                 "remaining": w.threshold.saturating_sub(w.value),
                 "percent_of_threshold": if w.threshold > 0 { (w.value as f64 * 100.0 / w.threshold as f64).round() } else { 0.0 },
                 "response": response,
-            })
+            });
+            // As on alerts and incidents: present for a baseline rule only.
+            if let Some(b) = &w.baseline {
+                window["baseline"] = json!(b);
+            }
+            window
         })
         .collect();
-    Json(json!({"account_id": id, "tracked": !list.is_empty(), "windows": list})).into_response()
+    Ok(Json(json!({"account_id": id, "tracked": !list.is_empty(), "windows": list})).into_response())
 }
 
-pub async fn rules(State(s): State<ApiState>, peer: Peer, headers: HeaderMap) -> Response {
-    if let Err(r) = caller(&s, &headers, &peer, Role::Viewer) {
-        return r;
-    }
+pub async fn rules(State(s): State<ApiState>, _caller: RequireRole<Viewer>) -> Response {
     let rules = s.rules.read().expect("rules").clone();
     let list: Vec<serde_json::Value> = rules
         .rules
         .iter()
         .map(|r| {
-            json!({
+            let mut rule = json!({
                 "name": r.name,
                 "actions": r.actions,
                 "group_by": r.group_by,
@@ -372,7 +342,16 @@ pub async fn rules(State(s): State<ApiState>, peer: Peer, headers: HeaderMap) ->
                 "severity": r.severity,
                 "dry_run": r.dry_run || rules.settings.dry_run,
                 "description": r.description,
-            })
+            });
+            if let Some(b) = &r.baseline {
+                rule["baseline"] = json!({
+                    "history_days": b.history_days,
+                    "statistic": b.statistic,
+                    "factor": b.factor,
+                    "min_history_days": b.min_history_days,
+                });
+            }
+            rule
         })
         .collect();
     Json(json!({"rules": list, "dry_run": rules.settings.dry_run})).into_response()
@@ -381,6 +360,41 @@ pub async fn rules(State(s): State<ApiState>, peer: Peer, headers: HeaderMap) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_note_is_an_empty_body_or_an_object_with_a_string_note() {
+        assert_eq!(note_of(b"").unwrap(), "");
+        assert_eq!(note_of(b"{}").unwrap(), "");
+        assert_eq!(note_of(br#"{"note":"on it","x":1}"#).unwrap(), "on it");
+        for bad in [
+            &b"[]"[..],
+            br#"["x"]"#,
+            b"null",
+            b"5",
+            br#"{"note":null}"#,
+            br#"{"note":5}"#,
+            b"{",
+        ] {
+            let p = note_of(bad).unwrap_err();
+            assert_eq!(p.status(), StatusCode::BAD_REQUEST, "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn paging_takes_what_is_asked_within_range_and_refuses_the_rest() {
+        assert_eq!(page(None, None).unwrap(), (50, 0));
+        assert_eq!(page(Some(1), Some(0)).unwrap(), (1, 0));
+        assert_eq!(page(Some(1000), Some(i64::MAX)).unwrap(), (1000, i64::MAX));
+        for (limit, offset, says) in [
+            (Some(0), None, "`limit` must be from 1 to 1000, not 0"),
+            (Some(-1), None, "`limit` must be from 1 to 1000, not -1"),
+            (Some(1001), None, "`limit` must be from 1 to 1000, not 1001"),
+            (None, Some(-5), "`offset` must be 0 or more, not -5"),
+        ] {
+            let p = page(limit, offset).unwrap_err();
+            assert_eq!((p.status(), p.detail()), (StatusCode::BAD_REQUEST, says));
+        }
+    }
 
     fn row(cv_id: &str, action: &str) -> cvguard_store::ExposedCv {
         cvguard_store::ExposedCv {

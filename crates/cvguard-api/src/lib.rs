@@ -1,17 +1,20 @@
 //! cvguard's HTTP API (docs/openapi.yaml): incidents and their lifecycle, the live
 //! windows of an account, the effective rules, NDJSON ingest, health, readiness and
-//! Prometheus metrics. Bearer tokens with roles guard everything under `/v1`.
+//! Prometheus metrics. Bearer tokens with roles guard everything under `/v1`. Every
+//! error is an RFC 9457 problem (`problem.rs`).
 
 pub mod auth;
 mod handlers;
+mod ingest;
 mod metrics_text;
+pub mod problem;
 
-use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
 use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
 use axum::routing::{get, post};
-use axum::Router;
+use axum::{Extension, Router};
 use cvguard_core::RuleSet;
 use cvguard_respond::SinkSet;
 use cvguard_store::Store;
@@ -19,6 +22,7 @@ use cvguard_stream::http::HttpPipeline;
 use cvguard_stream::{Detection, Health, Metrics};
 
 pub use auth::{new_token, Tokens};
+use problem::Problem;
 
 /// The OpenAPI document, served at /openapi.yaml.
 pub const OPENAPI: &str = include_str!("../../../docs/openapi.yaml");
@@ -38,14 +42,15 @@ pub struct ApiState {
     pub sinks: SinkSet,
 }
 
-/// The router; `max_body_bytes` bounds a request body (413 beyond it). Serve it with
+/// The router; `max_body_bytes` bounds a request body, and an ingest body once
+/// decompressed (413 beyond it). Serve it with
 /// `into_make_service_with_connect_info::<SocketAddr>()`.
 pub fn router(state: ApiState, max_body_bytes: usize) -> Router {
     let uploads = Arc::new(tokio::sync::Semaphore::new(INGEST_UPLOADS));
     Router::new()
         .route(
             "/v1/events",
-            post(handlers::ingest).layer(axum::middleware::from_fn(move |req, next| {
+            post(ingest::ingest).layer(axum::middleware::from_fn(move |req, next| {
                 bounded_upload(uploads.clone(), req, next)
             })),
         )
@@ -59,12 +64,22 @@ pub fn router(state: ApiState, max_body_bytes: usize) -> Router {
         .route("/readyz", get(handlers::readyz))
         .route("/metrics", get(metrics_text::metrics))
         .route("/openapi.yaml", get(handlers::openapi))
+        .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(Extension(ingest::BodyLimit(max_body_bytes)))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            problem::normalise(max_body_bytes, req, next)
+        }))
         .with_state(state)
 }
 
-/// Ingest requests whose bodies may be read at once. A body is read whole before the
-/// handler runs, so `http.max_in_flight_bytes` alone would let many concurrent uploads
+/// An unknown route: `normalise` makes it a problem naming the method and path.
+async fn not_found() -> StatusCode {
+    StatusCode::NOT_FOUND
+}
+
+/// Ingest requests whose bodies may be read at once. A body (once its token is checked) is
+/// read whole before ingest weighs it, so `http.max_in_flight_bytes` alone would let many concurrent uploads
 /// (each up to `max_body_bytes`) hold far more memory; past this, a request waits briefly
 /// for a turn and then answers 503 with `Retry-After`.
 const INGEST_UPLOADS: usize = 4;
@@ -78,22 +93,16 @@ async fn bounded_upload(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    use axum::http::{header, HeaderValue, StatusCode};
     use axum::response::IntoResponse;
-    let busy = |code: StatusCode, message: &str| {
-        let mut r = (code, axum::Json(serde_json::json!({ "error": message }))).into_response();
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        r
-    };
     let Ok(Ok(_turn)) = tokio::time::timeout(UPLOAD_WAIT, uploads.acquire_owned()).await else {
-        return busy(StatusCode::SERVICE_UNAVAILABLE, "too many uploads at once; retry");
+        return Problem::new(StatusCode::SERVICE_UNAVAILABLE, "too many uploads at once; retry")
+            .retry_after("1")
+            .into_response();
     };
     match tokio::time::timeout(UPLOAD_DEADLINE, next.run(req)).await {
         Ok(response) => response,
-        Err(_) => busy(StatusCode::REQUEST_TIMEOUT, "the request took too long to arrive"),
+        Err(_) => Problem::new(StatusCode::REQUEST_TIMEOUT, "the request took too long to arrive")
+            .retry_after("1")
+            .into_response(),
     }
 }
-
-/// The peer address type the router expects from `into_make_service_with_connect_info`.
-pub type Peer = axum::extract::ConnectInfo<SocketAddr>;
