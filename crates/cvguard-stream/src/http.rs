@@ -365,8 +365,9 @@ impl HttpPipeline {
         }
         // Reserve the body's bytes first, atomically: requests arriving together cannot
         // all pass a check made before any of them was counted. So bytes in flight stay
-        // under the limit plus one body.
-        let reserved = body.len() as u64;
+        // under the limit plus one body. A last line without a line break gets one in the
+        // log, so it is reserved too.
+        let reserved = body.len() as u64 + u64::from(!body.is_empty() && !body.ends_with(b"\n"));
         let in_flight = self.in_flight.fetch_add(reserved, Ordering::AcqRel);
         if in_flight > self.max_in_flight {
             self.in_flight.fetch_sub(reserved, Ordering::AcqRel);
