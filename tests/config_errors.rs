@@ -79,17 +79,82 @@ fn every_problem_of_the_file_is_reported_at_once_with_its_line() {
         );
         for line in [
             format!("  {file}:2:1: key `engine.dry_rnu`: unknown key; did you mean `dry_run`?"),
-            format!("  {file}:3:14: key `engine.max_cv_ids`: invalid type: string \"lots\", expected usize"),
+            format!("  {file}:3:14: key `engine.max_cv_ids`: invalid type: string \"lots\", expected a whole number ≥ 0"),
             format!("  {file}:18:10: rule `fast-downloads`, key `window`: `5 parsecs` is not a duration"),
             format!(
-                "  {file}:19:13: rule `fast-downloads`, key `threshold`: invalid value: integer `-5`, expected u64"
+                "  {file}:19:13: rule `fast-downloads`, key `threshold`: invalid value: integer `-5`, expected a whole number ≥ 0"
             ),
             format!("  {file}:20:1: rule `fast-downloads`, key `response2`: unknown key; did you mean `response`?"),
         ] {
             assert!(err.contains(&line), "{line}\nnot in\n{err}");
         }
         assert!(!err.contains("key `-`"), "{err}");
+        // No Rust type names.
+        for rust in ["usize", "u64", "u32", "i64", "f64", "struct "] {
+            assert!(!err.contains(rust), "{rust} in\n{err}");
+        }
     }
+}
+
+#[test]
+fn an_invalid_config_lists_its_warnings_after_the_errors_and_syntax_errors_in_file_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{}[engine]\ndry_rnu = true\n",
+        RULE.replace("\"cv_search\"", "\"cv_serach\"")
+    );
+    let file = write(dir.path(), "both.toml", &text);
+    let out = cvguard(&["check-config", &file]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    let expected = format!(
+        "cvguard: invalid config: {file}: 1 problem\n  {file}:10:1: key `engine.dry_rnu`: unknown key; did you mean \
+         `dry_run`?\nand 1 warning\n  {file}:4:12: rule `searches`, key `actions[0]`: no known event has the action \
+         `cv_serach`"
+    );
+    assert!(err.starts_with(&expected), "{expected}\nnot at the start of\n{err}");
+
+    // A syntax error takes its place among the problems before it.
+    let file = write(
+        dir.path(),
+        "syntax2.toml",
+        "[engine]\ndry_rnu = true\n[[rules]]\nname = \"x\"\nwindow = \n",
+    );
+    let err = stderr(&cvguard(&["check-config", &file]));
+    let lines: Vec<&str> = err.lines().skip(1).collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(
+        lines[0].starts_with(&format!("  {file}:2:1: key `engine.dry_rnu`")),
+        "{err}"
+    );
+    assert!(lines[1].starts_with(&format!("  {file}:5:10: ")), "{err}");
+}
+
+#[test]
+fn json_output_of_an_invalid_config_is_json_with_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "broken.toml", BROKEN);
+    let out = cvguard(&["check-config", "-o", "json", &file]);
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(report["valid"], false);
+    assert_eq!(report["file"], file.as_str());
+    let problems = report["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 5, "{report}");
+    let p = &problems[3];
+    assert_eq!(p["severity"], "error");
+    assert_eq!(p["file"], file.as_str());
+    assert_eq!(p["line"], 19);
+    assert_eq!(p["column"], 13);
+    assert_eq!(p["rule"], "fast-downloads");
+    assert_eq!(p["key"], "threshold");
+    assert_eq!(p["message"], "invalid value: integer `-5`, expected a whole number ≥ 0");
+
+    let missing = dir.path().join("nope.toml");
+    let out = cvguard(&["check-config", "-o", "json", missing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(66));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(report["readable"], false);
 }
 
 #[test]
@@ -122,8 +187,8 @@ fn a_bad_environment_override_is_blamed_on_its_variable_not_the_file() {
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(64), "{err}");
     for line in [
-        "  environment variable CVGUARD__ENGINE__DRY_RUN: key `engine.dry_run`: invalid type: string \"maybe\", expected a boolean",
-        "  environment variable CVGUARD__ENGINE__MAX_CV_IDS: key `engine.max_cv_ids`: invalid type: string \"lots\", expected usize",
+        "  environment variable CVGUARD__ENGINE__DRY_RUN: key `engine.dry_run`: invalid type: string \"maybe\", expected true or false",
+        "  environment variable CVGUARD__ENGINE__MAX_CV_IDS: key `engine.max_cv_ids`: invalid type: string \"lots\", expected a whole number ≥ 0",
     ] {
         assert!(err.contains(line), "{line}\nnot in\n{err}");
     }
@@ -247,7 +312,7 @@ fn paths_in_a_config_are_relative_to_its_folder_from_any_working_directory() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         table.contains(&format!(
-            "profiles: 1 accounts from {}",
+            "profiles: 1 account from {}",
             home.path().join("accounts.csv").display()
         )),
         "{table}"
@@ -260,5 +325,67 @@ fn paths_in_a_config_are_relative_to_its_folder_from_any_working_directory() {
         &["check-config", "-o", "json", &file],
     );
     let all: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(all["state"]["dir"], "mine/state");
+    let used = elsewhere.path().canonicalize().unwrap().join("mine/state");
+    assert_eq!(all["state"]["dir"], used.to_str().unwrap());
+}
+
+/// Without --config: the embedded default, whose relative paths are the working
+/// directory's; -o json shows them as used (absolute), and both outputs name the
+/// embedded profiles.
+#[test]
+fn the_embedded_default_shows_its_paths_as_used_and_its_profiles() {
+    let cwd = tempfile::tempdir().unwrap();
+    let here = cwd.path().canonicalize().unwrap();
+    let out = cvguard_in(&here, &[], &["check-config"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        table.contains("profiles: embedded config/accounts.csv (4 accounts)"),
+        "{table}"
+    );
+    let out = cvguard_in(&here, &[], &["check-config", "-o", "json"]);
+    let all: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(all["state"]["dir"], here.join("data/state").to_str().unwrap());
+    assert_eq!(
+        all["store"]["url"],
+        format!("sqlite://{}", here.join("data/cvguard.db").display())
+    );
+    assert_eq!(
+        all["sinks"][0]["path"],
+        here.join("data/alerts.jsonl").to_str().unwrap()
+    );
+    assert_eq!(all["profiles"]["path"], "embedded config/accounts.csv");
+    assert_eq!(all["profiles"]["accounts"], 4);
+    assert!(!here.join("data").exists(), "check-config creates nothing");
+}
+
+#[test]
+fn secrets_in_query_strings_and_kafka_properties_from_the_environment_are_redacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[[sinks]]\nkind = \"webhook\"\nurl = \"https://hooks.example/soc?token=hunter4&team=soc\"\n\
+         [[sinks]]\nkind = \"alertmanager\"\nurl = \"https://am.example/?api_key=hunter5&sig=hunter6\"\n{RULE}"
+    );
+    let file = write(dir.path(), "c.toml", &text);
+    let out = cvguard_in(
+        dir.path(),
+        &[
+            ("CVGUARD__KAFKA__PROPERTIES__SASL_PASSWORD", "hunter7"),
+            ("CVGUARD__KAFKA__PROPERTIES__SASL_USERNAME", "cvguard"),
+            ("CVGUARD__KAFKA__PROPERTIES__SSL_KEY_PASSWORD", "hunter8"),
+        ],
+        &["check-config", "-o", "json", &file],
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!printed.contains("hunter"), "{printed}");
+    let all: serde_json::Value = serde_json::from_str(&printed).unwrap();
+    assert_eq!(all["sinks"][0]["url"], "https://hooks.example/soc?token=***&team=soc");
+    assert_eq!(all["sinks"][1]["url"], "https://am.example/?api_key=***&sig=***");
+    // librdkafka's names: a variable's underscores are the property's dots.
+    let props = &all["kafka"]["properties"];
+    assert_eq!(props["sasl.username"], "cvguard", "{props}");
+    assert_eq!(props["sasl.password"], "***", "{props}");
+    assert_eq!(props["ssl.key.password"], "***", "{props}");
+    assert!(props.get("sasl_password").is_none(), "{props}");
 }

@@ -138,23 +138,22 @@ pub(crate) struct SyntaxError {
 
 impl Document {
     /// Parses `text` and lays `env` (name, value pairs) over it: every variable named
-    /// `CVGUARD__A__B` (any case) sets key `a.b`. Syntax errors are all returned.
+    /// `CVGUARD__A__B` (any case) sets key `a.b`. Syntax errors are all returned beside
+    /// what could be read around them, so the other problems are found too.
     pub fn parse(
         text: String,
         env: impl IntoIterator<Item = (String, String)>,
         prefix: &str,
         separator: &str,
-    ) -> Result<Document, Vec<SyntaxError>> {
+    ) -> (Document, Vec<SyntaxError>) {
         let (table, errors) = DeTable::parse_recoverable(&text);
-        if !errors.is_empty() {
-            return Err(errors
-                .iter()
-                .map(|e| SyntaxError {
-                    at: e.span().map(|s| line_column(&text, s.start)),
-                    message: e.message().trim().to_string(),
-                })
-                .collect());
-        }
+        let errors = errors
+            .iter()
+            .map(|e| SyntaxError {
+                at: e.span().map(|s| line_column(&text, s.start)),
+                message: e.message().trim().to_string(),
+            })
+            .collect();
         let mut spans = HashMap::new();
         let tree = table_value(table.get_ref(), &KeyPath::default(), &mut spans);
         let mut doc = Document {
@@ -170,18 +169,12 @@ impl Document {
             .collect();
         vars.sort();
         for (var, raw) in vars {
-            let path = KeyPath(
-                var[lead.len()..]
-                    .to_lowercase()
-                    .split(separator)
-                    .map(|k| Seg::Key(k.to_string()))
-                    .collect(),
-            );
+            let path = env_path(&var[lead.len()..], separator);
             set_creating(&mut doc.tree, &path.0, env_value(&raw));
             doc.env.insert(path, EnvValue { var, raw });
         }
         doc.text = text;
-        Ok(doc)
+        (doc, errors)
     }
 
     /// The variable that set exactly this key, if one did.
@@ -211,6 +204,24 @@ impl Document {
                 Origin::File(Some(line_column(&self.text, s.value.start)))
             })
     }
+}
+
+/// The key a variable sets: `ENGINE__DRY_RUN` is `engine.dry_run`. Under
+/// `kafka.properties` and `kafka.properties_from_env` the names are librdkafka's, which
+/// use dots where a variable's name cannot: `KAFKA__PROPERTIES__SASL_PASSWORD` is
+/// `kafka.properties."sasl.password"` (no librdkafka property has an underscore).
+fn env_path(name: &str, separator: &str) -> KeyPath {
+    let mut segs: Vec<Seg> = name
+        .to_lowercase()
+        .split(separator)
+        .map(|k| Seg::Key(k.to_string()))
+        .collect();
+    if let [Seg::Key(section), Seg::Key(table), Seg::Key(property)] = segs.as_mut_slice() {
+        if section == "kafka" && (table == "properties" || table == "properties_from_env") {
+            *property = property.replace('_', ".");
+        }
+    }
+    KeyPath(segs)
 }
 
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
@@ -325,4 +336,29 @@ pub(crate) fn get<'a>(tree: &'a Value, path: &[Seg]) -> Option<&'a Value> {
         Seg::Key(k) => node.as_object()?.get(k),
         Seg::Index(i) => node.as_array()?.get(*i),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Document, KeyPath};
+
+    /// librdkafka's property names have dots, which a variable's name cannot.
+    #[test]
+    fn kafka_properties_from_the_environment_take_dots_for_underscores() {
+        let env = [
+            ("CVGUARD__KAFKA__PROPERTIES__SASL_PASSWORD", "hunter2"),
+            ("CVGUARD__KAFKA__PROPERTIES_FROM_ENV__SSL_KEY_PASSWORD", "KEY_PASS"),
+            ("CVGUARD__ENGINE__DRY_RUN", "true"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let (doc, errors) = Document::parse(String::new(), env, "CVGUARD", "__");
+        assert!(errors.is_empty());
+        assert_eq!(doc.tree["kafka"]["properties"]["sasl.password"], "hunter2");
+        assert_eq!(doc.tree["kafka"]["properties_from_env"]["ssl.key.password"], "KEY_PASS");
+        assert_eq!(doc.tree["engine"]["dry_run"], true);
+        let var = doc
+            .env_at(&KeyPath::parse("kafka.properties.\"sasl.password\""))
+            .map(|e| e.var.as_str());
+        assert_eq!(var, Some("CVGUARD__KAFKA__PROPERTIES__SASL_PASSWORD"));
+    }
 }

@@ -8,8 +8,10 @@ mod collect;
 mod document;
 mod effective;
 mod paths;
+mod plain;
 mod problem;
 mod profiles;
+mod redact;
 mod service;
 
 use std::collections::HashSet;
@@ -25,6 +27,7 @@ use crate::document::{Document, KeyPath, Seg};
 pub use actions::KNOWN_ACTIONS;
 pub use problem::{ConfigError, LoadError, LoadErrorKind, Origin, Problem};
 pub use profiles::{load_profiles, read_profiles};
+pub use redact::{redact_url, secret_kafka_property, REDACTED};
 pub use service::{
     HttpSection, KafkaSection, LogFormat, LogSection, Role, ServiceSection, SinkSpec, SourceKind, SourceSection,
     StateSection, StoreSection, SuspendSection, TokenSpec,
@@ -36,6 +39,8 @@ pub const EMBEDDED_DEFAULT: &str = include_str!("../../../config/cvguard.toml");
 /// The example profiles shipped beside it, used by the embedded default unless a profile
 /// file is given, so the binary runs from any folder.
 pub const EMBEDDED_PROFILES: &str = include_str!("../../../config/accounts.csv");
+/// How messages and `check-config` name the embedded profiles.
+pub const EMBEDDED_PROFILES_NAME: &str = "embedded config/accounts.csv";
 
 /// Environment variables that override config values: `CVGUARD__ENGINE__DRY_RUN=true`.
 pub const ENV_PREFIX: &str = "CVGUARD";
@@ -116,6 +121,8 @@ pub struct Config {
     pub profiles: ProfilesSection,
     /// The profile file actually read: `profiles.path`, or the override.
     pub profiles_path: Option<PathBuf>,
+    /// Whether the profiles are the example ones compiled in ([`EMBEDDED_PROFILES_NAME`]).
+    pub profiles_embedded: bool,
     pub allowlist: AllowlistSection,
     pub rules: Vec<RuleSpec>,
     /// The compiled rules, ready for an engine.
@@ -194,17 +201,17 @@ pub fn load(source: &ConfigSource, overrides: &Overrides) -> Result<Config, Load
     let text = match source.text() {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-            return Err(invalid(&file, vec![located(None, "the file is not UTF-8 text".into())]))
+            let problem = located(&file, None, "the file is not UTF-8 text".into());
+            return Err(invalid(&file, vec![problem], Vec::new()));
         }
         Err(e) => return Err(LoadError::unreadable(file, &e)),
     };
     let env = std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
-    let doc = Document::parse(text, env, ENV_PREFIX, ENV_SEPARATOR).map_err(|errors| {
-        let problems = errors.into_iter().map(|e| located(e.at, e.message)).collect();
-        invalid(&file, problems)
-    })?;
+    let (doc, syntax) = Document::parse(text, env, ENV_PREFIX, ENV_SEPARATOR);
+    let syntax = syntax.into_iter().map(|e| located(&file, e.at, e.message)).collect();
     Loader {
         doc: &doc,
+        syntax,
         source,
         overrides,
         file,
@@ -215,8 +222,9 @@ pub fn load(source: &ConfigSource, overrides: &Overrides) -> Result<Config, Load
 }
 
 /// A problem with a place in the file and no key: a TOML syntax error.
-fn located(at: Option<(usize, usize)>, message: String) -> Problem {
+fn located(file: &str, at: Option<(usize, usize)>, message: String) -> Problem {
     Problem {
+        file: file.to_string(),
         origin: Origin::File(at),
         rule: None,
         key: None,
@@ -224,11 +232,12 @@ fn located(at: Option<(usize, usize)>, message: String) -> Problem {
     }
 }
 
-fn invalid(file: &str, issues: Vec<Problem>) -> LoadError {
+fn invalid(file: &str, issues: Vec<Problem>, warnings: Vec<Problem>) -> LoadError {
     LoadError {
         file: file.to_string(),
         kind: LoadErrorKind::Invalid,
         issues,
+        warnings,
     }
 }
 
@@ -237,6 +246,8 @@ struct Loader<'a> {
     source: &'a ConfigSource,
     overrides: &'a Overrides,
     file: String,
+    /// TOML syntax errors; the rest of the file is still read around them.
+    syntax: Vec<Problem>,
     /// Problems of shape (unknown keys, wrong types, missing keys): their keys hold
     /// defaults or stand-ins from then on.
     shape: Vec<Finding>,
@@ -306,10 +317,7 @@ impl Loader<'_> {
         };
         let read = match &profiles_path {
             Some(path) => Some(load_profiles(path)),
-            None if embedded => Some(read_profiles(
-                "<embedded config/accounts.csv>",
-                EMBEDDED_PROFILES.as_bytes(),
-            )),
+            None if embedded => Some(read_profiles(EMBEDDED_PROFILES_NAME, EMBEDDED_PROFILES.as_bytes())),
             None => None,
         };
         let mut from_command_line = None;
@@ -318,6 +326,7 @@ impl Loader<'_> {
             Some(Err(message)) => {
                 if self.overrides.profiles_path.is_some() {
                     from_command_line = Some(Problem {
+                        file: self.file.clone(),
                         origin: Origin::CommandLine,
                         rule: None,
                         key: None,
@@ -337,9 +346,10 @@ impl Loader<'_> {
 
         let mut problems = self.problems();
         problems.extend(from_command_line);
+        let warnings = self.to_problems(warnings);
         let rule_specs: Vec<RuleSpec> = rules.into_iter().map(|(_, r)| r).collect();
         if !problems.is_empty() {
-            return Err(invalid(&self.file, problems));
+            return Err(invalid(&self.file, problems, warnings));
         }
         let ruleset = RuleSet::compile(
             &sections.engine,
@@ -352,20 +362,21 @@ impl Loader<'_> {
             let problems = issues
                 .into_iter()
                 .map(|i| Problem {
+                    file: self.file.clone(),
                     origin: Origin::File(None),
                     rule: i.rule,
                     key: Some(i.key),
                     message: i.message,
                 })
                 .collect();
-            invalid(&self.file, problems)
+            invalid(&self.file, problems, warnings.clone())
         })?;
-        let warnings = self.to_problems(warnings);
         Ok(Config {
             source_name: self.file,
             engine: sections.engine,
             profiles: sections.profiles,
             profiles_path,
+            profiles_embedded: embedded,
             allowlist: sections.allowlist,
             rules: rule_specs,
             ruleset,
@@ -521,18 +532,38 @@ impl Loader<'_> {
                 .any(|s| s.path.starts_with(&f.path) || f.path.starts_with(&s.path))
         };
         let checks: Vec<Finding> = checks.into_iter().filter(|f| !touched(f)).collect();
-        self.to_problems(shape.into_iter().chain(checks).collect())
+        let mut problems = self.to_problems(shape.into_iter().chain(checks).collect());
+        problems.extend(std::mem::take(&mut self.syntax));
+        sort(&mut problems);
+        problems
     }
 
-    /// Findings as problems, in the file's order, then the environment's.
+    /// Findings as problems, in the file's order, then the environment's. After a
+    /// syntax error the parser's recovery guesses at what follows, so only what comes
+    /// before the first one is reported with it (and no "is required", whose table may
+    /// go on past it).
     fn to_problems(&self, findings: Vec<Finding>) -> Vec<Problem> {
-        let mut problems: Vec<Problem> = findings.iter().map(|f| self.problem(f)).collect();
-        problems.sort_by_key(|p| match &p.origin {
-            Origin::File(Some(at)) => (0, *at, String::new()),
-            Origin::File(None) => (1, (0, 0), String::new()),
-            Origin::Env(var) => (2, (0, 0), var.clone()),
-            Origin::CommandLine => (3, (0, 0), String::new()),
-        });
+        let first_syntax_error = self
+            .syntax
+            .iter()
+            .map(|p| match p.origin {
+                Origin::File(Some((line, _))) => line,
+                _ => 0,
+            })
+            .min();
+        let mut problems: Vec<Problem> = findings
+            .iter()
+            .map(|f| (f.kind, self.problem(f)))
+            .filter(|(kind, p)| match (first_syntax_error, &p.origin) {
+                (None, _) => true,
+                (Some(_), _) if *kind == Kind::Missing => false,
+                (Some(first), Origin::File(Some((line, _)))) => *line < first,
+                (Some(_), Origin::File(None)) => false,
+                (Some(_), Origin::Env(_) | Origin::CommandLine) => true,
+            })
+            .map(|(_, p)| p)
+            .collect();
+        sort(&mut problems);
         problems
     }
 
@@ -545,10 +576,11 @@ impl Loader<'_> {
             _ => (None, f.path.clone()),
         };
         Problem {
+            file: self.file.clone(),
             origin,
             rule,
             key: (!key.0.is_empty()).then(|| key.to_string()),
-            message: f.message.clone(),
+            message: plain::words(&f.path, &f.message),
         }
     }
 
@@ -560,6 +592,17 @@ impl Loader<'_> {
             .filter(|n| !n.trim().is_empty())
             .map_or_else(|| rule_path(i).to_string(), str::to_string)
     }
+}
+
+/// In the file's order, then the environment's, then the command line's. Stable, so
+/// problems at one place keep the order they were found in.
+fn sort(problems: &mut [Problem]) {
+    problems.sort_by_key(|p| match &p.origin {
+        Origin::File(Some(at)) => (0, *at, String::new()),
+        Origin::File(None) => (1, (0, 0), String::new()),
+        Origin::Env(var) => (2, (0, 0), var.clone()),
+        Origin::CommandLine => (3, (0, 0), String::new()),
+    });
 }
 
 fn rule_path(i: usize) -> KeyPath {

@@ -26,21 +26,26 @@ impl Resolver<'_> {
 
     /// A store URL with a relative SQLite file resolved; any other URL as it is.
     pub fn store_url(&self, key: &KeyPath, url: &str) -> String {
-        let Some(rest) = url.strip_prefix("sqlite://") else {
-            return url.to_string();
-        };
-        let (file, query) = match rest.split_once('?') {
-            Some((file, query)) => (file, Some(query)),
-            None => (rest, None),
-        };
-        // `:memory:` and other SQLite specials are no files.
-        if file.starts_with(':') {
-            return url.to_string();
-        }
-        let file = self.path(key, file);
-        match query {
-            Some(query) => format!("sqlite://{file}?{query}"),
-            None => format!("sqlite://{file}"),
-        }
+        map_sqlite_file(url, |file| self.path(key, file))
+    }
+}
+
+/// `url` with `f` applied to its SQLite file; any other URL (and SQLite specials such as
+/// `:memory:`, which are no files) as it is.
+pub(crate) fn map_sqlite_file(url: &str, f: impl FnOnce(&str) -> String) -> String {
+    let Some(rest) = url.strip_prefix("sqlite://") else {
+        return url.to_string();
+    };
+    let (file, query) = match rest.split_once('?') {
+        Some((file, query)) => (file, Some(query)),
+        None => (rest, None),
+    };
+    if file.starts_with(':') {
+        return url.to_string();
+    }
+    let file = f(file);
+    match query {
+        Some(query) => format!("sqlite://{file}?{query}"),
+        None => format!("sqlite://{file}"),
     }
 }

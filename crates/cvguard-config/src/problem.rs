@@ -19,6 +19,8 @@ pub enum Origin {
 /// One problem (or warning) in a config.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
+    /// The config file (or embedded source) the problem is in, as the command named it.
+    pub file: String,
     pub origin: Origin,
     /// The rule's name, or `rules[i]` when it has none; `None` outside `[[rules]]`.
     pub rule: Option<String>,
@@ -29,12 +31,42 @@ pub struct Problem {
 }
 
 impl Problem {
-    /// The problem as one line in a listing of `file`: `my.toml:3:1: key ...`.
-    pub fn in_file<'a>(&'a self, file: &'a str) -> impl fmt::Display + 'a {
-        InFile { problem: self, file }
+    /// The problem for `-o json`: `file`, `line`, `column` (null where the file has no
+    /// place for it), `env` (the variable that set the value), `rule`, `key`, `message`.
+    pub fn to_json(&self, severity: &str) -> serde_json::Value {
+        let (line, column) = match self.origin {
+            Origin::File(Some((line, column))) => (Some(line), Some(column)),
+            _ => (None, None),
+        };
+        let env = match &self.origin {
+            Origin::Env(var) => Some(var.as_str()),
+            _ => None,
+        };
+        serde_json::json!({
+            "severity": severity,
+            "file": self.file,
+            "line": line,
+            "column": column,
+            "env": env,
+            "command_line": self.origin == Origin::CommandLine,
+            "rule": self.rule,
+            "key": self.key,
+            "message": self.message,
+        })
     }
+}
 
-    fn what(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+/// The whole problem on one line, as `check-config` lists it and a reload logs it:
+/// `my.toml:3:1: rule `fast`, key `window`: ...`; a value set by the environment or the
+/// command line names that instead of the file.
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.origin {
+            Origin::File(Some((line, column))) => write!(f, "{}:{line}:{column}: ", self.file)?,
+            Origin::File(None) => write!(f, "{}: ", self.file)?,
+            Origin::Env(var) => write!(f, "environment variable {var}: ")?,
+            Origin::CommandLine => f.write_str("command line: ")?,
+        }
         match (&self.rule, &self.key) {
             (Some(rule), Some(key)) => write!(f, "rule `{rule}`, key `{key}`: ")?,
             (Some(rule), None) => write!(f, "rule `{rule}`: ")?,
@@ -42,36 +74,6 @@ impl Problem {
             (None, None) => {}
         }
         f.write_str(&self.message)
-    }
-}
-
-/// Without the file's name (a log line carries it in its own field).
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.origin {
-            Origin::File(Some((line, column))) => write!(f, "line {line}, column {column}: ")?,
-            Origin::File(None) => {}
-            Origin::Env(var) => write!(f, "environment variable {var}: ")?,
-            Origin::CommandLine => f.write_str("command line: ")?,
-        }
-        self.what(f)
-    }
-}
-
-struct InFile<'a> {
-    problem: &'a Problem,
-    file: &'a str,
-}
-
-impl fmt::Display for InFile<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.problem.origin {
-            Origin::File(Some((line, column))) => write!(f, "{}:{line}:{column}: ", self.file)?,
-            Origin::File(None) => write!(f, "{}: ", self.file)?,
-            Origin::Env(var) => write!(f, "environment variable {var}: ")?,
-            Origin::CommandLine => f.write_str("command line: ")?,
-        }
-        self.problem.what(f)
     }
 }
 
@@ -85,12 +87,14 @@ pub enum LoadErrorKind {
 }
 
 /// A config that failed to load: the file and every problem in it, in the file's order,
-/// then those from the environment and the command line.
+/// then those from the environment and the command line; and the warnings a config
+/// without those problems would have had, so one run shows everything.
 #[derive(Debug, Clone, thiserror::Error)]
 pub struct LoadError {
     pub file: String,
     pub kind: LoadErrorKind,
     pub issues: Vec<Problem>,
+    pub warnings: Vec<Problem>,
 }
 
 impl LoadError {
@@ -101,6 +105,7 @@ impl LoadError {
     pub(crate) fn unreadable(file: String, error: &std::io::Error) -> LoadError {
         LoadError {
             issues: vec![Problem {
+                file: file.clone(),
                 origin: Origin::File(None),
                 rule: None,
                 key: None,
@@ -108,6 +113,7 @@ impl LoadError {
             }],
             file,
             kind: LoadErrorKind::Unreadable,
+            warnings: Vec::new(),
         }
     }
 
@@ -117,7 +123,25 @@ impl LoadError {
             file,
             kind: LoadErrorKind::Invalid,
             issues: warnings,
+            warnings: Vec::new(),
         }
+    }
+
+    /// The error for `-o json`: `{"file", "valid": false, "problems": [...]}`, the errors
+    /// first, then the warnings, each with its `severity`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let problems: Vec<serde_json::Value> = self
+            .issues
+            .iter()
+            .map(|p| p.to_json("error"))
+            .chain(self.warnings.iter().map(|p| p.to_json("warning")))
+            .collect();
+        serde_json::json!({
+            "file": self.file,
+            "valid": false,
+            "readable": !self.is_unreadable(),
+            "problems": problems,
+        })
     }
 }
 
@@ -133,7 +157,14 @@ impl fmt::Display for LoadError {
         let n = self.issues.len();
         write!(f, "{}: {n} problem{}", self.file, if n == 1 { "" } else { "s" })?;
         for issue in &self.issues {
-            write!(f, "\n  {}", issue.in_file(&self.file))?;
+            write!(f, "\n  {issue}")?;
+        }
+        let n = self.warnings.len();
+        if n > 0 {
+            write!(f, "\nand {n} warning{}", if n == 1 { "" } else { "s" })?;
+            for warning in &self.warnings {
+                write!(f, "\n  {warning}")?;
+            }
         }
         Ok(())
     }

@@ -338,9 +338,9 @@ fn every_key_of_every_table_is_checked_with_its_line() {
     assert!(text.starts_with(&format!("{}: 5 problems\n", err.file)), "{text}");
     for line in [
         "cvguard.toml:2:1: key `engine.dry_rnu`: unknown key; did you mean `dry_run`?",
-        "cvguard.toml:3:14: key `engine.max_cv_ids`: invalid type: string \"lots\", expected usize",
+        "cvguard.toml:3:14: key `engine.max_cv_ids`: invalid type: string \"lots\", expected a whole number ≥ 0",
         "cvguard.toml:18:10: rule `broken`, key `window`: `5 parsecs` is not a duration",
-        "cvguard.toml:19:13: rule `broken`, key `threshold`: invalid value: integer `-5`, expected u64",
+        "cvguard.toml:19:13: rule `broken`, key `threshold`: invalid value: integer `-5`, expected a whole number ≥ 0",
         "cvguard.toml:20:1: rule `broken`, key `response2`: unknown key; did you mean `response`?",
     ] {
         assert!(text.contains(line), "{line}\nnot in\n{text}");
@@ -541,4 +541,55 @@ fn a_profile_file_from_the_command_line_is_blamed_on_it() {
         err.to_string().contains("\n  command line: cannot read profile file"),
         "{err}"
     );
+}
+
+#[test]
+fn a_syntax_error_is_listed_in_the_file_order_with_the_problems_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "[engine]\ndry_rnu = true\nmax_cv_ids = \"lots\"\n[[rules]]\nname = \"x\"\nwindow = \n";
+    let err = load_text(dir.path(), text).unwrap_err();
+    let at: Vec<(Origin, Option<&str>)> = err
+        .issues
+        .iter()
+        .map(|i| (i.origin.clone(), i.key.as_deref()))
+        .collect();
+    assert_eq!(
+        at,
+        vec![
+            (Origin::File(Some((2, 1))), Some("engine.dry_rnu")),
+            (Origin::File(Some((3, 14))), Some("engine.max_cv_ids")),
+            (Origin::File(Some((6, 10))), None),
+        ],
+        "{err}"
+    );
+}
+
+#[test]
+fn warnings_are_listed_after_the_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[engine]\ndry_rnu = true\n{}",
+        RULE.replace("\"cv_view\"", "\"cv_veiw\"")
+    );
+    let err = load_text(dir.path(), &text).unwrap_err();
+    assert_eq!(err.issues.len(), 1, "{err}");
+    assert_eq!(err.warnings.len(), 1, "{err}");
+    let text = err.to_string();
+    let (errors, warnings) = text.split_once("\nand 1 warning\n").expect(&text);
+    assert!(errors.contains("key `engine.dry_rnu`"), "{text}");
+    assert!(
+        warnings.contains("rule `mass`, key `actions[0]`: no known event has the action `cv_veiw`"),
+        "{text}"
+    );
+    let json = err.to_json();
+    let severities: Vec<&str> = json["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["severity"].as_str().unwrap())
+        .collect();
+    assert_eq!(severities, ["error", "warning"], "{json}");
+    assert_eq!(json["problems"][0]["line"], 2);
+    assert_eq!(json["problems"][0]["column"], 1);
+    assert_eq!(json["problems"][0]["key"], "engine.dry_rnu");
 }

@@ -10,9 +10,9 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser, Subcommand};
 
 /// Exit status for a bad config or bad arguments (sysexits EX_USAGE).
-const EXIT_CONFIG: u8 = 64;
+pub const EXIT_CONFIG: u8 = 64;
 /// Exit status for an input that cannot be opened (sysexits EX_NOINPUT).
-const EXIT_NO_INPUT: u8 = 66;
+pub const EXIT_NO_INPUT: u8 = 66;
 /// Exit status for input with no usable event in it (sysexits EX_DATAERR).
 pub const EXIT_NO_DATA: u8 = 65;
 

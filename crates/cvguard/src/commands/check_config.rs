@@ -4,11 +4,10 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use cvguard_config::{Config, ConfigSource, LoadError, Overrides};
+use cvguard_config::{redact_url, secret_kafka_property, Config, ConfigSource, LoadError, Overrides};
 use serde_json::Value;
 
-use crate::commands::serve::redact_url;
-use crate::Failure;
+use crate::{Failure, EXIT_CONFIG, EXIT_NO_INPUT};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -20,7 +19,10 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// `table`: the effective rules; `json`: the whole effective config, defaults
-    /// included (credentials in URLs and secret Kafka properties redacted).
+    /// included, paths absolute (credentials in URLs, secret query parameters and secret
+    /// Kafka properties redacted). An invalid config with `json`: `{"file", "valid":
+    /// false, "problems": [{severity, file, line, column, env, rule, key, message}]}` on
+    /// stdout, exit 64 (66 when unreadable).
     #[arg(short, long, value_enum, default_value_t = Output::Table)]
     output: Output,
     /// Refuse warnings too (a rule action no known event has): exit 64.
@@ -39,12 +41,19 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
         .file
         .or(args.config)
         .map_or_else(ConfigSource::embedded_default, ConfigSource::File);
-    let config = cvguard_config::load(&source, &Overrides::default())?;
-    if args.strict && !config.warnings.is_empty() {
-        return Err(LoadError::from_warnings(config.source_name, config.warnings).into());
-    }
+    let loaded = cvguard_config::load(&source, &Overrides::default()).and_then(|config| {
+        if args.strict && !config.warnings.is_empty() {
+            return Err(LoadError::from_warnings(config.source_name, config.warnings));
+        }
+        Ok(config)
+    });
+    let config = match loaded {
+        Ok(config) => config,
+        Err(e) if args.output == Output::Json => return print_problems(&e),
+        Err(e) => return Err(e.into()),
+    };
     for warning in &config.warnings {
-        eprintln!("cvguard: warning: {}", warning.in_file(&config.source_name));
+        eprintln!("cvguard: warning: {warning}");
     }
     let printed = match args.output {
         Output::Table => print_rules(&config),
@@ -58,20 +67,21 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
     }
 }
 
+/// An invalid config as JSON, for a tool (an editor, CI) that reads the problems.
+fn print_problems(e: &LoadError) -> Result<ExitCode, Failure> {
+    let mut o = io::stdout().lock();
+    serde_json::to_writer_pretty(&mut o, &e.to_json()).map_err(io::Error::from)?;
+    writeln!(o)?;
+    let code = if e.is_unreadable() { EXIT_NO_INPUT } else { EXIT_CONFIG };
+    Ok(ExitCode::from(code))
+}
+
 fn print_json(config: &Config) -> io::Result<()> {
     let mut all = config.effective();
     redact(&mut all);
     let mut o = io::stdout().lock();
     serde_json::to_writer_pretty(&mut o, &all)?;
     writeln!(o)
-}
-
-/// librdkafka properties whose values are secrets (they belong in
-/// `[kafka.properties_from_env]`, but a file may hold them).
-fn secret_property(name: &str) -> bool {
-    ["password", "secret", "key.pem", "jaas"]
-        .iter()
-        .any(|s| name.contains(s))
 }
 
 /// Credentials out of every URL and secret out of every Kafka property. Token hashes and
@@ -91,8 +101,8 @@ fn redact(all: &mut Value) {
     }
     if let Some(Value::Object(props)) = all.pointer_mut("/kafka/properties") {
         for (name, value) in props.iter_mut() {
-            if secret_property(name) {
-                *value = Value::String("<redacted>".into());
+            if secret_kafka_property(name) {
+                *value = Value::String(cvguard_config::REDACTED.into());
             }
         }
     }
@@ -103,7 +113,13 @@ fn print_rules(config: &Config) -> io::Result<()> {
     let set = &config.ruleset;
     writeln!(o, "{}: ok", config.source_name)?;
     match &config.profiles_path {
-        Some(p) => writeln!(o, "profiles: {} accounts from {}", set.profiles.len(), p.display())?,
+        Some(p) => writeln!(o, "profiles: {} from {}", accounts(set.profiles.len()), p.display())?,
+        None if config.profiles_embedded => writeln!(
+            o,
+            "profiles: {} ({})",
+            cvguard_config::EMBEDDED_PROFILES_NAME,
+            accounts(set.profiles.len())
+        )?,
         None => writeln!(o, "profiles: none")?,
     }
     if set.settings.dry_run {
@@ -139,4 +155,8 @@ fn print_rules(config: &Config) -> io::Result<()> {
         )?;
     }
     Ok(())
+}
+
+fn accounts(n: usize) -> String {
+    format!("{n} account{}", if n == 1 { "" } else { "s" })
 }

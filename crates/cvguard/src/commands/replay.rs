@@ -51,7 +51,7 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
         },
     )?;
     for w in &config.warnings {
-        eprintln!("cvguard: warning: {}", w.in_file(&config.source_name));
+        eprintln!("cvguard: warning: {w}");
     }
     let clock_ms = match &args.now {
         Some(text) => Some(
