@@ -189,3 +189,119 @@ fn uploads_read_at_once_are_bounded_and_the_rest_told_to_retry() {
     }
     assert!(svc.sigterm(Duration::from_secs(30)).success());
 }
+
+/// The 24-hour distinct-CV count the service reports for an account.
+fn mass_harvest_value(port: u16, account: &str) -> serde_json::Value {
+    let (code, text) = http(port, "GET", &format!("/v1/accounts/{account}"), b"").unwrap();
+    assert_eq!(code, 200, "{text}");
+    let view: serde_json::Value = serde_json::from_str(&text).unwrap();
+    view["windows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["rule"] == "mass-harvest-24h")
+        .unwrap_or_else(|| panic!("no mass-harvest-24h window: {view}"))["value"]
+        .clone()
+}
+
+/// Starts `cvguard serve` with these arguments and expects it to refuse: its exit status
+/// and stderr.
+fn refused_start(config: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(cvguard_tests::bin())
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .args(args)
+        .current_dir(cvguard_tests::root())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a second service must not start; stderr:\n{stderr}"
+    );
+    stderr
+}
+
+/// Two processes on one state folder would both append to the ingest log and overwrite
+/// each other's snapshots; a second start on the same port or pid file must leave the
+/// running service's files alone. Each is refused before it opens anything, and a kill -9
+/// of the holder never leaves the folder locked.
+#[test]
+fn a_second_service_is_refused_and_the_first_keeps_every_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, other_port) = (free_port(), free_port());
+    let cfg = config(dir.path(), port, 1 << 20);
+    let pidfile = dir.path().join("cvguard.pid");
+    let pidfile_arg = pidfile.to_str().unwrap();
+    let log = dir.path().join("serve.log");
+    let mut first = Service::start_with(&cfg, port, &log, &[], &["--pidfile", pidfile_arg]);
+    first.wait_ready(Duration::from_secs(30));
+    let first_pid = first.pid().to_string();
+    assert_eq!(std::fs::read_to_string(&pidfile).unwrap().trim(), first_pid);
+    let body: String = (0..10).map(|i| harvest_batch("harvester-1", i) + "\n").collect();
+    assert_eq!(http(port, "POST", "/v1/events", body.as_bytes()).unwrap().0, 202);
+
+    // Same state folder, another port: refused, naming the holder.
+    let same_state = dir.path().join("same-state.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &same_state,
+        text.replace(&format!(":{port}\""), &format!(":{other_port}\"")),
+    )
+    .unwrap();
+    let stderr = refused_start(&same_state, &[]);
+    assert!(stderr.contains("is in use by another cvguard process"), "{stderr}");
+    assert!(stderr.contains(&format!("pid {first_pid}, cvguard serve")), "{stderr}");
+
+    // Another state folder, the same port and pid file: refused at the address, before
+    // restoring or creating any state, and the pid file still names the first.
+    let other_state = dir.path().join("other-state");
+    let same_port = dir.path().join("same-port.toml");
+    std::fs::write(
+        &same_port,
+        text.replace(
+            &dir.path().join("state").display().to_string(),
+            &other_state.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let stderr = refused_start(&same_port, &["--pidfile", pidfile_arg]);
+    assert!(stderr.contains(&format!("binding 127.0.0.1:{port}")), "{stderr}");
+    assert!(
+        !other_state.join("ingest").exists(),
+        "a refused start opened an ingest log"
+    );
+    assert_eq!(std::fs::read_to_string(&pidfile).unwrap().trim(), first_pid);
+
+    // Another folder and port, the same pid file: refused while its process runs.
+    let other_everything = dir.path().join("other.toml");
+    let text_other = std::fs::read_to_string(&same_port).unwrap();
+    std::fs::write(
+        &other_everything,
+        text_other.replace(&format!(":{port}\""), &format!(":{other_port}\"")),
+    )
+    .unwrap();
+    let stderr = refused_start(&other_everything, &["--pidfile", pidfile_arg]);
+    assert!(
+        stderr.contains(&format!("names process {first_pid}, which is running")),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read_to_string(&pidfile).unwrap().trim(), first_pid);
+
+    // The first service took every event: more are acknowledged, then it dies hard. The
+    // kernel released its lock, so a restart on the folder (and the stale pid file) works
+    // and counts all 15 batches.
+    let body: String = (10..15).map(|i| harvest_batch("harvester-1", i) + "\n").collect();
+    assert_eq!(http(port, "POST", "/v1/events", body.as_bytes()).unwrap().0, 202);
+    assert_eq!(mass_harvest_value(port, "harvester-1"), 3000);
+    first.kill9();
+    let mut again = Service::start_with(&cfg, port, &log, &[], &["--pidfile", pidfile_arg]);
+    again.wait_ready(Duration::from_secs(30));
+    assert_eq!(
+        std::fs::read_to_string(&pidfile).unwrap().trim(),
+        again.pid().to_string()
+    );
+    assert_eq!(mass_harvest_value(port, "harvester-1"), 3000);
+    assert!(again.sigterm(Duration::from_secs(30)).success());
+    assert!(!pidfile.exists(), "a clean stop removes its pid file");
+}

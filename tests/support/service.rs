@@ -33,9 +33,15 @@ impl Service {
 
     /// Like `start`, with extra environment variables (secrets).
     pub fn start_env(config: &Path, port: u16, log: &Path, env: &[(&str, &str)]) -> Service {
+        Service::start_with(config, port, log, env, &[])
+    }
+
+    /// Like `start`, with extra environment variables and `serve` arguments.
+    pub fn start_with(config: &Path, port: u16, log: &Path, env: &[(&str, &str)], args: &[&str]) -> Service {
         let file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
         let child = Command::new(crate::bin())
             .args(["serve", "--config", config.to_str().unwrap()])
+            .args(args)
             .current_dir(crate::root())
             .envs(env.iter().copied())
             .env("RUST_LOG", "info")

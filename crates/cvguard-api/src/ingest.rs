@@ -100,8 +100,9 @@ fn counts(report: &IngestReport) -> [(&'static str, serde_json::Value); 5] {
     [
         ("accepted", json!(report.accepted)),
         ("rejected", json!(report.rejected)),
-        ("late", json!(report.late)),
-        ("duplicates", json!(report.duplicates)),
+        // Unknown until the shards decided: null, not a 0 that reads as "none".
+        ("late", report.decided.then_some(report.late).into()),
+        ("duplicates", report.decided.then_some(report.duplicates).into()),
         ("decided", json!(report.decided)),
     ]
 }

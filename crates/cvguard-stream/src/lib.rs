@@ -14,6 +14,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod records;
 pub mod snapshot_store;
+pub mod state_lock;
 pub mod warm_start;
 
 pub use cvguard_respond::SinkSet;
@@ -21,6 +22,7 @@ pub use effects::Effects;
 pub use health::Health;
 pub use metrics::Metrics;
 pub use snapshot_store::SnapshotStore;
+pub use state_lock::StateLock;
 
 use std::sync::Arc;
 

@@ -13,6 +13,7 @@ use cvguard_core::{parse_event, Engine, KeyKind, RuleSet};
 
 use crate::http::{part_name, part_of, parts_seed, per_kind, PARTS};
 use crate::snapshot_store::SnapshotStore;
+use crate::state_lock::{StateLock, StateLockError};
 
 /// What in `dir` is service state: a snapshot (of a part or a partition), an ingest log,
 /// or the part seed a service (running now, perhaps) made at its start.
@@ -41,6 +42,8 @@ pub struct WarmStart {
     rules: Arc<RuleSet>,
     parts: Vec<[Option<Engine>; 4]>,
     scratch: Vec<cvguard_core::Alert>,
+    /// The state folder is this process's until the history is saved.
+    _lock: StateLock,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,12 +52,16 @@ pub enum WarmStartError {
     NotEmpty(PathBuf, String),
     #[error("{0}: {1}")]
     Io(PathBuf, std::io::Error),
+    #[error(transparent)]
+    Locked(#[from] StateLockError),
 }
 
 impl WarmStart {
     /// Opens `dir` (the config's `state.dir`), which must hold no ingest log and no
     /// snapshot yet.
     pub fn new(dir: &Path, rules: Arc<RuleSet>) -> Result<WarmStart, WarmStartError> {
+        // Held until saved: a `serve` started on the same folder meanwhile is refused.
+        let lock = StateLock::acquire(dir, "replay --save-state")?;
         if let Some(found) = existing_state(dir) {
             return Err(WarmStartError::NotEmpty(dir.to_path_buf(), found));
         }
@@ -77,6 +84,7 @@ impl WarmStart {
             rules,
             parts,
             scratch: Vec::new(),
+            _lock: lock,
         })
     }
 

@@ -2,7 +2,7 @@
 //! signal and drain. SIGHUP, or a change of the config or profile file, reloads the rules.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -35,11 +35,19 @@ pub struct Args {
 }
 
 /// The pid file, removed when the service stops (not after a crash: a stale file then
-/// names a process that is gone, as with any daemon).
+/// names a process that is gone, as with any daemon, and the next start overwrites it).
 struct PidFile(PathBuf);
 
 impl PidFile {
+    /// Refuses a file that names another live process: `kill $(cat FILE)` must reach the
+    /// service that wrote it, not whichever started last.
     fn write(path: PathBuf) -> anyhow::Result<PidFile> {
+        if let Some(pid) = read_pid(&path).filter(|&p| p != std::process::id() && alive(p)) {
+            anyhow::bail!(
+                "the pid file {} names process {pid}, which is running; stop it or choose another --pidfile",
+                path.display()
+            );
+        }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
@@ -51,8 +59,20 @@ impl PidFile {
 
 impl Drop for PidFile {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        // Only a file that still names this process: another one may have taken it over.
+        if read_pid(&self.0) == Some(std::process::id()) {
+            let _ = std::fs::remove_file(&self.0);
+        }
     }
+}
+
+fn read_pid(path: &Path) -> Option<u32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Whether a process with this id exists (Linux: its /proc entry).
+fn alive(pid: u32) -> bool {
+    Path::new("/proc").join(pid.to_string()).exists()
 }
 
 pub fn run(args: Args) -> Result<ExitCode, Failure> {
@@ -68,6 +88,14 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
     for w in &config.warnings {
         warn!(message = "Config warning.", file = %config.source_name, problem = %w);
     }
+    // Refuse a second process before anything is opened: the state folder first (two
+    // writers of one ingest log lose acknowledged events), then the address, then the
+    // pid file, so a start that fails leaves the running service's files alone.
+    let _state =
+        cvguard_stream::StateLock::acquire(Path::new(&config.state.dir), "serve").map_err(anyhow::Error::from)?;
+    let listener = std::net::TcpListener::bind(&config.http.listen)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .with_context(|| format!("binding {} ([http] listen)", config.http.listen))?;
     let _pidfile = args.pidfile.map(PidFile::write).transpose()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -75,7 +103,7 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
         .build()
         .context("starting the async runtime")?;
     let timeout = config.timing.shutdown_timeout;
-    let served = runtime.block_on(serve(config, source, overrides));
+    let served = runtime.block_on(serve(config, source, overrides, listener));
     // Dropping a runtime waits for its blocking tasks for ever; a drain that overran the
     // timeout must not keep the process alive.
     runtime.shutdown_timeout(Duration::from_secs(2).min(timeout));
@@ -86,7 +114,12 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn serve(config: Config, source: ConfigSource, overrides: Overrides) -> Result<(), Failure> {
+async fn serve(
+    config: Config,
+    source: ConfigSource,
+    overrides: Overrides,
+    listener: std::net::TcpListener,
+) -> Result<(), Failure> {
     let workers = match config.service.workers {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
         n => n,
@@ -199,9 +232,7 @@ async fn serve(config: Config, source: ConfigSource, overrides: Overrides) -> Re
                 "No API tokens configured: every loopback client is admin. Behind a reverse proxy on this host that means every client; configure tokens (`cvguard token new`)."
         );
     }
-    let listener = tokio::net::TcpListener::bind(&config.http.listen)
-        .await
-        .with_context(|| format!("binding {}", config.http.listen))?;
+    let listener = tokio::net::TcpListener::from_std(listener).context("serving the bound address")?;
     info!(message = "Listening.", address = %config.http.listen);
     let live_rules = Arc::new(RwLock::new(rules));
     let app = router(
@@ -229,9 +260,9 @@ async fn serve(config: Config, source: ConfigSource, overrides: Overrides) -> Re
             .await
     });
     let reloader = tokio::spawn(watch_config(
+        config.clone(),
         source,
         overrides,
-        config.profiles_path.clone(),
         detection,
         live_rules,
         metrics.clone(),
@@ -323,15 +354,17 @@ fn modified(path: &Option<PathBuf>) -> Option<SystemTime> {
 /// Only the detection sections (engine, profiles, allowlist, rules) change live; the
 /// others need a restart.
 async fn watch_config(
+    started: Config,
     source: ConfigSource,
     overrides: Overrides,
-    mut profiles: Option<PathBuf>,
     detection: Arc<dyn Detection>,
     live: Arc<RwLock<Arc<RuleSet>>>,
     metrics: Arc<Metrics>,
     shutdown: Arc<AtomicBool>,
 ) {
     use tokio::signal::unix::{signal, SignalKind};
+    let running = restart_only(&started);
+    let mut profiles = started.profiles_path.clone();
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         return;
     };
@@ -357,6 +390,13 @@ async fn watch_config(
         let loaded = tokio::task::spawn_blocking(move || cvguard_config::load(&source, &overrides)).await;
         match loaded {
             Ok(Ok(config)) => {
+                // Compared with what started, not with the last reload: the warning
+                // stays until a restart applies the change.
+                let pending: Vec<String> = restart_only(&config)
+                    .iter()
+                    .filter(|(section, value)| running.get(*section) != Some(value))
+                    .map(|(section, _)| format!("[{section}]"))
+                    .collect();
                 for w in &config.warnings {
                     warn!(message = "Config warning.", file = %config.source_name, problem = %w);
                 }
@@ -374,6 +414,12 @@ async fn watch_config(
                     rules = rules.rules.len(),
                     trigger = if by_signal { "SIGHUP" } else { "file change" }
                 );
+                if !pending.is_empty() {
+                    warn!(
+                        message = "Config sections changed that apply only after a restart; the running service keeps the ones it started with.",
+                        sections = %pending.join(", ")
+                    );
+                }
             }
             Ok(Err(e)) => {
                 metrics.config_reloads.with_label_values(&["error"]).inc();
@@ -384,6 +430,18 @@ async fn watch_config(
             Err(_) => {}
         }
     }
+}
+
+/// The sections a reload does not apply (everything but engine, profiles, allowlist and
+/// rules), as in effect.
+fn restart_only(config: &Config) -> serde_json::Map<String, serde_json::Value> {
+    let serde_json::Value::Object(mut sections) = config.effective() else {
+        unreachable!("the effective config is an object")
+    };
+    for live in ["engine", "profiles", "allowlist", "rules"] {
+        sections.remove(live);
+    }
+    sections
 }
 
 /// A database URL without its password, for messages.
