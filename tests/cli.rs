@@ -155,3 +155,112 @@ fn a_replay_with_no_usable_event_exits_65() {
     let out = cvguard(&["replay", "--input", input.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(65));
 }
+
+/// `incidents` without --config where there is no store (#15): no ./data/cvguard.db made,
+/// no empty table, but exit 66 and the path with where it came from.
+#[test]
+fn incidents_never_create_a_store() {
+    let cwd = tempfile::tempdir().unwrap();
+    for args in [
+        vec!["incidents", "list"],
+        vec!["incidents", "list", "-o", "json"],
+        vec!["incidents", "show", "x"],
+        vec!["incidents", "export", "x", "-o", "csv"],
+        vec!["incidents", "set", "x", "resolved"],
+    ] {
+        let out = std::process::Command::new(cvguard_tests::bin())
+            .args(&args)
+            .current_dir(cwd.path())
+            .env_remove("CVGUARD__STORE__URL")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(66), "{args:?}: {err}");
+        assert!(
+            err.contains("no incident store at data/cvguard.db (the embedded default config's [store] url"),
+            "{args:?}: {err}"
+        );
+        assert!(err.contains("pass --config FILE of the running service"), "{err}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        assert!(!cwd.path().join("data").exists(), "{args:?} created a store");
+    }
+}
+
+/// The nits a review found (#15): the man pages' sections, where `man` writes, what
+/// `simulate --help` promises, `-o` on every command that prints data, and the replay
+/// summary's words.
+#[test]
+fn man_pages_help_and_replay_words() {
+    let dir = tempfile::tempdir().unwrap();
+    cvguard_ok(&["man", "--out", dir.path().to_str().unwrap()]);
+    let top = std::fs::read_to_string(dir.path().join("cvguard.1")).unwrap();
+    assert!(top.contains(".SH \"EXIT STATUS\""), "{top}");
+    assert!(top.contains("\\fB64\\fR"), "{top}");
+    assert!(!top.contains("EXTRA"), "{top}");
+    assert!(
+        !top.contains("cvguard\\-help") && !top.contains("cvguard-help"),
+        "{top}"
+    );
+    assert!(!dir.path().join("cvguard-help.1").exists());
+    let incidents = std::fs::read_to_string(dir.path().join("cvguard-incidents.1")).unwrap();
+    assert!(!incidents.contains("help("), "{incidents}");
+    assert!(incidents.contains("EXIT STATUS"), "{incidents}");
+    // Nowhere by default: a user's binary does not write into target/.
+    let out = cvguard(&["man"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--out"));
+
+    let help = String::from_utf8_lossy(&cvguard_ok(&["simulate", "--help"]).stdout).to_string();
+    assert!(help.contains("cvguard.toml"), "{help}");
+
+    let help = String::from_utf8_lossy(&cvguard_ok(&["incidents", "export", "--help"]).stdout).to_string();
+    assert!(help.contains("-o, --output"), "{help}");
+    assert!(!help.contains("--format"), "a hidden alias: {help}");
+
+    // One bad line on stdin: said in the singular, and stdin named as such.
+    let out = std::process::Command::new(cvguard_tests::bin())
+        .args(["replay", "--input", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(b"{broken\n")?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(65), "{err}");
+    assert!(
+        err.contains("no usable event in stdin: its one line was rejected"),
+        "{err}"
+    );
+    assert!(err.contains("MB of events in"), "{err}");
+}
+
+/// A gzip replay's summary says both sizes and which is which.
+#[test]
+fn a_gzip_replay_summary_labels_its_sizes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sim");
+    cvguard_ok(&[
+        "simulate",
+        "--out",
+        out.to_str().unwrap(),
+        "--days",
+        "1",
+        "--employers",
+        "20",
+        "--scenarios",
+        "none",
+        "--gzip",
+    ]);
+    let input = out.join("events.ndjson.gz");
+    let replay = cvguard_ok(&["replay", "--input", input.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&replay.stderr);
+    assert!(
+        err.contains("MB of events from ") && err.contains(" MB of gzip in "),
+        "{err}"
+    );
+}

@@ -299,9 +299,22 @@ fn paths_in_a_config_are_relative_to_its_folder_from_any_working_directory() {
         "[store]\nurl = \"sqlite://data/x.db\"\n[state]\ndir = \"data/state\"\n[profiles]\npath = \"accounts.csv\"\n{RULE}"
     );
     let file = write(home.path(), "c.toml", &text);
+    // `incidents` creates no store: it names the one the config means.
     let out = cvguard_in(elsewhere.path(), &[], &["incidents", "list", "--config", &file]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(home.path().join("data/x.db").is_file(), "the store beside the config");
+    assert_eq!(out.status.code(), Some(66), "{}", stderr(&out));
+    let db = home.path().join("data/x.db");
+    assert!(
+        stderr(&out).contains(&format!(
+            "no incident store at {} ([store] url of {file})",
+            db.display()
+        )),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::create_dir_all(db.parent().unwrap()).unwrap();
+    std::fs::write(&db, "").unwrap();
+    let out = cvguard_in(elsewhere.path(), &[], &["incidents", "list", "--config", &file]);
+    assert!(out.status.success(), "the store beside the config: {}", stderr(&out));
     assert!(
         !elsewhere.path().join("data").exists(),
         "nothing in the working directory"

@@ -28,6 +28,9 @@ pub enum StoreError {
     Db(#[from] sqlx::Error),
     #[error("no incident {0}")]
     NotFound(String),
+    /// `Store::open_existing` of a SQLite file that is not there.
+    #[error("no incident store at {0}")]
+    Missing(String),
     #[error("incident {id} is {from}; it cannot become {to}")]
     BadTransition { id: String, from: String, to: String },
 }
@@ -69,19 +72,34 @@ const CV_CHUNK_POSTGRES: usize = 400;
 impl Store {
     /// Connects and migrates. `sqlite://PATH` creates the file (and its folder).
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        Store::open(url, true).await
+    }
+
+    /// Connects to a store that must exist: a SQLite file that is not there is
+    /// `StoreError::Missing` (nothing is created), so a command run with the wrong config
+    /// or from the wrong folder says so instead of reading a new, empty store.
+    pub async fn open_existing(url: &str) -> Result<Store, StoreError> {
+        Store::open(url, false).await
+    }
+
+    async fn open(url: &str, create: bool) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let (dialect, url) = if let Some(path) = url.strip_prefix("sqlite://") {
             let file = path.split('?').next().unwrap_or(path);
+            let special = file.starts_with(':');
+            if !create && !special && !std::path::Path::new(file).is_file() {
+                return Err(StoreError::Missing(file.to_string()));
+            }
             if let Some(parent) = std::path::Path::new(file)
                 .parent()
-                .filter(|p| !p.as_os_str().is_empty())
+                .filter(|p| create && !p.as_os_str().is_empty())
             {
                 std::fs::create_dir_all(parent).map_err(|e| StoreError::Db(sqlx::Error::Io(e)))?;
             }
-            let url = if path.contains('?') {
-                url.to_string()
-            } else {
-                format!("{url}?mode=rwc")
+            let url = match (path.contains('?'), create) {
+                (true, _) => url.to_string(),
+                (false, true) => format!("{url}?mode=rwc"),
+                (false, false) => format!("{url}?mode=rw"),
             };
             (Dialect::Sqlite, url)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {

@@ -40,7 +40,8 @@ pub struct Cli {
 enum Command {
     /// Replay NDJSON events (plain or .gz) through the engine; alerts as JSON lines.
     Replay(commands::replay::Args),
-    /// Write simulated job-board traffic, an account profile file and ground-truth labels.
+    /// Write simulated job-board traffic, an account profile file, ground-truth labels and a
+    /// ready cvguard.toml beside them.
     Simulate(commands::simulate::Args),
     /// Simulate the werk.nl weekend, replay it with the shipped config and tell the story.
     Demo(commands::demo::Args),
@@ -59,10 +60,12 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Write the man pages (cvguard.1 and one per command) into a folder.
+    /// Write the man pages (cvguard.1 and one per command) into a folder: `cvguard man
+    /// --out /usr/local/share/man/man1`.
     Man {
-        /// Where to write them.
-        #[arg(long, value_name = "DIR", default_value = "target/man")]
+        /// The folder to write them into (made if missing); required, so that nothing is
+        /// written where it was not asked for. `--out .` for the current directory.
+        #[arg(long, value_name = "DIR")]
         out: std::path::PathBuf,
     },
 }
@@ -115,7 +118,7 @@ fn main() -> ExitCode {
             clap_complete::generate(shell, &mut Cli::command(), "cvguard", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Man { out } => commands::man::write(Cli::command(), &out),
+        Command::Man { out } => commands::man::write(Cli::command(), &out, EXIT_CODES),
     };
     match result {
         Ok(code) => code,

@@ -13,47 +13,61 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::input::{Line, LineReader};
 
 /// How far a replay is: a bar on a terminal, else a line on stderr every 10 seconds (a
-/// replay of a month in a CI log or under `nohup` says it is alive). Positions are bytes
-/// read from the file itself, compressed for a gzip file, as its size is.
+/// replay of a month in a CI log or under `nohup` says it is alive). Both say which bytes
+/// they count, as the summary does: "MB of events" are the lines as read (decompressed),
+/// the share and the bar are of the file on disk (compressed, for a gzip file), the only
+/// size known up front.
 pub struct Progress {
     bar: Option<ProgressBar>,
     source: crate::input::Source,
+    gzip: bool,
     started: Instant,
     last_line: Instant,
 }
 
 impl Progress {
-    pub fn new(source: crate::input::Source) -> Progress {
+    /// `gzip`: the file is compressed (its size on disk is not the events' size).
+    pub fn new(source: crate::input::Source, gzip: bool) -> Progress {
+        let template = if gzip {
+            "{bar:40} {bytes}/{total_bytes} of the gzip file {bytes_per_sec} eta {eta}"
+        } else {
+            "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}"
+        };
         let bar = io::stderr().is_terminal().then(|| match source.size {
-            Some(len) => ProgressBar::new(len).with_style(
-                ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
-            ),
+            Some(len) => ProgressBar::new(len)
+                .with_style(ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar())),
             None => ProgressBar::new_spinner(),
         });
         Progress {
             bar,
             source,
+            gzip,
             started: Instant::now(),
             last_line: Instant::now(),
         }
     }
 
-    fn tick(&mut self, events: u64) {
-        let read = self.source.read.load(Ordering::Relaxed);
+    /// Bytes read from the file itself (compressed, for a gzip file).
+    pub fn file_bytes(&self) -> u64 {
+        self.source.read.load(Ordering::Relaxed)
+    }
+
+    fn tick(&mut self, events: u64, event_bytes: u64) {
+        let read = self.file_bytes();
         match &self.bar {
             Some(bar) => bar.set_position(read),
             None if self.last_line.elapsed() >= Duration::from_secs(10) => {
                 self.last_line = Instant::now();
+                let file = if self.gzip { "of the gzip file" } else { "of the file" };
                 let share = self
                     .source
                     .size
                     .filter(|s| *s > 0)
-                    .map(|s| format!(" ({:.0}%)", read as f64 * 100.0 / s as f64))
+                    .map(|s| format!(" ({:.0}% {file} read)", read as f64 * 100.0 / s as f64))
                     .unwrap_or_default();
                 eprintln!(
-                    "replay: {events} events, {:.1} MB read{share}, {:.0} s",
-                    read as f64 / 1e6,
+                    "replay: {events} events, {:.1} MB of events{share}, {:.0} s",
+                    event_bytes as f64 / 1e6,
                     self.started.elapsed().as_secs_f64()
                 );
             }
@@ -98,10 +112,10 @@ pub fn feed<R: BufRead>(
         events += 1;
         if since_tick == 65_536 {
             since_tick = 0;
-            progress.tick(events);
+            progress.tick(events, lines.consumed);
         }
     }
-    progress.tick(events);
+    progress.tick(events, lines.consumed);
     Ok(lines.consumed)
 }
 
@@ -143,18 +157,25 @@ impl AlertTally {
     }
 }
 
-/// Writes the human summary of a replay.
+/// Writes the human summary of a replay. `bytes` are the events' (decompressed);
+/// `file_bytes`, those read from a file that differs (gzip), are said beside them.
 pub fn write_summary(
     w: &mut impl Write,
     stats: &EngineStats,
     tally: &AlertTally,
     bytes: u64,
+    file_bytes: Option<u64>,
     elapsed: std::time::Duration,
 ) -> io::Result<()> {
     let secs = elapsed.as_secs_f64().max(1e-9);
+    let compressed = file_bytes
+        .filter(|f| *f != bytes)
+        .map(|f| format!(" from {:.1} MB of gzip", f as f64 / 1e6))
+        .unwrap_or_default();
     writeln!(
         w,
-        "events read {}  accepted {}  rejected {}  late {}  duplicate {}  ({:.1} MB in {:.2} s, {:.0} events/s)",
+        "events read {}  accepted {}  rejected {}  late {}  duplicate {}  ({:.1} MB of events{compressed} in {:.2} s, \
+         {:.0} events/s)",
         stats.events,
         stats.accepted,
         stats.rejected_total(),

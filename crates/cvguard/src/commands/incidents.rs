@@ -1,12 +1,14 @@
-//! `cvguard incidents list|show|export`: read the incident store named by the config.
+//! `cvguard incidents list|show|set|export`: the incident store named by the config. The
+//! store must exist: these commands never create one (a new, empty store read by mistake
+//! would look like "no incidents").
 
 use std::io::{self, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use cvguard_config::{ConfigSource, Overrides};
-use cvguard_store::{IncidentFilter, Store};
+use cvguard_config::{redact_url, ConfigSource, Overrides};
+use cvguard_store::{IncidentFilter, Store, StoreError};
 
 use crate::Failure;
 
@@ -71,9 +73,10 @@ enum Sub {
         /// Config file whose `[store] url` to read. Without it, the shipped default's.
         #[arg(long)]
         config: Option<PathBuf>,
-        /// The export's format (CSV, safe to open in a spreadsheet).
-        #[arg(long, value_enum, default_value = "csv")]
-        format: ExportFormat,
+        /// The export's format: `csv` (safe to open in a spreadsheet) or `json` (an array of
+        /// rows with the same columns).
+        #[arg(short = 'o', long = "output", alias = "format", value_enum, default_value = "csv")]
+        output: ExportFormat,
     },
 }
 
@@ -114,19 +117,47 @@ enum Output {
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum ExportFormat {
     Csv,
+    Json,
 }
 
-fn open(config: Option<PathBuf>) -> Result<(tokio::runtime::Runtime, Store), Failure> {
-    let source = config.map_or_else(ConfigSource::embedded_default, ConfigSource::File);
+/// The store the config names, which must exist (exit 66 when it does not).
+fn open(config_file: Option<PathBuf>) -> Result<(tokio::runtime::Runtime, Store), Failure> {
+    let source = config_file
+        .clone()
+        .map_or_else(ConfigSource::embedded_default, ConfigSource::File);
     let config = cvguard_config::load(&source, &Overrides::default())?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    let store = rt
-        .block_on(Store::connect(&config.store.url))
-        .with_context(|| format!("opening {}", crate::commands::serve::redact_url(&config.store.url)))?;
+    let url = &config.store.url;
+    let store = match rt.block_on(Store::open_existing(url)) {
+        Ok(store) => store,
+        Err(StoreError::Missing(path)) => {
+            let from = store_url_origin(config_file.as_deref());
+            return Err(Failure::NoInput(format!(
+                "no incident store at {path} ({from}); pass --config FILE of the running service"
+            )));
+        }
+        Err(e) => {
+            return Err(anyhow::Error::new(e)
+                .context(format!("opening {}", redact_url(url)))
+                .into())
+        }
+    };
     Ok((rt, store))
+}
+
+/// Where `[store] url` came from, for the message about a missing store.
+fn store_url_origin(config_file: Option<&Path>) -> String {
+    let var = std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .find(|k| k.eq_ignore_ascii_case("CVGUARD__STORE__URL"));
+    match (var, config_file) {
+        (Some(var), _) => format!("the environment variable {var}"),
+        (None, Some(file)) => format!("[store] url of {}", file.display()),
+        (None, None) => "the embedded default config's [store] url, relative to the working directory".into(),
+    }
 }
 
 pub fn run(args: Args) -> Result<ExitCode, Failure> {
@@ -211,17 +242,16 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
                 Err(e) => return Err(Failure::Other(e.into())),
             }
         }
-        Sub::Export {
-            id,
-            config,
-            format: ExportFormat::Csv,
-        } => {
+        Sub::Export { id, config, output } => {
             let (rt, store) = open(config)?;
             if rt.block_on(store.get(&id)).context("reading the incident")?.is_none() {
                 return Err(Failure::NoInput(format!("no incident {id}")));
             }
             let rows = rt.block_on(store.exposed_cvs(&id)).context("reading exposed CVs")?;
-            cvguard_store::write_exposed_csv(&mut out, &rows)
+            match output {
+                ExportFormat::Csv => cvguard_store::write_exposed_csv(&mut out, &rows),
+                ExportFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(&rows).unwrap_or_default()),
+            }
         }
     };
     match result {
@@ -261,10 +291,12 @@ fn show_table(out: &mut impl Write, d: &cvguard_store::IncidentDetail) -> io::Re
         writeln!(out, "{field:<20} {value}")?;
     }
     for a in &d.actions {
+        // A detail may start with its outcome ("allowlisted: alert only"): said once.
+        let detail = a.detail.strip_prefix(&format!("{}: ", a.outcome)).unwrap_or(&a.detail);
         writeln!(
             out,
             "action               {} {} {} {}: {}",
-            a.at, a.action, a.target, a.outcome, a.detail
+            a.at, a.action, a.target, a.outcome, detail
         )?;
     }
     for h in &d.history {

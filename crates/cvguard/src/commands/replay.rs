@@ -71,7 +71,7 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
         )),
         None => Box::new(BufWriter::new(io::stdout().lock())),
     };
-    let mut progress = Progress::new(source);
+    let mut progress = Progress::new(source, is_gzip(&args.input));
     let rules = Arc::new(config.ruleset);
     let mut warm = match &args.save_state {
         Some(_) if config.source.kind == cvguard_config::SourceKind::Kafka => {
@@ -111,18 +111,35 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
         engine.stats(),
         &tally,
         bytes,
+        Some(progress.file_bytes()),
         started.elapsed(),
     )?;
     let s = engine.stats();
     if s.accepted + s.late + s.duplicates == 0 {
         let why = match s.events {
             0 => "it is empty".to_string(),
+            1 => "its one line was rejected: see the reason above".to_string(),
             n => format!("all {n} lines were rejected: see the reasons above"),
         };
-        eprintln!("cvguard: no usable event in {}: {why}", args.input.display());
+        let input = if args.input.as_os_str() == "-" {
+            "stdin".to_string()
+        } else {
+            args.input.display().to_string()
+        };
+        eprintln!("cvguard: no usable event in {input}: {why}");
         return Ok(ExitCode::from(crate::EXIT_NO_DATA));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether a file starts with gzip's magic bytes (as `input::open` decides); stdin is
+/// not peeked at, and its progress has no size to compare with anyway.
+fn is_gzip(path: &std::path::Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 2];
+    path.as_os_str() != "-"
+        && File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok()
+        && magic == [0x1f, 0x8b]
 }
 
 pub fn wall_clock_ms() -> i64 {

@@ -13,7 +13,9 @@ use crate::Failure;
 
 #[derive(clap::Args, Clone)]
 pub struct Args {
-    /// Folder to write events.ndjson (or .ndjson.gz), accounts.csv and labels.csv into.
+    /// Folder to write events.ndjson (or .ndjson.gz), accounts.csv and labels.csv into,
+    /// and beside them cvguard.toml: the shipped config with these profiles, its store,
+    /// state and alerts in this folder, ready for `serve --config` or `replay --config`.
     #[arg(long, default_value = "data/sim")]
     pub out: PathBuf,
     /// The same seed gives the same board, byte for byte.
