@@ -89,7 +89,8 @@ impl Tokens {
                 ))
             };
         }
-        let token = Self::bearer(headers).ok_or((StatusCode::UNAUTHORIZED, "missing bearer token"))?;
+        let token =
+            Self::bearer(headers).ok_or((StatusCode::UNAUTHORIZED, "expected `Authorization: Bearer <token>`"))?;
         let caller = self.find(token).ok_or((StatusCode::UNAUTHORIZED, "unknown token"))?;
         if caller.role.allows(needed) {
             Ok(caller)

@@ -97,8 +97,10 @@ pub struct ListQuery {
     from: Option<String>,
     /// RFC 3339: opened before.
     to: Option<String>,
-    limit: Option<i64>,
-    offset: Option<i64>,
+    /// Read as text and parsed here, so a word for a number is told in our words, not
+    /// serde's.
+    limit: Option<String>,
+    offset: Option<String>,
 }
 
 /// A page holds 1 to `MAX_LIMIT` incidents, 50 unless asked.
@@ -107,21 +109,25 @@ pub const MAX_LIMIT: i64 = 1000;
 
 /// `limit` and `offset` as asked, or the 400 that says what is allowed: a page size out
 /// of range is refused rather than quietly changed, so a client never misreads a page.
-fn page(limit: Option<i64>, offset: Option<i64>) -> Result<(i64, i64), Problem> {
-    let limit = limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(Problem::new(
-            StatusCode::BAD_REQUEST,
-            format!("`limit` must be from 1 to {MAX_LIMIT}, not {limit}"),
-        ));
-    }
-    let offset = offset.unwrap_or(0);
-    if offset < 0 {
-        return Err(Problem::new(
-            StatusCode::BAD_REQUEST,
-            format!("`offset` must be 0 or more, not {offset}"),
-        ));
-    }
+fn page(limit: Option<&str>, offset: Option<&str>) -> Result<(i64, i64), Problem> {
+    let limit_words = format!("limit: expected a whole number from 1 to {MAX_LIMIT}");
+    let limit = match limit {
+        None => DEFAULT_LIMIT,
+        Some(text) => text
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=MAX_LIMIT).contains(n))
+            .ok_or_else(|| Problem::new(StatusCode::BAD_REQUEST, format!("{limit_words}, not `{text}`")))?,
+    };
+    let offset = match offset {
+        None => 0,
+        Some(text) => text.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                format!("offset: expected a whole number ≥ 0, not `{text}`"),
+            )
+        })?,
+    };
     Ok((limit, offset))
 }
 
@@ -142,7 +148,7 @@ fn filter(q: ListQuery) -> Result<IncidentFilter, Problem> {
             ));
         }
     }
-    let (limit, offset) = page(q.limit, q.offset)?;
+    let (limit, offset) = page(q.limit.as_deref(), q.offset.as_deref())?;
     Ok(IncidentFilter {
         status: q.status,
         rule: q.rule,
@@ -383,13 +389,32 @@ mod tests {
     #[test]
     fn paging_takes_what_is_asked_within_range_and_refuses_the_rest() {
         assert_eq!(page(None, None).unwrap(), (50, 0));
-        assert_eq!(page(Some(1), Some(0)).unwrap(), (1, 0));
-        assert_eq!(page(Some(1000), Some(i64::MAX)).unwrap(), (1000, i64::MAX));
+        assert_eq!(page(Some("1"), Some("0")).unwrap(), (1, 0));
+        let max = i64::MAX.to_string();
+        assert_eq!(page(Some("1000"), Some(&max)).unwrap(), (1000, i64::MAX));
         for (limit, offset, says) in [
-            (Some(0), None, "`limit` must be from 1 to 1000, not 0"),
-            (Some(-1), None, "`limit` must be from 1 to 1000, not -1"),
-            (Some(1001), None, "`limit` must be from 1 to 1000, not 1001"),
-            (None, Some(-5), "`offset` must be 0 or more, not -5"),
+            (
+                Some("0"),
+                None,
+                "limit: expected a whole number from 1 to 1000, not `0`",
+            ),
+            (
+                Some("-1"),
+                None,
+                "limit: expected a whole number from 1 to 1000, not `-1`",
+            ),
+            (
+                Some("1001"),
+                None,
+                "limit: expected a whole number from 1 to 1000, not `1001`",
+            ),
+            (
+                Some("abc"),
+                None,
+                "limit: expected a whole number from 1 to 1000, not `abc`",
+            ),
+            (None, Some("-5"), "offset: expected a whole number ≥ 0, not `-5`"),
+            (None, Some("x"), "offset: expected a whole number ≥ 0, not `x`"),
         ] {
             let p = page(limit, offset).unwrap_err();
             assert_eq!((p.status(), p.detail()), (StatusCode::BAD_REQUEST, says));
