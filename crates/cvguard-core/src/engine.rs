@@ -15,6 +15,8 @@ use crate::chunked::{ChunkedRows, ChunkedVec};
 use crate::cvmap::{str_hash, StrIndex};
 use crate::distinct::{unstamp, Access, Added, GroupState, KindPlan, RuleProgress};
 use crate::event::{parse_event, Event, RejectReason};
+use serde::Serialize;
+
 use crate::interner::{CvInterner, CvRef, Interner};
 use crate::recent::RecentSet;
 use crate::rules::{DistinctField, KeyKind, Measure, Response, Rule, RuleSet};
@@ -1162,6 +1164,66 @@ impl Engine {
         values
     }
 
+    /// The `limit` (key, rule) pairs whose value is the largest share of its effective
+    /// threshold, highest first (ties by kind, key, rule): who is closest to a threshold,
+    /// or over it, now. A baseline rule that does not judge a key yet is silent for it and
+    /// left out. Values are read as `key_values` reads them, as of the engine's newest
+    /// event; a key's value as of its own last event bounds that from above, so keys are
+    /// read exactly in the order of their bound until no bound can beat the answer.
+    pub fn closest(&self, limit: usize) -> Vec<Closest> {
+        if limit == 0 {
+            return Vec::new();
+        }
+        let mut bounds: Vec<(f64, KeyKind, u32, usize)> = Vec::new();
+        for kind in KeyKind::ALL {
+            let table = &self.tables[kind.index()];
+            let layout = &self.layouts[kind.index()];
+            for slot in 0..table.slots.len() as u32 {
+                let Some(key) = table.at(slot) else { continue };
+                for (w, &threshold) in key.thresholds.iter().enumerate() {
+                    let value = key.value(layout, w);
+                    if threshold > 0 && value > 0 {
+                        bounds.push((value as f64 / threshold as f64, kind, slot, w));
+                    }
+                }
+            }
+        }
+        bounds.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let mut out: Vec<Closest> = Vec::new();
+        for (bound, kind, slot, w) in bounds {
+            if out.len() >= limit && bound < out[limit - 1].share {
+                break;
+            }
+            let Some(found) = self.exact_share(kind, slot, w) else {
+                continue;
+            };
+            out.push(found);
+            out.sort_by(Closest::rank);
+            out.truncate(limit);
+        }
+        out
+    }
+
+    /// Rule `w` of the key in `slot`, read as `key_values` reads it; `None` when the rule
+    /// is silent for the key (not judged yet, or nothing in its window now).
+    fn exact_share(&self, kind: KeyKind, slot: u32, w: usize) -> Option<Closest> {
+        let key = self.tables[kind.index()].at(slot)?;
+        let view = self.view(kind, key.state.key.as_ref())?;
+        let rule = &self.rules.rules[self.rules.rules_of(kind)[w]];
+        let (threshold, baseline) = view.judged(w, rule);
+        if baseline.as_ref().is_some_and(|b| !b.judged) || threshold == 0 {
+            return None;
+        }
+        let mut value = view.window_values().swap_remove(w);
+        value.value = view.value_now(w);
+        (value.value > 0).then(|| Closest {
+            kind,
+            key: key.state.key.to_string(),
+            share: value.value as f64 / threshold as f64,
+            value,
+        })
+    }
+
     /// The CVs `key` touched inside `rule`'s window (or the key's longest distinct
     /// window when the rule counts events), with their first access, first action and
     /// visibility: whose data was exposed.
@@ -1174,6 +1236,30 @@ impl Engine {
             return Vec::new();
         };
         view.exposure(w)
+    }
+}
+
+/// A key's rule close to (or over) its threshold: see `Engine::closest`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Closest {
+    #[serde(rename = "key_kind")]
+    pub kind: KeyKind,
+    pub key: String,
+    /// The live value over the effective threshold (1.0: at the threshold).
+    pub share: f64,
+    #[serde(flatten)]
+    pub value: WindowValue,
+}
+
+impl Closest {
+    /// The order `Engine::closest` answers in: the larger share first, then by kind,
+    /// key and rule, so merged answers of several engines are deterministic.
+    pub fn rank(a: &Closest, b: &Closest) -> std::cmp::Ordering {
+        b.share
+            .total_cmp(&a.share)
+            .then(a.kind.index().cmp(&b.kind.index()))
+            .then_with(|| a.key.cmp(&b.key))
+            .then_with(|| a.value.rule.cmp(&b.value.rule))
     }
 }
 

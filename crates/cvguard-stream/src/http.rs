@@ -21,8 +21,8 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use cvguard_core::{
-    parse_event, Alert, Engine, EngineStats, IncidentUpdate, KeyKind, Outcome, RejectReason, RuleSet, StateSize,
-    WindowValue,
+    parse_event, Alert, Closest, Engine, EngineStats, IncidentUpdate, KeyKind, Outcome, RejectReason, RuleSet,
+    StateSize, WindowValue,
 };
 use serde::Serialize;
 use tracing::{error, info, warn};
@@ -132,6 +132,7 @@ enum ShardMsg {
     Flush(Sender<Result<(), GaveUp>>),
     Reload(Arc<RuleSet>),
     Query(KeyKind, String, Sender<Vec<WindowValue>>),
+    Closest(usize, Sender<Vec<Closest>>),
 }
 
 /// Per key kind, the rule set an engine of that kind runs (`None`: the kind has no rules).
@@ -513,6 +514,25 @@ impl HttpPipeline {
         rx.recv_timeout(Duration::from_secs(5)).ok()
     }
 
+    /// The `limit` (key, rule) pairs closest to their threshold across every shard;
+    /// `None` when some shard did not answer in time.
+    pub fn closest(&self, limit: usize) -> Option<Vec<Closest>> {
+        let (tx, rx) = mpsc::channel();
+        for s in &self.shards {
+            let _ = s.send(ShardMsg::Closest(limit, tx.clone()));
+        }
+        drop(tx);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut lists = Vec::new();
+        for _ in 0..self.shards.len() {
+            lists.push(
+                rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                    .ok()?,
+            );
+        }
+        Some(crate::merge_closest(lists, limit))
+    }
+
     /// Finishes queued events and snapshots every part. An error says some shard could
     /// not record its effects before the shutdown deadline: its snapshot was not moved,
     /// so a restart decides those events again from the log.
@@ -652,6 +672,15 @@ impl Shard {
                 Ok(ShardMsg::Reload(rules)) => {
                     self.reload(rules);
                     changed = true;
+                }
+                Ok(ShardMsg::Closest(limit, reply)) => {
+                    let lists = self
+                        .parts
+                        .iter()
+                        .flat_map(|(_, part)| part.engines.iter().flatten())
+                        .map(|e| e.closest(limit))
+                        .collect();
+                    let _ = reply.send(crate::merge_closest(lists, limit));
                 }
                 Ok(ShardMsg::Query(kind, key, reply)) => {
                     let values = self

@@ -26,7 +26,15 @@ pub use state_lock::StateLock;
 
 use std::sync::Arc;
 
-use cvguard_core::{EngineStats, KeyKind, RuleSet, StateSize, WindowValue};
+use cvguard_core::{Closest, EngineStats, KeyKind, RuleSet, StateSize, WindowValue};
+
+/// One answer from several engines' `closest` lists, in `Closest::rank` order.
+pub fn merge_closest(lists: Vec<Vec<Closest>>, limit: usize) -> Vec<Closest> {
+    let mut all: Vec<Closest> = lists.into_iter().flatten().collect();
+    all.sort_by(Closest::rank);
+    all.truncate(limit);
+    all
+}
 
 /// What the API asks of a running pipeline, whichever source feeds it.
 pub trait Detection: Send + Sync {
@@ -34,6 +42,10 @@ pub trait Detection: Send + Sync {
     /// holding it did not answer in time (busy: the caller says so, it does not claim the
     /// key is untracked).
     fn query(&self, kind: KeyKind, key: &str) -> Option<Vec<WindowValue>>;
+    /// The `limit` (key, rule) pairs of every engine here whose value is the largest
+    /// share of its threshold (`Engine::closest`); `None` when some engine did not answer
+    /// in time.
+    fn closest(&self, limit: usize) -> Option<Vec<Closest>>;
     /// Swaps the rules, keeping window state.
     fn reload(&self, rules: Arc<RuleSet>);
     /// Engine counters and state size, summed over partitions or shards.
@@ -60,6 +72,9 @@ impl Detection for http::HttpPipeline {
     fn query(&self, kind: KeyKind, key: &str) -> Option<Vec<WindowValue>> {
         http::HttpPipeline::query(self, kind, key)
     }
+    fn closest(&self, limit: usize) -> Option<Vec<Closest>> {
+        http::HttpPipeline::closest(self, limit)
+    }
     fn reload(&self, rules: Arc<RuleSet>) {
         http::HttpPipeline::reload(self, rules)
     }
@@ -82,6 +97,9 @@ pub struct KafkaDetection {
 impl Detection for KafkaDetection {
     fn query(&self, kind: KeyKind, key: &str) -> Option<Vec<WindowValue>> {
         Some(self.control.query(kind, key))
+    }
+    fn closest(&self, limit: usize) -> Option<Vec<Closest>> {
+        self.control.closest(limit)
     }
     fn reload(&self, rules: Arc<RuleSet>) {
         self.control.reload(&rules)

@@ -1408,3 +1408,63 @@ fn a_rule_re_arms_when_the_window_emptied_even_if_one_event_crosses_again() {
     // While the window still holds the first crossing, it is the same incident.
     assert!(send(&mut e, 7300, "a", "cv_view", &["7"]).is_empty());
 }
+
+/// Every live (key, rule) the slow way: each key's `key_values`, ranked as `closest`
+/// promises (share of the effective threshold, then kind, key, rule).
+fn closest_by_hand(e: &Engine, accounts: &[&str], limit: usize) -> Vec<(String, String, u64, u64)> {
+    let mut all: Vec<(f64, String, String, u64, u64)> = accounts
+        .iter()
+        .flat_map(|a| {
+            e.key_values(KeyKind::AccountId, a)
+                .into_iter()
+                .filter(|w| w.value > 0 && w.threshold > 0)
+                .map(move |w| {
+                    (
+                        w.value as f64 / w.threshold as f64,
+                        a.to_string(),
+                        w.rule,
+                        w.value,
+                        w.threshold,
+                    )
+                })
+        })
+        .collect();
+    all.sort_by(|x, y| {
+        y.0.total_cmp(&x.0)
+            .then_with(|| x.1.cmp(&y.1))
+            .then_with(|| x.2.cmp(&y.2))
+    });
+    all.into_iter()
+        .take(limit)
+        .map(|(_, k, r, v, t)| (k, r, v, t))
+        .collect()
+}
+
+proptest::proptest! {
+    /// "Closest to a threshold now" is the top of every key's live share, whatever the
+    /// traffic: quiet keys whose windows emptied since their last event included.
+    #[test]
+    fn closest_is_the_top_of_every_live_share(
+        events in proptest::collection::vec((0i64..7200, 0usize..6, 0u32..40, 1usize..4), 1..120),
+        limit in 1usize..8,
+    ) {
+        let accounts = ["a0", "a1", "a2", "a3", "a4", "a5"];
+        let mut e = engine(vec![
+            rule("hour", KeyKind::AccountId, Measure::DistinctCvs, "1h", 30),
+            rule("ten-minutes", KeyKind::AccountId, Measure::Events, "10m", 12),
+        ]);
+        let mut events = events;
+        events.sort_by_key(|ev| ev.0);
+        for (secs, account, cv, n) in events {
+            let cvs: Vec<String> = (0..n as u32).map(|i| format!("cv-{}", cv + i)).collect();
+            let refs: Vec<&str> = cvs.iter().map(String::as_str).collect();
+            send(&mut e, secs, accounts[account], "cv_view", &refs);
+        }
+        let got: Vec<(String, String, u64, u64)> = e
+            .closest(limit)
+            .into_iter()
+            .map(|c| (c.key, c.value.rule, c.value.value, c.value.threshold))
+            .collect();
+        proptest::prop_assert_eq!(got, closest_by_hand(&e, &accounts, limit));
+    }
+}

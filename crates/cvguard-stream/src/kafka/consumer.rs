@@ -362,6 +362,25 @@ impl KafkaControl {
         }
     }
 
+    /// The `limit` pairs closest to their threshold on this instance's partitions;
+    /// `None` when some worker did not answer in time.
+    pub fn closest(&self, limit: usize) -> Option<Vec<cvguard_core::Closest>> {
+        let (tx, rx) = mpsc::channel();
+        for w in &self.shared.workers {
+            let _ = w.send(ToWorker::Closest(limit, tx.clone()));
+        }
+        drop(tx);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut lists = Vec::new();
+        for _ in 0..self.shared.workers.len() {
+            lists.push(
+                rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                    .ok()?,
+            );
+        }
+        Some(crate::merge_closest(lists, limit))
+    }
+
     /// The live windows of a key from whichever partition's engine holds it.
     pub fn query(&self, kind: KeyKind, key: &str) -> Vec<cvguard_core::WindowValue> {
         let (tx, rx) = mpsc::channel();

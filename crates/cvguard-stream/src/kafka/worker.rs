@@ -161,6 +161,7 @@ pub enum ToWorker {
     Reload(Arc<Kinds>),
     /// The live windows of a key, if one of this worker's engines holds it.
     Query(cvguard_core::KeyKind, String, Sender<Vec<cvguard_core::WindowValue>>),
+    Closest(usize, Sender<Vec<cvguard_core::Closest>>),
     /// Another worker's partitions moved on in event time: try held messages again.
     Wake,
     Stop,
@@ -418,6 +419,14 @@ impl Worker {
                             live.changed = true;
                         }
                         self.kinds = kinds;
+                    }
+                    ToWorker::Closest(limit, reply) => {
+                        let lists = parts
+                            .values()
+                            .flat_map(|live| live.work.stage.engines())
+                            .map(|e| e.closest(limit))
+                            .collect();
+                        let _ = reply.send(crate::merge_closest(lists, limit));
                     }
                     ToWorker::Query(kind, key, reply) => {
                         let mut found = Vec::new();

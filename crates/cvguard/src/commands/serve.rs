@@ -86,7 +86,7 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
     let config = cvguard_config::load(&source, &overrides)?;
     telemetry::init(config.log.format);
     for w in &config.warnings {
-        warn!(message = "Config warning.", file = %config.source_name, problem = %w);
+        warn!(message = "Config warning.", problem = %w);
     }
     // Refuse a second process before anything is opened: the state folder first (two
     // writers of one ingest log lose acknowledged events), then the address, then the
@@ -398,7 +398,7 @@ async fn watch_config(
                     .map(|(section, _)| format!("[{section}]"))
                     .collect();
                 for w in &config.warnings {
-                    warn!(message = "Config warning.", file = %config.source_name, problem = %w);
+                    warn!(message = "Config warning.", problem = %w);
                 }
                 let rules = Arc::new(config.ruleset);
                 let d = detection.clone();
@@ -424,7 +424,8 @@ async fn watch_config(
             Ok(Err(e)) => {
                 metrics.config_reloads.with_label_values(&["error"]).inc();
                 for issue in &e.issues {
-                    error!(message = "Config reload refused; the running rules stay.", file = %e.file, problem = %issue);
+                    // The problem names its file, line, rule and key, as check-config does.
+                    error!(message = "Config reload refused; the running rules stay.", problem = %issue);
                 }
             }
             Err(_) => {}
