@@ -266,7 +266,8 @@ fn json_output_is_the_effective_config_with_defaults_and_no_secrets() {
     assert!(!printed.contains("hunter"), "{printed}");
     let all: serde_json::Value = serde_json::from_str(&printed).unwrap();
     // Every section, also those the file does not have.
-    assert_eq!(all.as_object().map(|o| o.len()), Some(13), "{all}");
+    assert_eq!(all.as_object().map(|o| o.len()), Some(14), "{all}");
+    assert_eq!(all["health"]["silence"], "5m");
     assert_eq!(all["engine"]["allowed_lateness"], "5m");
     assert_eq!(all["engine"]["max_cv_ids"], 10_000);
     assert_eq!(all["http"]["listen"], "127.0.0.1:8088");

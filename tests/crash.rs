@@ -481,12 +481,24 @@ fn a_full_disk_freed_again_loses_no_incident() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let system: Vec<_> = node
-        .alerts()
-        .into_iter()
-        .filter(|a| a["rule"] == "store-unavailable")
-        .collect();
+    // The health watchdog raises the store's alarm within its one-second tick.
+    let store_alarms = || -> Vec<_> {
+        node.alerts()
+            .into_iter()
+            .filter(|a| a["rule"] == "store-unavailable")
+            .collect()
+    };
+    while store_alarms().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no store-unavailable alert; log:\n{}",
+            svc.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let system = store_alarms();
     assert_eq!(system.len(), 1, "one system alert per outage");
+    assert_eq!(system[0]["status"], "firing");
     // Nothing reached the platform or the sinks that the store does not know of.
     assert!(receiver.calls().is_empty());
     assert!(node.alerts().iter().all(|a| a["key_kind"] == "system"));

@@ -43,7 +43,8 @@ fn documented() -> Vec<Documented> {
             Documented {
                 names: ticked(cells[1]),
                 labels,
-                later: cells[4].contains("Kafka source only"),
+                later: cells[4].contains("Kafka source only")
+                    || cells[4].contains("once the partition or part has taken in an event"),
             }
         })
         .collect()

@@ -5,6 +5,7 @@
 
 pub mod auth;
 mod handlers;
+mod health;
 mod ingest;
 mod metrics_text;
 pub mod problem;
@@ -60,6 +61,7 @@ pub fn router(state: ApiState, max_body_bytes: usize) -> Router {
         .route("/v1/incidents/{id}/{verb}", post(handlers::change_status))
         .route("/v1/accounts/{id}", get(handlers::account))
         .route("/v1/rules", get(handlers::rules))
+        .route("/v1/health", get(health::health))
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
         .route("/metrics", get(metrics_text::metrics))

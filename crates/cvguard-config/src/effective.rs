@@ -49,6 +49,7 @@ impl Config {
             "store": to_value(&store),
             "suspend": to_value(&self.suspend),
             "log": to_value(&self.log),
+            "health": to_value(&self.health),
         })
     }
 }

@@ -7,6 +7,7 @@ mod actions;
 mod collect;
 mod document;
 mod effective;
+mod health;
 mod paths;
 mod plain;
 mod problem;
@@ -25,6 +26,7 @@ use crate::collect::{collect, Finding, Kind};
 use crate::document::{Document, KeyPath, Seg};
 
 pub use actions::KNOWN_ACTIONS;
+pub use health::{HealthLimits, HealthSection};
 pub use problem::{ConfigError, LoadError, LoadErrorKind, Origin, Problem};
 pub use profiles::{load_profiles, read_profiles};
 pub use redact::{redact_url, secret_kafka_property, REDACTED};
@@ -136,6 +138,8 @@ pub struct Config {
     pub store: StoreSection,
     pub suspend: SuspendSection,
     pub log: LogSection,
+    /// `[health]`: when the watchdog's alarms fire.
+    pub health: HealthSection,
     /// The durations of `[state]`, `[service]` and `[suspend]`, parsed.
     pub timing: Timing,
     /// What is allowed but probably wrong: a rule action no known event has. Commands
@@ -192,6 +196,8 @@ struct Sections {
     suspend: SuspendSection,
     #[serde(default)]
     log: LogSection,
+    #[serde(default)]
+    health: HealthSection,
 }
 
 /// Loads, layers and validates a config. Every problem is returned at once, in the
@@ -389,6 +395,7 @@ impl Loader<'_> {
             store: sections.store,
             suspend: sections.suspend,
             log: sections.log,
+            health: sections.health,
             timing,
             warnings,
         })
@@ -454,6 +461,11 @@ impl Loader<'_> {
                     &format!("http.tokens[{i}].name"),
                     format!("duplicate token name `{}`", t.name),
                 );
+            }
+        }
+        if let Err(problems) = s.health.limits() {
+            for (key, message) in problems {
+                self.check(&key, message);
             }
         }
         if s.suspend.max_attempts == 0 {

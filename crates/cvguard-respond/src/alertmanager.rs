@@ -203,13 +203,17 @@ pub fn alert_payload(alert: &Value, now_ms: i64, resend: Duration) -> Value {
     ] {
         note(k, s(k));
     }
-    json!([am_alert(
-        labels,
-        annotations,
-        now_ms,
-        now_ms + ends_after_ms(resend),
-        Some(&incident_id)
-    )])
+    // A health alarm's resolution (`status` resolved) ends the alert it fired, from when
+    // that started: the same labels, `endsAt` now.
+    let since = alert["since"]
+        .as_str()
+        .and_then(cvguard_core::timefmt::parse_rfc3339_ms);
+    let (starts, ends) = match (alert["status"].as_str(), since) {
+        (Some("resolved"), Some(since)) => (since, now_ms),
+        (_, Some(since)) => (since, now_ms + ends_after_ms(resend)),
+        _ => (now_ms, now_ms + ends_after_ms(resend)),
+    };
+    json!([am_alert(labels, annotations, starts, ends, Some(&incident_id))])
 }
 
 fn incident_labels(i: &Incident) -> Map<String, Value> {

@@ -4,7 +4,7 @@
 
 use std::fs::OpenOptions;
 use std::io::{self, Write};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread;
@@ -86,6 +86,9 @@ pub struct SinkCounters {
     pub failed: AtomicU64,
     pub dropped: AtomicU64,
     pub retried: AtomicU64,
+    /// Epoch ms of the first failed attempt since the last delivery; 0 while the last
+    /// attempt delivered (the health watchdog's `sink_failing`).
+    pub failing_since_ms: AtomicI64,
 }
 
 struct SinkHandle {
@@ -232,18 +235,24 @@ fn spawn(name: String, mut sink: Box<dyn Sink>) -> SinkHandle {
                     match sink.deliver(&alert) {
                         Ok(()) => {
                             c.delivered.fetch_add(1, Ordering::Relaxed);
+                            c.failing_since_ms.store(0, Ordering::Relaxed);
                             break;
-                        }
-                        Err(e) if e.hint == RetryHint::Retry && attempt < MAX_ATTEMPTS => {
-                            c.retried.fetch_add(1, Ordering::Relaxed);
-                            warn!(message = "Sink delivery failed; retrying.", sink = %thread_name, error = %e, attempt);
-                            thread::sleep(Duration::from_millis(100 << attempt.min(6)));
-                            attempt += 1;
                         }
                         Err(e) => {
-                            c.failed.fetch_add(1, Ordering::Relaxed);
-                            warn!(message = "Sink delivery failed; giving up on this alert.", sink = %thread_name, error = %e);
-                            break;
+                            let now = crate::http_sinks::wall_clock_ms();
+                            let _ = c
+                                .failing_since_ms
+                                .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+                            if e.hint == RetryHint::Retry && attempt < MAX_ATTEMPTS {
+                                c.retried.fetch_add(1, Ordering::Relaxed);
+                                warn!(message = "Sink delivery failed; retrying.", sink = %thread_name, error = %e, attempt);
+                                thread::sleep(Duration::from_millis(100 << attempt.min(6)));
+                                attempt += 1;
+                            } else {
+                                c.failed.fetch_add(1, Ordering::Relaxed);
+                                warn!(message = "Sink delivery failed; giving up on this alert.", sink = %thread_name, error = %e);
+                                break;
+                            }
                         }
                     }
                 }

@@ -186,6 +186,17 @@ impl Store {
             == 1)
     }
 
+    /// When the oldest call still waiting to be delivered (pending, or being sent) was
+    /// queued; `None` when none waits. The health watchdog's `sink_failing`.
+    pub async fn oldest_waiting_call(&self) -> Result<Option<i64>, StoreError> {
+        Ok(
+            sqlx::query("SELECT MIN(created_at) AS t FROM outbox WHERE status IN ('pending', 'sending')")
+                .fetch_one(&self.pool)
+                .await?
+                .try_get::<Option<i64>, _>("t")?,
+        )
+    }
+
     /// Outbox rows by status, for tests and metrics.
     pub async fn outbox_counts(&self) -> Result<Vec<(String, String, i64)>, StoreError> {
         let rows =

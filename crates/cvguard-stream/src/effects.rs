@@ -7,8 +7,8 @@
 //! before its incident is recorded (a `suspend` the store does not know of would be a
 //! suspension nobody can undo or account for). While the store fails, detection waits
 //! rather than decides without it, and says so: `/readyz` is not ready, the
-//! `cvguard_store_errors_total` counter grows, and one system alert per outage goes to
-//! the sinks. Retries stop only at the shutdown deadline, and then the caller must not
+//! `cvguard_store_errors_total` counter grows, and the health watchdog raises one
+//! `store_unreachable` alarm per outage (`store-unavailable` to the sinks) and resolves it. Retries stop only at the shutdown deadline, and then the caller must not
 //! move its durable position (snapshot, Kafka offset) past what was not recorded.
 
 use std::sync::atomic::Ordering;
@@ -116,13 +116,8 @@ impl Effects {
                 Err(e) => {
                     self.metrics.store_errors.with_label_values(&[what]).inc();
                     error!(message = "Incident store failed; retrying.", operation = what, error = %e);
-                    if !self.health.store_failing.swap(true, Ordering::Relaxed) {
-                        self.system_alert(
-                            "store-unavailable",
-                            "store",
-                            &format!("{what}: {e}; detection waits for the store and retries"),
-                        );
-                    }
+                    // The watchdog raises (and later resolves) the store's alarm.
+                    self.health.store_failing.store(true, Ordering::Relaxed);
                     if self.health.past_shutdown_deadline() {
                         return Err(GaveUp);
                     }
@@ -134,7 +129,8 @@ impl Effects {
     }
 
     /// A system alert: about cvguard itself, not a key. It goes to the sinks only, which
-    /// do not depend on the store (it may be the store that failed).
+    /// do not depend on the store (it may be the store that failed). A notice: nothing
+    /// resolves it (health alarms, which end, are [`Effects::health_alarm`]).
     pub fn system_alert(&self, rule: &str, key: &str, detail: &str) {
         let now = wall_clock_ms();
         let alert = json!({
@@ -149,6 +145,37 @@ impl Effects {
             "event_time": format_rfc3339_ms(now),
         });
         tracing::warn!(message = "System alert.", rule, detail);
+        self.sinks.publish(alert.to_string().as_bytes());
+    }
+
+    /// A health alarm's system alert: `status` `firing` when its episode starts, and
+    /// `resolved` (with `resolved_at`) when it ends, both with the episode's `alert_id`,
+    /// so Alertmanager or a SIEM pairs them (docs/ALERTS.md).
+    pub fn health_alarm(
+        &self,
+        alarm: crate::watchdog::Alarm,
+        episode: &crate::watchdog::Episode,
+        resolved_at: Option<i64>,
+        detail: &str,
+    ) {
+        let now = resolved_at.unwrap_or(episode.since_ms);
+        let mut alert = json!({
+            "alert_id": episode.alert_id,
+            "rule": alarm.rule(),
+            "alarm": alarm.as_str(),
+            "status": if resolved_at.is_some() { "resolved" } else { "firing" },
+            "severity": alarm.severity(),
+            "key_kind": "system",
+            "key": alarm.key(),
+            "action": "alert",
+            "reason": alarm.as_str(),
+            "detail": detail,
+            "since": format_rfc3339_ms(episode.since_ms),
+            "event_time": format_rfc3339_ms(now),
+        });
+        if let Some(at) = resolved_at {
+            alert["resolved_at"] = json!(format_rfc3339_ms(at));
+        }
         self.sinks.publish(alert.to_string().as_bytes());
     }
 }

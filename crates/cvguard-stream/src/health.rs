@@ -25,6 +25,8 @@ pub struct Health {
     pub ingest_log_failed_at_ms: AtomicI64,
     /// Epoch ms after which store retries give up (0: not shutting down).
     pub shutdown_deadline_ms: AtomicI64,
+    /// The health watchdog's latest report (`GET /v1/health`).
+    pub report: std::sync::RwLock<crate::watchdog::Report>,
 }
 
 impl Health {

@@ -159,7 +159,11 @@ pub struct HttpPipeline {
     /// Replaying the log's records from before the start; ingest waits for it.
     catching_up: AtomicBool,
     health: Arc<crate::Health>,
+    progress: PartProgress,
 }
+
+/// Per part: (event time reached, events its engines took in), for the health watchdog.
+type PartProgress = Arc<Mutex<Vec<(Option<i64>, u64)>>>;
 
 /// What `HttpPipeline::start` needs.
 pub struct HttpOptions {
@@ -227,6 +231,7 @@ impl HttpPipeline {
         };
         let stats = Arc::new(Mutex::new(vec![(EngineStats::default(), StateSize::default()); n]));
         let in_flight = Arc::new(AtomicU64::new(0));
+        let progress = Arc::new(Mutex::new(vec![(None, 0); PARTS]));
         let mut senders = Vec::new();
         let mut handles = Vec::new();
         for i in 0..n {
@@ -251,6 +256,7 @@ impl HttpPipeline {
                 gave_up: false,
                 told_key_limit: false,
                 seed,
+                progress: progress.clone(),
             };
             handles.push(
                 thread::Builder::new()
@@ -276,6 +282,7 @@ impl HttpPipeline {
             catching_up: AtomicBool::new(true),
             health: o.health.clone(),
             seed,
+            progress,
         };
         pipeline.metrics.ingest_log_bytes.set(pipeline.log.bytes() as i64);
         let pipeline = Arc::new(pipeline);
@@ -487,6 +494,21 @@ impl HttpPipeline {
         }
     }
 
+    /// Each part's event time and events taken in, for the health watchdog.
+    pub fn sources(&self) -> Vec<crate::watchdog::SourceObservation> {
+        let progress = self.progress.lock().expect("progress");
+        progress
+            .iter()
+            .enumerate()
+            .map(|(p, (watermark_ms, events))| crate::watchdog::SourceObservation {
+                name: part_name(p),
+                watermark_ms: *watermark_ms,
+                events: *events,
+                lag: None,
+            })
+            .collect()
+    }
+
     /// Engine stats and state size summed over shards.
     pub fn engine_stats(&self) -> (EngineStats, StateSize) {
         let mut sum = EngineStats::default();
@@ -643,6 +665,7 @@ struct Shard {
     told_key_limit: bool,
     /// Keys the part hash (see `part_of`).
     seed: u64,
+    progress: PartProgress,
 }
 
 impl Shard {
@@ -842,6 +865,14 @@ impl Shard {
             );
         }
         self.stats.lock().expect("stats")[self.index] = (sum, size);
+        let mut progress = self.progress.lock().expect("progress");
+        for (p, part) in &self.parts {
+            let engines = || part.engines.iter().flatten();
+            progress[*p] = (
+                engines().filter_map(crate::watchdog::newest_event_ms).max(),
+                engines().map(|e| e.stats().events).sum(),
+            );
+        }
     }
 }
 

@@ -16,6 +16,7 @@ pub mod records;
 pub mod snapshot_store;
 pub mod state_lock;
 pub mod warm_start;
+pub mod watchdog;
 
 pub use cvguard_respond::SinkSet;
 pub use effects::Effects;
@@ -53,6 +54,10 @@ pub trait Detection: Send + Sync {
     /// Every event read, counted once by outcome: where it entered (HTTP ingest, or the
     /// input partitions' engines), not once per key kind's engine.
     fn event_counts(&self) -> EventCounts;
+    /// Each partition's or part's progress, for the health watchdog.
+    fn sources(&self) -> Vec<watchdog::SourceObservation> {
+        Vec::new()
+    }
 }
 
 /// Events read by outcome, each event once.
@@ -83,6 +88,9 @@ impl Detection for http::HttpPipeline {
     }
     fn event_counts(&self) -> EventCounts {
         http::HttpPipeline::event_counts(self)
+    }
+    fn sources(&self) -> Vec<watchdog::SourceObservation> {
+        http::HttpPipeline::sources(self)
     }
 }
 
@@ -127,5 +135,18 @@ impl Detection for KafkaDetection {
             }
         }
         counts
+    }
+    fn sources(&self) -> Vec<watchdog::SourceObservation> {
+        self.stats
+            .lock()
+            .expect("stats")
+            .iter()
+            .map(|(tp, (s, c, _))| watchdog::SourceObservation {
+                name: tp.snapshot_name(),
+                watermark_ms: c.newest_event_ms,
+                events: s.events,
+                lag: None,
+            })
+            .collect()
     }
 }

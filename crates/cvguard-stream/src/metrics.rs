@@ -31,6 +31,12 @@ pub struct Metrics {
     pub ingest_log_bytes: prometheus::IntGauge,
     /// Ingest-log bytes accepted but not yet decided by every shard.
     pub ingest_in_flight_bytes: prometheus::IntGauge,
+    /// 1 while a health alarm fires (the watchdog), by alarm; every alarm from start.
+    pub health_alarm: IntGaugeVec,
+    /// Event time each partition or part has reached, unix seconds (the watchdog).
+    pub watermark_seconds: prometheus::GaugeVec,
+    /// Wall clock minus that event time, by partition or part.
+    pub event_time_lag_seconds: prometheus::GaugeVec,
     /// Arrival-to-decision latency in microseconds, for the periodic percentile log line.
     hdr: Mutex<Hdr<u64>>,
 }
@@ -141,8 +147,38 @@ impl Metrics {
             "Bytes accepted into the HTTP ingest log and not yet decided by every shard.",
         )
         .expect("metric");
+        let health_alarm = IntGaugeVec::new(
+            Opts::new(
+                "cvguard_health_alarm",
+                "1 while the detector-health alarm fires (docs/OPERATIONS.md), else 0.",
+            ),
+            &["alarm"],
+        )
+        .expect("metric");
+        for alarm in crate::watchdog::Alarm::ALL {
+            health_alarm.with_label_values(&[alarm.as_str()]);
+        }
+        let watermark_seconds = prometheus::GaugeVec::new(
+            Opts::new(
+                "cvguard_watermark_seconds",
+                "Event time (unix seconds) each partition or part has reached: its newest event, no later than the clock.",
+            ),
+            &["source"],
+        )
+        .expect("metric");
+        let event_time_lag_seconds = prometheus::GaugeVec::new(
+            Opts::new(
+                "cvguard_event_time_lag_seconds",
+                "Wall clock minus cvguard_watermark_seconds, by partition or part.",
+            ),
+            &["source"],
+        )
+        .expect("metric");
         for m in [
             Box::new(events_by_action.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(health_alarm.clone()),
+            Box::new(watermark_seconds.clone()),
+            Box::new(event_time_lag_seconds.clone()),
             Box::new(alerts.clone()),
             Box::new(decision_latency.clone()),
             Box::new(time_to_detect.clone()),
@@ -171,6 +207,9 @@ impl Metrics {
             ingest_refused,
             ingest_log_bytes,
             ingest_in_flight_bytes,
+            health_alarm,
+            watermark_seconds,
+            event_time_lag_seconds,
             hdr: Mutex::new(Hdr::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")),
         }
     }

@@ -183,6 +183,8 @@ pub struct WorkerCounters {
     pub repartitioned: u64,
     /// Re-keyed events skipped as repetitions of ones applied before (`sources.rs`).
     pub repeats_skipped: u64,
+    /// The event time (ms) the partition has reached, for the health watchdog.
+    pub newest_event_ms: Option<i64>,
 }
 
 pub struct Worker {
@@ -597,11 +599,13 @@ impl Worker {
         for (tp, live) in parts {
             let mut sum = cvguard_core::EngineStats::default();
             let mut size = cvguard_core::StateSize::default();
+            let mut counters = live.counters;
             for e in live.work.stage.engines() {
                 sum.add(e.stats());
                 size.add(&e.state_size());
+                counters.newest_event_ms = counters.newest_event_ms.max(crate::watchdog::newest_event_ms(e));
             }
-            stats.insert(tp.clone(), (sum, live.counters, size));
+            stats.insert(tp.clone(), (sum, counters, size));
         }
     }
 

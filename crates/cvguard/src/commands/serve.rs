@@ -259,6 +259,19 @@ async fn serve(
             .with_graceful_shutdown(stop)
             .await
     });
+    // The detector's own health (#16): alarms raised once and resolved once, on a 1 s tick.
+    let watchdog = cvguard_stream::watchdog::Watchdog::new(cvguard_stream::watchdog::WatchdogOptions {
+        limits: config.health.limits().expect("validated with the config"),
+        detection: detection.clone(),
+        health: health.clone(),
+        metrics: metrics.clone(),
+        effects: effects.clone(),
+        sinks: sinks.clone(),
+        store: store.clone(),
+        state_dir: PathBuf::from(&config.state.dir),
+        kafka: config.source.kind == SourceKind::Kafka,
+    });
+    tokio::spawn(watchdog.run());
     let reloader = tokio::spawn(watch_config(
         config.clone(),
         source,
