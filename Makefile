@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: demo test fmt fmt-check clippy build build-release unit e2e services kafka-up kafka-down pg-up prometheus-tools shell-tools run bench clean
+.PHONY: demo test fmt fmt-check clippy build build-release unit e2e services kafka-up kafka-down pg-up prometheus-tools shell-tools chromium run bench clean
 
 ## The main job: simulate the werk.nl weekend and replay it with the shipped rules.
 demo: build-release
@@ -30,7 +30,7 @@ unit: pg-up
 	$(CARGO) test --workspace --exclude cvguard-tests
 
 ## Services the end-to-end tests talk to, installed and started by our own scripts.
-services: kafka-up pg-up prometheus-tools shell-tools
+services: kafka-up pg-up prometheus-tools shell-tools chromium
 
 pg-up:
 	scripts/pg-up.sh
@@ -40,6 +40,9 @@ prometheus-tools:
 
 shell-tools:
 	scripts/shell-tools.sh
+
+chromium:
+	scripts/chromium.sh
 
 kafka-up:
 	scripts/kafka-up.sh

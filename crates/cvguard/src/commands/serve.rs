@@ -247,7 +247,8 @@ async fn serve(
             sinks: sinks.clone(),
         },
         config.http.max_body_bytes,
-    );
+    )
+    .merge(cvguard_console::router());
     let server_shutdown = shutdown.clone();
     let server = tokio::spawn(async move {
         let stop = async move {
