@@ -125,7 +125,14 @@ fn every_role_on_every_endpoint() {
         ("GET", format!("/v1/incidents/{id}/affected.csv"), b"", "viewer"),
         ("GET", "/v1/accounts/harvester-1".into(), b"", "viewer"),
         ("GET", "/v1/rules".into(), b"", "viewer"),
+        ("GET", "/v1/incidents/counts".into(), b"", "viewer"),
+        ("GET", format!("/v1/incidents/{id}/timeline"), b"", "viewer"),
+        ("GET", "/v1/keys/ip/198.51.100.66".into(), b"", "viewer"),
+        ("GET", "/v1/keys/closest".into(), b"", "viewer"),
+        ("GET", "/v1/config".into(), b"", "viewer"),
+        ("GET", "/v1/whoami".into(), b"", "viewer"),
         ("POST", "/v1/incidents/nonexistent/ack".into(), note, "responder"),
+        ("POST", "/v1/incidents/nonexistent/note".into(), note, "responder"),
         (
             "POST",
             "/v1/events".into(),
@@ -580,4 +587,248 @@ fn hot_reload_of_a_good_and_a_broken_config_under_live_traffic() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(warned, "no restart warning; log:\n{}", api.svc.log_text());
+}
+
+/// Reads a server-sent event stream until `done` holds for the events read so far
+/// (`(event, id, data)`), or `WAIT` passes.
+fn read_stream(
+    port: u16,
+    token: &str,
+    last_event_id: Option<&str>,
+    mut until: impl FnMut(&[(String, String, String)]) -> bool,
+) -> Vec<(String, String, String)> {
+    use std::io::{BufRead, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let resume = last_event_id.map_or(String::new(), |id| format!("Last-Event-ID: {id}\r\n"));
+    write!(
+        s,
+        "GET /v1/incidents/stream HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n{resume}\r\n"
+    )
+    .unwrap();
+    let mut reader = std::io::BufReader::new(s);
+    let mut events = Vec::new();
+    let (mut event, mut id, mut data) = (String::new(), String::new(), String::new());
+    let mut line = String::new();
+    let mut head = true;
+    while reader.read_line(&mut line).unwrap_or(0) > 0 {
+        let l = line.trim_end().to_string();
+        line.clear();
+        if head {
+            head = !l.is_empty();
+            if l.starts_with("HTTP/1.1") {
+                assert!(l.contains(" 200"), "{l}");
+            }
+            continue;
+        }
+        // Chunk sizes of the chunked body are lines of hex; the events' own lines start
+        // with a field name.
+        if let Some(v) = l.strip_prefix("event: ") {
+            event = v.to_string();
+        } else if let Some(v) = l.strip_prefix("id: ") {
+            id = v.to_string();
+        } else if let Some(v) = l.strip_prefix("data: ") {
+            data = v.to_string();
+        } else if l.is_empty() && !event.is_empty() {
+            events.push((
+                std::mem::take(&mut event),
+                std::mem::take(&mut id),
+                std::mem::take(&mut data),
+            ));
+            if until(&events) {
+                return events;
+            }
+        }
+    }
+    panic!("the stream ended or went quiet: {events:?}");
+}
+
+/// What the SOC console reads: counts by status, a live stream of changes that resumes
+/// where it left, an incident's exposure over time, notes, any key kind's windows, the
+/// keys nearest a threshold, the caller's role and the config's version and reloads; and
+/// a cross-site browser request refused.
+#[test]
+fn the_console_endpoints_count_stream_explain_rank_and_refuse_cross_site_changes() {
+    let api = start();
+    let viewer = api.tok("viewer").to_string();
+    let port = api.port;
+    // The stream starts now: the harvest posted after it connects arrives on it.
+    let poster = {
+        let lines: Vec<String> = (0..21).map(|i| harvest_batch("harvester-1", i)).collect();
+        let body: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        let ingest = api.tok("ingest").to_string();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            let auth = format!("Bearer {ingest}");
+            http_with(
+                port,
+                "POST",
+                "/v1/events",
+                &[("Authorization", auth.as_str())],
+                body.as_bytes(),
+            )
+            .unwrap()
+        })
+    };
+    let of_rule = |d: &str| serde_json::from_str::<serde_json::Value>(d).unwrap()["rule"] == "mass-harvest-24h";
+    let events = read_stream(port, &viewer, None, |evs| evs.iter().any(|(_, _, d)| of_rule(d)));
+    assert_eq!(poster.join().unwrap().0, 202);
+    let (kind, change_id, data) = events.iter().find(|(_, _, d)| of_rule(d)).unwrap().clone();
+    assert_eq!(kind, "incident");
+    let streamed: serde_json::Value = serde_json::from_str(&data).unwrap();
+    let id = streamed["id"].as_str().unwrap().to_string();
+    assert_eq!(streamed["key"], "harvester-1");
+
+    // Counts agree with the list, every status named.
+    let counts = api.json("viewer", "/v1/incidents/counts");
+    let listed = api.json("viewer", "/v1/incidents?status=open&limit=1000")["incidents"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(counts["open"], listed as u64);
+    assert_eq!(counts["false_positive"], 0);
+    let severity = streamed["severity"].as_str().unwrap();
+    let by_kind = api.json(
+        "viewer",
+        &format!("/v1/incidents?key_kind=account_id&severity={severity}&limit=1000"),
+    );
+    let by_kind = by_kind["incidents"].as_array().unwrap();
+    assert!(by_kind.iter().any(|i| i["id"] == id.as_str()));
+    assert!(by_kind
+        .iter()
+        .all(|i| i["key_kind"] == "account_id" && i["severity"] == severity));
+    let by_ip = api.json("viewer", "/v1/incidents?key_kind=ip&limit=1000");
+    assert!(by_ip["incidents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|i| i["key_kind"] == "ip"));
+    assert!(!by_ip["incidents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|i| i["id"] == id.as_str()));
+    assert_eq!(
+        api.call(Some("viewer"), "GET", "/v1/incidents?severity=urgent", b"").0,
+        400
+    );
+
+    // The timeline ends at the CVs the incident exposed, crossing at the threshold.
+    let detail = api.json("viewer", &format!("/v1/incidents/{id}"));
+    let timeline = api.json("viewer", &format!("/v1/incidents/{id}/timeline"));
+    let exposed = api
+        .call(Some("viewer"), "GET", &format!("/v1/incidents/{id}/affected.csv"), b"")
+        .1;
+    let points = timeline["points"].as_array().unwrap();
+    assert!(!points.is_empty() && points.len() <= 500);
+    assert_eq!(points.last().unwrap()["value"], (exposed.lines().count() - 1) as u64);
+    assert_eq!(timeline["threshold"], detail["threshold"]);
+    assert_eq!(timeline["value_at_detection"], 4000);
+    assert_eq!(timeline["crossed_at"], "2024-05-04T05:01:45.000Z", "batch 19's time");
+
+    // A note changes the history and the stream shows the incident again, resumed from
+    // the change it had sent.
+    let (code, text) = api.call(
+        Some("responder"),
+        "POST",
+        &format!("/v1/incidents/{id}/note"),
+        br#"{"note":"called the employer"}"#,
+    );
+    assert_eq!(code, 200, "{text}");
+    let noted: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert!(noted["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|h| h["note"] == "called the employer"));
+    assert_eq!(
+        api.call(
+            Some("responder"),
+            "POST",
+            &format!("/v1/incidents/{id}/note"),
+            br#"{"note":" "}"#
+        )
+        .0,
+        400
+    );
+    let again = read_stream(port, &viewer, Some(&change_id), |evs| {
+        evs.iter()
+            .any(|(_, i, d)| i.as_str() > change_id.as_str() && d.contains(&id))
+    });
+    assert!(again
+        .iter()
+        .all(|(_, i, _)| i.parse::<i64>().unwrap() >= change_id.parse::<i64>().unwrap()));
+
+    // Any key kind, and the keys nearest a threshold: the harvester's IP and account top
+    // it, with the values the key view reports.
+    let ip = api.json("viewer", "/v1/keys/ip/198.51.100.66");
+    assert_eq!(ip["key_kind"], "ip");
+    assert_eq!(api.call(Some("viewer"), "GET", "/v1/keys/planet/x", b"").0, 404);
+    let account = api.json("viewer", "/v1/keys/account/harvester-1");
+    assert_eq!(
+        account["windows"],
+        api.json("viewer", "/v1/accounts/harvester-1")["windows"]
+    );
+    let closest = api.json("viewer", "/v1/keys/closest?limit=5");
+    let top = &closest["keys"][0];
+    let shares: Vec<f64> = closest["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["share"].as_f64().unwrap())
+        .collect();
+    assert!(shares.windows(2).all(|w| w[0] >= w[1]), "{shares:?}");
+    let kind = match top["key_kind"].as_str().unwrap() {
+        "account_id" => "account",
+        "ip" => "ip",
+        other => panic!("{other}"),
+    };
+    let view = api.json("viewer", &format!("/v1/keys/{kind}/{}", top["key"].as_str().unwrap()));
+    let w = view["windows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["rule"] == top["rule"])
+        .unwrap();
+    assert_eq!((&w["value"], &w["threshold"]), (&top["value"], &top["threshold"]));
+    assert_eq!(api.call(Some("viewer"), "GET", "/v1/keys/closest?limit=0", b"").0, 400);
+
+    // Who is calling, and the config's version, which a reload changes.
+    assert_eq!(api.json("responder", "/v1/whoami")["role"], "responder");
+    let before = api.json("viewer", "/v1/config");
+    assert_eq!(before["reloads"].as_array().unwrap().len(), 0);
+    let text = std::fs::read_to_string(&api.config).unwrap();
+    std::fs::write(&api.config, text.replacen("threshold = 4000", "threshold = 3000", 1)).unwrap();
+    let mut after = before.clone();
+    for _ in 0..100 {
+        after = api.json("viewer", "/v1/config");
+        if !after["reloads"].as_array().unwrap().is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(after["reloads"][0]["result"], "success", "{after}");
+    assert_ne!(after["version"], before["version"]);
+    assert_eq!(after["reloads"][0]["version"], after["version"]);
+    let rules = api.json("viewer", "/v1/rules");
+    let mass = rules["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "mass-harvest-24h")
+        .unwrap();
+    assert!(mass["alerts_total"].as_u64().unwrap() >= 1, "{mass}");
+
+    // A browser on another site cannot act, even with a token it somehow holds.
+    let auth = format!("Bearer {}", api.tok("responder"));
+    let (code, text) = http_with(
+        port,
+        "POST",
+        &format!("/v1/incidents/{id}/ack"),
+        &[("Authorization", auth.as_str()), ("Sec-Fetch-Site", "cross-site")],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(code, 403, "{text}");
+    assert_eq!(api.json("viewer", &format!("/v1/incidents/{id}"))["status"], "open");
 }

@@ -11,7 +11,7 @@ use cvguard_tests::kafka::{
     partition_for, require_broker, wait_committed, write_config, write_config_with, Names, PrivateBroker, Producer,
     Reader,
 };
-use cvguard_tests::service::{free_port, Service};
+use cvguard_tests::service::{free_port, http, Service};
 
 const PARTITIONS: i32 = 6;
 const LONG: Duration = Duration::from_secs(60);
@@ -934,4 +934,70 @@ threshold = 600
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(duplicates(), 100.0);
+}
+
+/// Each instance of a consumer group holds only its own partitions' keys, yet a SOC
+/// analyst may ask any of them: the one that does not hold a key asks the one that does
+/// (both registered in the shared store) and says which instance answered; the keys
+/// nearest a threshold are merged from both.
+#[test]
+fn any_instance_of_a_group_answers_for_every_key() {
+    let s = setup("peers");
+    let db = cvguard_tests::pg::PgDatabase::create("cvguard_peers");
+    let start = |i: usize| {
+        let port = free_port();
+        let config = s.dir.path().join(format!("cvguard-{i}.toml"));
+        let state = s.dir.path().join(format!("state-{i}"));
+        write_config(&config, &s.names, port, &state, PARTITIONS, "");
+        // One store for the group, as in production.
+        let text = std::fs::read_to_string(&config).unwrap();
+        let sqlite = format!("url = \"sqlite://{}/cvguard.db\"", state.display());
+        assert!(text.contains(&sqlite));
+        std::fs::write(&config, text.replace(&sqlite, &format!("url = \"{}\"", db.url()))).unwrap();
+        let mut svc = Service::start(&config, port, &s.dir.path().join(format!("serve-{i}.log")));
+        svc.wait_ready(LONG);
+        svc
+    };
+    let a = start(0);
+    let b = start(1);
+    let producer = Producer::new();
+    send_harvest(&s, &producer, 4, 12);
+    wait_committed(&s.names.group, &s.names.events, PARTITIONS, 12, LONG);
+
+    // Both answer with the same windows; exactly one of them holds the account, and the
+    // other names it as the instance that answered.
+    let view = |svc: &Service| -> serde_json::Value {
+        let (code, text) = http(svc.port, "GET", "/v1/accounts/harvester-1", b"").unwrap();
+        assert_eq!(code, 200, "{text}");
+        serde_json::from_str(&text).unwrap()
+    };
+    let mut views = (view(&a), view(&b));
+    for _ in 0..100 {
+        if views.0["tracked"] == true && views.1["tracked"] == true {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        views = (view(&a), view(&b));
+    }
+    let (va, vb) = views;
+    assert_eq!(va["tracked"], true, "{va}\n{}", a.log_text());
+    assert_eq!(vb["tracked"], true, "{vb}\n{}", b.log_text());
+    assert_eq!(va["windows"], vb["windows"]);
+    assert_eq!(va["answered_by"], vb["answered_by"], "one owner");
+    let mass = va["windows"].as_array().unwrap().iter().find(|w| w["rule"] == "mass-harvest-24h").unwrap();
+    assert_eq!(mass["value"], 2400);
+
+    // The keys nearest a threshold: the harvester's account tops the list on both.
+    for svc in [&a, &b] {
+        let (code, text) = http(svc.port, "GET", "/v1/keys/closest?limit=3", b"").unwrap();
+        assert_eq!(code, 200, "{text}");
+        let closest: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let top = &closest["keys"][0];
+        assert_eq!(top["key"], "harvester-1", "{closest}");
+        assert_eq!(top["answered_by"], va["answered_by"], "{closest}");
+    }
+    // A key nobody holds: not tracked, answered by the instance asked.
+    let (_, text) = http(b.port, "GET", "/v1/keys/account/nobody", b"").unwrap();
+    let nobody: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(nobody["tracked"], false);
 }

@@ -137,12 +137,29 @@ impl<R: Needs> FromRequestParts<crate::ApiState> for RequireRole<R> {
                 "the server cannot tell the client's address",
             ));
         };
+        if cross_site_change(parts) {
+            return Err(crate::problem::Problem::new(
+                StatusCode::FORBIDDEN,
+                "a cross-site request may not change anything",
+            ));
+        }
         state
             .tokens
             .authorize(&parts.headers, peer, R::ROLE)
             .map(|caller| RequireRole(caller, PhantomData))
             .map_err(|(code, message)| crate::problem::Problem::new(code, message))
     }
+}
+
+/// A request that would change something, sent by a browser on behalf of another site.
+/// Bearer tokens are never sent by a browser on its own, so a forged request carries none
+/// (401 already); this refuses it even when no tokens are configured and a loopback
+/// browser would otherwise be admin. Clients that are not browsers send no
+/// `Sec-Fetch-Site`.
+fn cross_site_change(parts: &Parts) -> bool {
+    let safe = matches!(parts.method, axum::http::Method::GET | axum::http::Method::HEAD);
+    let site = parts.headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+    !safe && matches!(site, Some("cross-site") | Some("same-site"))
 }
 
 /// A fresh random token (32 bytes from the OS, hex) and its SHA-256.

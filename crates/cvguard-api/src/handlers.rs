@@ -24,7 +24,7 @@ pub(crate) fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-fn store_error(e: StoreError) -> Problem {
+pub(crate) fn store_error(e: StoreError) -> Problem {
     match e {
         StoreError::NotFound(id) => Problem::new(StatusCode::NOT_FOUND, format!("no incident {id}")),
         e @ StoreError::BadTransition { .. } => Problem::new(StatusCode::CONFLICT, e.to_string()),
@@ -93,6 +93,9 @@ pub struct ListQuery {
     status: Option<String>,
     rule: Option<String>,
     key: Option<String>,
+    severity: Option<String>,
+    /// `account_id`, `org_id`, `user_id` or `ip`.
+    key_kind: Option<String>,
     /// RFC 3339: opened at or after.
     from: Option<String>,
     /// RFC 3339: opened before.
@@ -148,11 +151,29 @@ fn filter(q: ListQuery) -> Result<IncidentFilter, Problem> {
             ));
         }
     }
+    if let Some(sev) = &q.severity {
+        if !["info", "low", "medium", "high", "critical"].contains(&sev.as_str()) {
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "`severity` must be info, low, medium, high or critical",
+            ));
+        }
+    }
+    if let Some(kind) = &q.key_kind {
+        if !["account_id", "org_id", "user_id", "ip"].contains(&kind.as_str()) {
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "`key_kind` must be account_id, org_id, user_id or ip",
+            ));
+        }
+    }
     let (limit, offset) = page(q.limit.as_deref(), q.offset.as_deref())?;
     Ok(IncidentFilter {
         status: q.status,
         rule: q.rule,
         key: q.key,
+        severity: q.severity,
+        key_kind: q.key_kind,
         from_ms,
         to_ms,
         limit,
@@ -192,7 +213,7 @@ pub async fn get_incident(
 
 /// The note of a status change: an empty body, or a JSON object whose `note`, if any, is a
 /// string. (A derived `Deserialize` would also take an array, `["..."]`.)
-fn note_of(body: &[u8]) -> Result<String, Problem> {
+pub(crate) fn note_of(body: &[u8]) -> Result<String, Problem> {
     if body.is_empty() {
         return Ok(String::new());
     }
@@ -283,54 +304,24 @@ pub async fn account(
     State(s): State<ApiState>,
     _caller: RequireRole<Viewer>,
     Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
 ) -> Result<Response, Problem> {
-    let detection = s.detection.clone();
-    let key = id.clone();
-    let windows = tokio::task::spawn_blocking(move || detection.query(KeyKind::AccountId, &key))
-        .await
-        .ok()
-        .flatten();
-    let Some(windows) = windows else {
-        // The shard holding the key is busy (a harvest, a store outage): say so rather
-        // than answer that the account is not tracked.
-        return Err(Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the engine holding this account did not answer in time; retry",
-        )
-        .retry_after("5"));
-    };
-    let rules = s.rules.read().expect("rules").clone();
-    let list: Vec<serde_json::Value> = windows
-        .iter()
-        .map(|w| {
-            let response = rules
-                .rules
-                .iter()
-                .find(|r| r.name == w.rule)
-                .map_or("alert", |r| r.response.as_str());
-            let mut window = json!({
-                "rule": w.rule,
-                "measure": w.measure,
-                "window": w.window,
-                "value": w.value,
-                "threshold": w.threshold,
-                "threshold_source": w.threshold_source,
-                "remaining": w.threshold.saturating_sub(w.value),
-                "percent_of_threshold": if w.threshold > 0 { (w.value as f64 * 100.0 / w.threshold as f64).round() } else { 0.0 },
-                "response": response,
-            });
-            // As on alerts and incidents: present for a baseline rule only.
-            if let Some(b) = &w.baseline {
-                window["baseline"] = json!(b);
-            }
-            window
-        })
-        .collect();
-    Ok(Json(json!({"account_id": id, "tracked": !list.is_empty(), "windows": list})).into_response())
+    let list = crate::keys::key_windows(&s, KeyKind::AccountId, &id).await?;
+    let local = json!({"account_id": id, "tracked": !list.is_empty(), "windows": list});
+    let path = format!("/v1/keys/account/{}", crate::keys::path_segment(&id));
+    let mut view = crate::keys::from_owner(&s, local, &path, &headers).await;
+    // A peer answered in the key view's shape: keep the account view's.
+    if let Some(obj) = view.as_object_mut() {
+        obj.remove("key");
+        obj.remove("key_kind");
+        obj.insert("account_id".into(), json!(id));
+    }
+    Ok(Json(view).into_response())
 }
 
 pub async fn rules(State(s): State<ApiState>, _caller: RequireRole<Viewer>) -> Response {
     let rules = s.rules.read().expect("rules").clone();
+    let fired = alerts_by_rule(&s.metrics);
     let list: Vec<serde_json::Value> = rules
         .rules
         .iter()
@@ -348,6 +339,7 @@ pub async fn rules(State(s): State<ApiState>, _caller: RequireRole<Viewer>) -> R
                 "severity": r.severity,
                 "dry_run": r.dry_run || rules.settings.dry_run,
                 "description": r.description,
+                "alerts_total": fired.get(r.name.as_str()).copied().unwrap_or(0),
             });
             if let Some(b) = &r.baseline {
                 rule["baseline"] = json!({
@@ -361,6 +353,21 @@ pub async fn rules(State(s): State<ApiState>, _caller: RequireRole<Viewer>) -> R
         })
         .collect();
     Json(json!({"rules": list, "dry_run": rules.settings.dry_run})).into_response()
+}
+
+/// Alerts decided since start by rule (`cvguard_alerts_total` summed over severity and
+/// action).
+fn alerts_by_rule(metrics: &cvguard_stream::Metrics) -> std::collections::HashMap<String, u64> {
+    use prometheus::core::Collector;
+    let mut by_rule = std::collections::HashMap::new();
+    for family in metrics.alerts.collect() {
+        for m in family.get_metric() {
+            if let Some(rule) = m.get_label().iter().find(|l| l.name() == "rule") {
+                *by_rule.entry(rule.value().to_string()).or_insert(0) += m.get_counter().get_value() as u64;
+            }
+        }
+    }
+    by_rule
 }
 
 #[cfg(test)]

@@ -3,11 +3,15 @@
 //! Prometheus metrics. Bearer tokens with roles guard everything under `/v1`. Every
 //! error is an RFC 9457 problem (`problem.rs`).
 
+pub mod about;
 pub mod auth;
 mod handlers;
 mod health;
+mod incident_views;
 mod ingest;
+mod keys;
 mod metrics_text;
+pub mod peers;
 pub mod problem;
 
 use std::sync::{Arc, RwLock};
@@ -41,6 +45,10 @@ pub struct ApiState {
     pub rules: Arc<RwLock<Arc<RuleSet>>>,
     pub metrics: Arc<Metrics>,
     pub sinks: SinkSet,
+    /// The config's version and reload history (`GET /v1/config`).
+    pub config_log: Arc<about::ConfigLog>,
+    /// The other instances of a Kafka consumer group (`None` on HTTP ingest).
+    pub peers: Option<Arc<peers::Peers>>,
 }
 
 /// The router; `max_body_bytes` bounds a request body, and an ingest body once
@@ -56,12 +64,20 @@ pub fn router(state: ApiState, max_body_bytes: usize) -> Router {
             })),
         )
         .route("/v1/incidents", get(handlers::list_incidents))
+        .route("/v1/incidents/counts", get(incident_views::counts))
+        .route("/v1/incidents/stream", get(incident_views::stream))
         .route("/v1/incidents/{id}", get(handlers::get_incident))
         .route("/v1/incidents/{id}/affected.csv", get(handlers::affected_csv))
+        .route("/v1/incidents/{id}/timeline", get(incident_views::timeline))
+        .route("/v1/incidents/{id}/note", post(incident_views::add_note))
         .route("/v1/incidents/{id}/{verb}", post(handlers::change_status))
         .route("/v1/accounts/{id}", get(handlers::account))
+        .route("/v1/keys/closest", get(keys::closest))
+        .route("/v1/keys/{kind}/{key}", get(keys::key))
         .route("/v1/rules", get(handlers::rules))
         .route("/v1/health", get(health::health))
+        .route("/v1/config", get(about::config))
+        .route("/v1/whoami", get(about::whoami))
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
         .route("/metrics", get(metrics_text::metrics))

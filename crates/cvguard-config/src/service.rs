@@ -184,6 +184,10 @@ pub struct ServiceSection {
     /// How often offsets whose effects are durable are committed (immediately after alerts).
     #[serde(default = "default_commit_interval")]
     pub commit_interval: String,
+    /// The base URL other instances of the consumer group reach this one's API at, to
+    /// answer for keys on its partitions (`http://<[http] listen>` when unset).
+    #[serde(default)]
+    pub advertise_url: Option<String>,
 }
 
 fn default_shutdown_timeout() -> String {
@@ -199,6 +203,7 @@ impl Default for ServiceSection {
             workers: 0,
             shutdown_timeout: default_shutdown_timeout(),
             commit_interval: default_commit_interval(),
+            advertise_url: None,
         }
     }
 }

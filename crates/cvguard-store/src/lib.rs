@@ -407,6 +407,12 @@ impl Store {
         if f.key.is_some() {
             sql += &format!(" AND key = {}", next());
         }
+        if f.severity.is_some() {
+            sql += &format!(" AND severity = {}", next());
+        }
+        if f.key_kind.is_some() {
+            sql += &format!(" AND key_kind = {}", next());
+        }
         if f.from_ms.is_some() {
             sql += &format!(" AND opened_at >= {}", next());
         }
@@ -415,7 +421,10 @@ impl Store {
         }
         sql += &format!(" ORDER BY opened_at DESC, id LIMIT {} OFFSET {}", next(), next());
         let mut q = sqlx::query(&sql);
-        for s in [&f.status, &f.rule, &f.key].into_iter().flatten() {
+        for s in [&f.status, &f.rule, &f.key, &f.severity, &f.key_kind]
+            .into_iter()
+            .flatten()
+        {
             q = q.bind(s.clone());
         }
         for t in [f.from_ms, f.to_ms].into_iter().flatten() {
@@ -470,6 +479,96 @@ impl Store {
             actions,
             history,
         }))
+    }
+
+    /// Says this instance is alive, where its API is and which partitions it holds.
+    pub async fn heartbeat(
+        &self,
+        instance_id: &str,
+        api_url: &str,
+        partitions: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO instances (instance_id, api_url, partitions, seen_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (instance_id) DO UPDATE SET api_url = $5, partitions = $6, seen_at = $7",
+        )
+        .bind(instance_id)
+        .bind(api_url)
+        .bind(partitions)
+        .bind(now)
+        .bind(api_url)
+        .bind(partitions)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The instances heard from at or after `since` (epoch ms), by id; older rows (a
+    /// crashed instance's) are deleted.
+    pub async fn instances(&self, since: i64) -> Result<Vec<Instance>, StoreError> {
+        sqlx::query("DELETE FROM instances WHERE seen_at < $1")
+            .bind(since)
+            .execute(&self.pool)
+            .await?;
+        let rows = sqlx::query("SELECT instance_id, api_url, partitions, seen_at FROM instances ORDER BY instance_id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Instance {
+                    instance_id: r.try_get("instance_id")?,
+                    api_url: r.try_get("api_url")?,
+                    partitions: r.try_get("partitions")?,
+                    seen_at: r.try_get("seen_at")?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
+    /// An instance that stops cleanly leaves the registry at once.
+    pub async fn forget_instance(&self, instance_id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM instances WHERE instance_id = $1")
+            .bind(instance_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// How many incidents are in each status, every status named (0 when none).
+    pub async fn count_by_status(&self) -> Result<Vec<(&'static str, i64)>, StoreError> {
+        let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM incidents GROUP BY status")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut counts: Vec<(&'static str, i64)> = STATUSES.iter().map(|s| (*s, 0)).collect();
+        for r in &rows {
+            let status: String = r.try_get("status")?;
+            let n: i64 = r.try_get("n")?;
+            if let Some(c) = counts.iter_mut().find(|(s, _)| *s == status) {
+                c.1 = n;
+            }
+        }
+        Ok(counts)
+    }
+
+    /// Adds a note to an incident's history without changing its status; the incident
+    /// counts as changed (its feed and stream show it again).
+    pub async fn add_note(&self, id: &str, actor: &str, note: &str, now: i64) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        let changed = sqlx::query("UPDATE incidents SET updated_at = $1 WHERE id = $2")
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if changed == 0 {
+            return Err(StoreError::NotFound(id.to_string()));
+        }
+        history(&mut tx, id, now, actor, "note", note).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Incidents changed at or after `since` (epoch ms), oldest change first, with the

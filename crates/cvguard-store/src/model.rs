@@ -111,12 +111,27 @@ pub struct ExposedCv {
     pub visibility: String,
 }
 
+/// One instance of a consumer group, as it last said.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Instance {
+    pub instance_id: String,
+    /// The base URL of its API.
+    pub api_url: String,
+    /// The partitions it held (`topic/partition`, comma-separated).
+    pub partitions: String,
+    /// Epoch ms.
+    pub seen_at: i64,
+}
+
 /// Filters for listing incidents; `None` means any.
 #[derive(Debug, Clone, Default)]
 pub struct IncidentFilter {
     pub status: Option<String>,
     pub rule: Option<String>,
     pub key: Option<String>,
+    pub severity: Option<String>,
+    /// `account_id`, `org_id`, `user_id` or `ip`.
+    pub key_kind: Option<String>,
     /// Opened at or after (epoch ms).
     pub from_ms: Option<i64>,
     /// Opened before (epoch ms).

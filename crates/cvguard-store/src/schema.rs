@@ -121,5 +121,18 @@ ALTER TABLE incidents ADD COLUMN threshold_source TEXT NOT NULL DEFAULT 'rule';
 ALTER TABLE incidents ADD COLUMN time_to_detect_ms BIGINT NOT NULL DEFAULT 0
 "#
         .to_string(),
+        // 4: the console's live stream reads incidents by when they last changed.
+        "CREATE INDEX IF NOT EXISTS incidents_by_change ON incidents (updated_at, id)".to_string(),
+        // 5: the instances of a Kafka consumer group and where their APIs are, so any one of
+        // them can answer for a key on another's partitions.
+        r#"
+CREATE TABLE IF NOT EXISTS instances (
+    instance_id TEXT PRIMARY KEY,
+    api_url TEXT NOT NULL,
+    partitions TEXT NOT NULL,
+    seen_at BIGINT NOT NULL
+)
+"#
+        .to_string(),
     ]
 }

@@ -9,6 +9,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
+use cvguard_api::about::ConfigLog;
+use cvguard_api::peers::Peers;
 use cvguard_api::{router, ApiState, Tokens};
 use cvguard_config::{Config, ConfigSource, Overrides, SourceKind};
 use cvguard_core::RuleSet;
@@ -170,6 +172,7 @@ async fn serve(
 
     let mut ingest = None;
     let mut kafka_handle = None;
+    let mut peers = None;
     let detection: Arc<dyn Detection> = match config.source.kind {
         SourceKind::Http => {
             let pipeline = HttpPipeline::start(HttpOptions {
@@ -215,6 +218,31 @@ async fn serve(
                 kafka::incident_feed::position_file(std::path::Path::new(&config.state.dir)),
                 dispatcher_stop.clone(),
             ));
+            // Every instance of the group answers for every key: it registers where its API
+            // is, and asks the others for keys it does not hold.
+            let me = Arc::new(Peers::new(instance_id(), store.clone()));
+            let held = handle.1.clone();
+            tokio::spawn(
+                me.clone().heartbeat(
+                    config
+                        .service
+                        .advertise_url
+                        .clone()
+                        .unwrap_or_else(|| format!("http://{}", config.http.listen)),
+                    move || {
+                        let mut list: Vec<String> = held
+                            .lock()
+                            .expect("stats")
+                            .keys()
+                            .map(|tp| format!("{}/{}", tp.topic, tp.partition))
+                            .collect();
+                        list.sort();
+                        list.join(",")
+                    },
+                    shutdown.clone(),
+                ),
+            );
+            peers = Some(me);
             let detection = Arc::new(KafkaDetection {
                 control: handle.0.control(),
                 stats: handle.1,
@@ -235,6 +263,11 @@ async fn serve(
     let listener = tokio::net::TcpListener::from_std(listener).context("serving the bound address")?;
     info!(message = "Listening.", address = %config.http.listen);
     let live_rules = Arc::new(RwLock::new(rules));
+    let config_log = Arc::new(ConfigLog::new(
+        &config.source_name,
+        &config.effective(),
+        cvguard_stream::effects::wall_clock_ms(),
+    ));
     let app = router(
         ApiState {
             health: health.clone(),
@@ -245,6 +278,8 @@ async fn serve(
             rules: live_rules.clone(),
             metrics: metrics.clone(),
             sinks: sinks.clone(),
+            config_log: config_log.clone(),
+            peers,
         },
         config.http.max_body_bytes,
     )
@@ -277,9 +312,12 @@ async fn serve(
         config.clone(),
         source,
         overrides,
-        detection,
-        live_rules,
-        metrics.clone(),
+        Reloadable {
+            detection,
+            rules: live_rules,
+            metrics: metrics.clone(),
+            log: config_log,
+        },
         shutdown.clone(),
     ));
     let latency_metrics = metrics.clone();
@@ -362,6 +400,28 @@ fn modified(path: &Option<PathBuf>) -> Option<SystemTime> {
         .and_then(|m| m.modified().ok())
 }
 
+/// This process's id in the consumer group's instance registry: host, pid and start time.
+fn instance_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "cvguard".into());
+    format!(
+        "{host}-{}-{:x}",
+        std::process::id(),
+        cvguard_stream::effects::wall_clock_ms()
+    )
+}
+
+/// What a reload changes in the running service.
+struct Reloadable {
+    detection: Arc<dyn Detection>,
+    /// The rules the API shows.
+    rules: Arc<RwLock<Arc<RuleSet>>>,
+    metrics: Arc<Metrics>,
+    /// The version and reload history `GET /v1/config` shows.
+    log: Arc<ConfigLog>,
+}
+
 /// Reloads the rules on SIGHUP and when the config or profile file changes. A config that
 /// does not validate is refused: the running rules stay, every problem is logged with
 /// its file, rule and key, and `cvguard_config_reloads_total{result="error"}` counts it.
@@ -371,11 +431,15 @@ async fn watch_config(
     started: Config,
     source: ConfigSource,
     overrides: Overrides,
-    detection: Arc<dyn Detection>,
-    live: Arc<RwLock<Arc<RuleSet>>>,
-    metrics: Arc<Metrics>,
+    live: Reloadable,
     shutdown: Arc<AtomicBool>,
 ) {
+    let Reloadable {
+        detection,
+        rules: live,
+        metrics,
+        log,
+    } = live;
     use tokio::signal::unix::{signal, SignalKind};
     let running = restart_only(&started);
     let mut profiles = started.profiles_path.clone();
@@ -414,6 +478,7 @@ async fn watch_config(
                 for w in &config.warnings {
                     warn!(message = "Config warning.", problem = %w);
                 }
+                let effective = config.effective();
                 let rules = Arc::new(config.ruleset);
                 let d = detection.clone();
                 let r = rules.clone();
@@ -423,6 +488,7 @@ async fn watch_config(
                 profiles = config.profiles_path.clone();
                 seen = (modified(&file), modified(&profiles));
                 metrics.config_reloads.with_label_values(&["success"]).inc();
+                log.reloaded(&effective, by_signal, cvguard_stream::effects::wall_clock_ms());
                 info!(
                     message = "Config reloaded.",
                     rules = rules.rules.len(),
@@ -437,6 +503,11 @@ async fn watch_config(
             }
             Ok(Err(e)) => {
                 metrics.config_reloads.with_label_values(&["error"]).inc();
+                log.refused(
+                    e.issues.iter().map(ToString::to_string).collect(),
+                    by_signal,
+                    cvguard_stream::effects::wall_clock_ms(),
+                );
                 for issue in &e.issues {
                     // The problem names its file, line, rule and key, as check-config does.
                     error!(message = "Config reload refused; the running rules stay.", problem = %issue);
