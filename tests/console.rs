@@ -263,16 +263,15 @@ impl Browser {
         let dir = cvguard_tests::root().join("target/console-screenshots");
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(format!("{name}.png"));
-        // The whole page: the window as tall as the document, then back to 1280 x 900.
-        let height = self
-            .js("return document.documentElement.scrollHeight")
-            .await
-            .as_u64()
-            .unwrap_or(900);
-        self.client
-            .set_window_size(1280, height.clamp(900, 4000) as u32)
-            .await
-            .unwrap();
+        // The whole page: the window as tall as the document (once the browser has laid it
+        // out again), then back to 1280 x 900.
+        let script = "return document.documentElement.scrollHeight + window.outerHeight - window.innerHeight";
+        let height = self.js(script).await.as_u64().unwrap_or(900).clamp(900, 4000);
+        self.client.set_window_size(1280, height as u32).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while self.js("return window.outerHeight").await.as_u64().unwrap_or(0) < height && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         std::fs::write(&path, self.client.screenshot().await.unwrap()).unwrap();
         self.client.set_window_size(1280, 900).await.unwrap();
         path
@@ -451,9 +450,21 @@ fn a_responder_marks_a_false_positive_and_the_platform_receives_the_unsuspend() 
         let b = Browser::start().await;
         b.sign_in(&board, "responder").await;
         b.go(&format!("#/incidents/{id}")).await;
-        b.click("#act-false-positive").await;
         b.type_into("#note", "a partner's bulk export, agreed with the platform")
             .await;
+        // A colleague acknowledges it meanwhile: the page follows, the draft note stays.
+        let (code, body) = board.call("responder", "POST", &format!("/v1/incidents/{id}/ack"), b"");
+        assert_eq!(code, 200, "{body}");
+        b.wait_text(".badges", "acknowledged").await;
+        assert_eq!(
+            b.js("return document.querySelector('#note').value").await,
+            json!("a partner's bulk export, agreed with the platform")
+        );
+        assert_eq!(
+            b.js("return document.querySelector('#act-ack') === null").await,
+            json!(true)
+        );
+        b.click("#act-false-positive").await;
         b.click("#confirm-false-positive").await;
         b.wait_text(".badges", "false positive").await;
 

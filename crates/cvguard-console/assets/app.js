@@ -9,6 +9,7 @@ import { healthPage, keysPage, rulesPage } from "./views.js";
 // Errors the page did not catch, kept for the browser tests (and shown to the analyst).
 window.cvguardErrors = [];
 window.addEventListener("error", (e) => window.cvguardErrors.push(String(e.message || e)));
+document.addEventListener("securitypolicyviolation", (e) => window.cvguardErrors.push(`CSP: ${e.violatedDirective} ${e.blockedURI}`));
 window.addEventListener("unhandledrejection", (e) => window.cvguardErrors.push(String(e.reason && e.reason.message ? e.reason.message : e.reason)));
 
 const main = document.getElementById("main");

@@ -258,13 +258,19 @@ function evidence(ev) {
   return h("div", facts(pairs), parts);
 }
 
-function actionsPanel(incident, reload) {
+/**
+ * The responder's panel. Built once per page, so a live update never takes the note being
+ * typed or its focus: `update(incident)` redraws only the buttons its status allows.
+ */
+function actionsPanel(id, reload) {
   const note = h("textarea", { id: "note", rows: 2, placeholder: "A note for the record (optional for a status change)", maxlength: 4000 });
   const out = h("div", { id: "action-result" });
-  const run = async (button, path, body, done) => {
+  const buttons = h("div.buttons");
+  const base = `/v1/incidents/${encodeURIComponent(id)}`;
+  const run = async (button, verb, done) => {
     button.disabled = true;
     try {
-      await postJson(path, body);
+      await postJson(`${base}/${verb}`, { note: note.value });
       note.value = "";
       fill(out, message("ok", done));
       await reload();
@@ -273,49 +279,35 @@ function actionsPanel(incident, reload) {
       button.disabled = false;
     }
   };
-  const base = `/v1/incidents/${encodeURIComponent(incident.id)}`;
-  const status = (id, label, verb, allowed, done) =>
-    allowed.includes(incident.status)
-      ? h("button", { type: "button", id, onclick: (e) => run(e.target, `${base}/${verb}`, { note: note.value }, done) }, label)
-      : null;
-  const fpAllowed = ["open", "acknowledged"].includes(incident.status);
-  const confirmFp = h(
-    "button.danger",
-    {
-      type: "button",
-      id: "confirm-false-positive",
-      hidden: true,
-      onclick: (e) => run(e.target, `${base}/false-positive`, { note: note.value }, incident.suspended ? "Marked a false positive; the account is being unsuspended." : "Marked a false positive."),
-    },
-    incident.suspended ? `Confirm: unsuspend ${incident.accounts.join(", ")}` : "Confirm",
-  );
-  return h(
-    "section.panel.actions",
-    h("h2", "Act"),
-    note,
-    h(
-      "div.buttons",
-      status("act-ack", "Acknowledge", "ack", ["open"], "Acknowledged."),
-      status("act-resolve", "Resolve", "resolve", ["open", "acknowledged"], "Resolved."),
-      fpAllowed
-        ? h("button.warn", { type: "button", id: "act-false-positive", onclick: () => (confirmFp.hidden = false) }, "Mark false positive")
-        : null,
-      confirmFp,
-      h(
-        "button.quiet",
+  const update = (incident) => {
+    const can = (...statuses) => statuses.includes(incident.status);
+    const button = (cls, attrs, label) => h(`button${cls}`, { type: "button", ...attrs }, label);
+    const confirmFp = button(
+      ".danger",
+      {
+        id: "confirm-false-positive",
+        hidden: true,
+        onclick: (e) => run(e.target, "false-positive", incident.suspended ? "Marked a false positive; the account is being unsuspended." : "Marked a false positive."),
+      },
+      incident.suspended ? `Confirm: unsuspend ${(incident.accounts || []).join(", ")}` : "Confirm",
+    );
+    fill(
+      buttons,
+      can("open") ? button("", { id: "act-ack", onclick: (e) => run(e.target, "ack", "Acknowledged.") }, "Acknowledge") : null,
+      can("open", "acknowledged") ? button("", { id: "act-resolve", onclick: (e) => run(e.target, "resolve", "Resolved.") }, "Resolve") : null,
+      can("open", "acknowledged") ? button(".warn", { id: "act-false-positive", onclick: () => (confirmFp.hidden = false) }, "Mark false positive") : null,
+      can("open", "acknowledged") ? confirmFp : null,
+      button(
+        ".quiet",
         {
-          type: "button",
           id: "act-note",
-          onclick: (e) => {
-            if (!note.value.trim()) return fill(out, message("error", "Write a note first."));
-            run(e.target, `${base}/note`, { note: note.value }, "Note added.");
-          },
+          onclick: (e) => (note.value.trim() ? run(e.target, "note", "Note added.") : fill(out, message("error", "Write a note first."))),
         },
         "Add note",
       ),
-    ),
-    out,
-  );
+    );
+  };
+  return { panel: h("section.panel.actions", h("h2", "Act"), note, buttons, out), update };
 }
 
 /** What became of the decision: suspended, unsuspended, a suspension not (yet) delivered, or an alert. */
@@ -329,7 +321,14 @@ function decisionBadge(d) {
 
 export function incidentPage(main, id) {
   const timers = [];
-  let timelineBox = h("div", { id: "chart" }, h("p.muted", "Loading the chart…"));
+  const timelineBox = h("div", { id: "chart" }, h("p.muted", "Loading the chart…"));
+  const head = h("div");
+  const grid = h("div.grid3");
+  const evidenceBox = h("div");
+  const callsBox = h("div");
+  const historyBox = h("div");
+  const act = session.canAct() ? actionsPanel(id, () => render()) : null;
+  let shown = false;
 
   async function loadTimeline() {
     try {
@@ -352,13 +351,28 @@ export function incidentPage(main, id) {
     try {
       d = await getJson(`/v1/incidents/${encodeURIComponent(id)}`);
     } catch (e) {
-      fill(main, h("p", h("a", { href: "#/incidents" }, "← Incidents")), message("error", e.status === 404 ? `No incident ${id}.` : e.message));
+      if (!shown) fill(main, h("p", h("a", { href: "#/incidents" }, "← Incidents")), message("error", e.status === 404 ? `No incident ${id}.` : e.message));
       return;
+    }
+    if (!shown) {
+      shown = true;
+      fill(
+        main,
+        h("p", h("a", { href: "#/incidents" }, "← Incidents")),
+        head,
+        grid,
+        act ? act.panel : null,
+        h("section.panel", h("h2", "Distinct CVs against the threshold"), timelineBox),
+        h("section.panel", h("h2", "Evidence"), evidenceBox),
+        h("section.panel", h("h2", "Platform calls (suspend / unsuspend)"), callsBox),
+        h("section.panel", h("h2", "Status history and notes"), historyBox),
+      );
     }
     for (const t of timers.splice(0)) clearInterval(t);
     const clock = h("div");
     timers.push(art33(d, clock));
     const vis = d.cvs_by_visibility || {};
+    const csvMsg = h("div");
     const csvButton = h(
       "button.quiet",
       {
@@ -369,83 +383,65 @@ export function incidentPage(main, id) {
           try {
             await download(`/v1/incidents/${encodeURIComponent(d.id)}/affected.csv`, `affected-${d.id}.csv`);
           } catch (err) {
-            alertBox(err.message);
+            fill(csvMsg, message("error", err.message));
           }
           e.target.disabled = false;
         },
       },
       "Download affected CVs (CSV)",
     );
-    const alertBox = (text) => fill(csvMsg, message("error", text));
-    const csvMsg = h("div");
     fill(
-      main,
-      h("p", h("a", { href: "#/incidents" }, "← Incidents")),
-      h(
-        "h1",
-        { id: "incident-title" },
-        d.rule,
-        " · ",
-        h("span.kind", d.key_kind),
-        " ",
-        h("a", { href: keyHref(d.key_kind, d.key) }, d.key),
-      ),
+      head,
+      h("h1", { id: "incident-title" }, d.rule, " · ", h("span.kind", d.key_kind), " ", h("a", { href: keyHref(d.key_kind, d.key) }, d.key)),
       h("p.badges", statusBadge(d.status), " ", severityBadge(d.severity), " ", decisionBadge(d), " ", h("span.muted", `reason: ${d.reason}`), " ", h("code.muted", d.id)),
-      h(
-        "div.grid3",
-        h(
-          "section.panel",
-          h("h2", "Decision"),
-          facts([
-            ["opened", fmtTime(d.opened_at)],
-            ["value at detection", fmtNumber(d.value_at_detection)],
-            ["latest value", fmtNumber(d.latest_value)],
-            ["threshold", `${fmtNumber(d.threshold)} (${d.threshold_source})`],
-            ["first event", fmtTime(d.first_event_time)],
-            ["last event", fmtTime(d.last_event_time)],
-            ["time to detect", fmtDuration(d.time_to_detect_ms || 0)],
-            ["accounts", (d.accounts || []).join(", ")],
-          ]),
-        ),
-        h(
-          "section.panel",
-          h("h2", "CVs exposed so far"),
-          h(
-            "div.vis",
-            { id: "visibility" },
-            ["named", "anonymous", "unknown"].map((k) => h(`div.vis-${k}`, h("span.n", fmtNumber(vis[k] ?? 0)), h("span.what", k))),
-          ),
-          h("p.muted", "Named CVs' owners are told by name; anonymous ones through the platform."),
-          csvButton,
-          csvMsg,
-        ),
-        h("section.panel", h("h2", "Art. 33 clock"), clock),
-      ),
-      session.canAct() ? actionsPanel(d, render) : null,
-      h("section.panel", h("h2", "Distinct CVs against the threshold"), timelineBox),
-      h("section.panel", h("h2", "Evidence"), evidence(d.evidence)),
+    );
+    fill(
+      grid,
       h(
         "section.panel",
-        h("h2", "Platform calls (suspend / unsuspend)"),
-        (d.actions || []).length
-          ? table(
-              ["At (UTC)", "Call", "Account", "Outcome", "Detail"],
-              d.actions.map((a) => h("tr", h("td.nowrap", fmtTime(a.at)), h("td", a.action), h("td", a.target), h("td", badge(`outcome-${a.outcome}`, a.outcome)), h("td", a.detail))),
-              "actions",
-            )
-          : h("p.muted", "No call to the platform for this incident."),
+        h("h2", "Decision"),
+        facts([
+          ["opened", fmtTime(d.opened_at)],
+          ["value at detection", fmtNumber(d.value_at_detection)],
+          ["latest value", fmtNumber(d.latest_value)],
+          ["threshold", `${fmtNumber(d.threshold)} (${d.threshold_source})`],
+          ["first event", fmtTime(d.first_event_time)],
+          ["last event", fmtTime(d.last_event_time)],
+          ["time to detect", fmtDuration(d.time_to_detect_ms || 0)],
+          ["accounts", (d.accounts || []).join(", ")],
+        ]),
       ),
       h(
         "section.panel",
-        h("h2", "Status history and notes"),
-        (d.history || []).length
-          ? table(
-              ["At (UTC)", "Who", "Change", "Note"],
-              d.history.map((r) => h("tr", h("td.nowrap", fmtTime(r.at), h("div.muted", fmtAgo(r.at))), h("td", r.actor), h("td", r.change), h("td.note", r.note))),
-              "history",
-            )
-          : h("p.muted", "Nothing yet."),
+        h("h2", "CVs exposed so far"),
+        h("div.vis", { id: "visibility" }, ["named", "anonymous", "unknown"].map((k) => h(`div.vis-${k}`, h("span.n", fmtNumber(vis[k] ?? 0)), h("span.what", k)))),
+        h("p.muted", "Named CVs' owners are told by name; anonymous ones through the platform."),
+        csvButton,
+        csvMsg,
       ),
+      h("section.panel", h("h2", "Art. 33 clock"), clock),
+    );
+    if (act) act.update(d);
+    fill(evidenceBox, evidence(d.evidence));
+    fill(
+      callsBox,
+      (d.actions || []).length
+        ? table(
+            ["At (UTC)", "Call", "Account", "Outcome", "Detail"],
+            d.actions.map((a) => h("tr", h("td.nowrap", fmtTime(a.at)), h("td", a.action), h("td", a.target), h("td", badge(`outcome-${a.outcome}`, a.outcome)), h("td", a.detail))),
+            "actions",
+          )
+        : h("p.muted", "No call to the platform for this incident."),
+    );
+    fill(
+      historyBox,
+      (d.history || []).length
+        ? table(
+            ["At (UTC)", "Who", "Change", "Note"],
+            d.history.map((r) => h("tr", h("td.nowrap", fmtTime(r.at), h("div.muted", fmtAgo(r.at))), h("td", r.actor), h("td", r.change), h("td.note", r.note))),
+            "history",
+          )
+        : h("p.muted", "Nothing yet."),
     );
   }
 

@@ -40,6 +40,7 @@ async function keyView(kind, key) {
     view.tracked === false || windows.length === 0
       ? message("info", "Not tracked now: no event of this key is inside any rule's window.")
       : table(["Rule", "Measure / window", "Share of threshold", "Value", "Threshold", "%", "Threshold from", "Response"], windowRows(windows), "windows"),
+    view.answered_by ? h("p.muted", `Answered by ${view.answered_by}, the instance holding this key's partition.`) : null,
     h("p", h("a", { href: `#/incidents?key=${encodeURIComponent(key)}` }, "Incidents of this key")),
   );
 }
