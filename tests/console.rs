@@ -353,6 +353,9 @@ fn a_viewer_sees_an_incident_arrive_live_and_cannot_act() {
         b.client.goto(&board.url("")).await.unwrap();
         b.wait_for_element("#token").await;
         b.screenshot("login").await;
+        b.type_into("#token", "cvg_not-a-token").await;
+        b.click("#signin").await;
+        b.wait_text("form.login", "That token was refused: unknown token").await;
         b.sign_in(&board, "viewer").await;
         // The list is loaded and the stream connected before any event is posted.
         b.wait(

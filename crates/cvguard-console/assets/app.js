@@ -54,8 +54,8 @@ function showLogin(why) {
         e.preventDefault();
         setToken(input.value.trim());
         fill(status, message("info", "Checking…"));
-        const ok = await signIn(true);
-        if (!ok) fill(status, message("error", "That token was refused. Check it and try again."));
+        const refused = await signIn(true);
+        if (refused) fill(status, message("error", `That token was refused: ${refused}`));
       },
     },
     h("h1", "cvguard console"),
@@ -70,7 +70,7 @@ function showLogin(why) {
   input.focus();
 }
 
-/** Asks the API who the token is; true when signed in. */
+/** Asks the API who the token is; signs in, or says why not (the API's words). */
 async function signIn(fromForm) {
   try {
     const me = await getJson("/v1/whoami", { quietAuth: true });
@@ -78,24 +78,28 @@ async function signIn(fromForm) {
     session.name = me.name;
   } catch (e) {
     if (e instanceof ApiError && (e.status === 401 || e.status === 403)) {
-      if (fromForm) setToken("");
-      else showLogin(token() ? "Your session has ended; sign in again." : "");
-      return false;
+      if (fromForm) {
+        setToken("");
+        return e.message;
+      }
+      // 403 without a token: no token is configured and this browser is not on loopback.
+      showLogin(e.status === 403 ? e.message : token() ? "Your session has ended; sign in again." : "");
+      return e.message;
     }
     fill(main, message("error", `The API did not answer: ${e.message}`));
-    return true;
+    return "";
   }
   if (session.role === "ingest") {
     setToken("");
     showLogin("An ingest token only posts events; sign in with a viewer, responder or admin token.");
-    return false;
+    return "an ingest token";
   }
   fill(document.getElementById("whoami"), h("span", session.name), " ", h("span.badge.role", session.role));
   document.getElementById("signout").hidden = !token();
   top.hidden = false;
   startStream();
   route();
-  return true;
+  return "";
 }
 
 function route() {
