@@ -984,7 +984,12 @@ fn any_instance_of_a_group_answers_for_every_key() {
     assert_eq!(vb["tracked"], true, "{vb}\n{}", b.log_text());
     assert_eq!(va["windows"], vb["windows"]);
     assert_eq!(va["answered_by"], vb["answered_by"], "one owner");
-    let mass = va["windows"].as_array().unwrap().iter().find(|w| w["rule"] == "mass-harvest-24h").unwrap();
+    let mass = va["windows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["rule"] == "mass-harvest-24h")
+        .unwrap();
     assert_eq!(mass["value"], 2400);
 
     // The keys nearest a threshold: the harvester's account tops the list on both.

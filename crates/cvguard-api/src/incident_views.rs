@@ -149,13 +149,17 @@ pub async fn timeline(
 /// The running count of `times` (sorted) as at most `max` points, each the count up to
 /// and including its time; the last point always the total.
 fn cumulative(times: &[i64], max: usize) -> Vec<serde_json::Value> {
+    // A point once the count has moved on by at least `step` since the last one, only
+    // where a time ends (CVs first read together, in one batch, are one step up).
     let step = times.len().div_ceil(max.max(1)).max(1);
     let mut points: Vec<serde_json::Value> = Vec::new();
+    let mut shown = 0;
     for (n, t) in times.iter().enumerate() {
         let count = n + 1;
         let last_of_time = times.get(n + 1) != Some(t);
-        if last_of_time && (count % step == 0 || count == times.len()) {
+        if last_of_time && (count - shown >= step || count == times.len()) {
             points.push(json!({"at": format_rfc3339_ms(*t), "value": count}));
+            shown = count;
         }
     }
     points
@@ -212,6 +216,11 @@ mod tests {
         assert!(values.windows(2).all(|w| w[0] < w[1]));
         // Each point counts everything up to its time: a multiple of 3 (ties whole).
         assert!(values.iter().all(|v| v % 3 == 0), "{values:?}");
+        // Batches of 200 at one time each: every batch a point, from the first.
+        let batches: Vec<i64> = (0..4200).map(|i| i / 200).collect();
+        let points = cumulative(&batches, 500);
+        let values: Vec<u64> = points.iter().map(|p| p["value"].as_u64().unwrap()).collect();
+        assert_eq!(values, (1..=21).map(|b| b * 200).collect::<Vec<u64>>());
         assert_eq!(
             cumulative(&[5], 500),
             vec![json!({"at": format_rfc3339_ms(5), "value": 1})]
