@@ -539,7 +539,21 @@ fn without_tokens_a_loopback_analyst_sees_an_accounts_values_as_the_api_reports_
                 w["threshold"].as_i64().unwrap(),
                 "{rule}"
             );
+            // A baseline rule that does not judge the key yet is silent for it: its bar
+            // is never red, however far past the floor the value is.
+            let bar = b
+                .js(&format!(
+                    "return document.querySelector('#key-view tr[data-rule={}] .bar').className",
+                    json!(rule)
+                ))
+                .await;
+            let silent = w["baseline"]["judged"] == false;
+            assert_eq!(bar.as_str().unwrap().contains("silent"), silent, "{rule}: {bar}");
         }
+        assert!(
+            windows.iter().any(|w| w["baseline"]["judged"] == false),
+            "the shipped surge-24h does not judge a new account: {account}"
+        );
         assert_eq!(
             b.js("return document.querySelector('#whoami').textContent").await,
             json!("loopback admin")

@@ -6,6 +6,13 @@ import { badge, facts, fill, fmtAgo, fmtDuration, fmtNumber, fmtTime, h, keyHref
 
 const KINDS = ["account", "org", "user", "ip"];
 
+/** What a baseline rule says of the key: how it is judged, or why it is silent for it. */
+function baselineNote(b) {
+  if (!b) return null;
+  if (!b.judged) return h("div.muted.silent-note", `silent for this key: needs ${b.min_history_days} days of history`);
+  return h("span.muted", ` (${b.statistic} × ${b.factor})`);
+}
+
 function windowRows(windows) {
   return windows.map((w) =>
     h(
@@ -13,11 +20,11 @@ function windowRows(windows) {
       { dataset: { rule: w.rule } },
       h("td", w.rule),
       h("td", `${w.measure} / ${w.window}`),
-      h("td.bar-cell", shareBar(w.value, w.threshold)),
+      h("td.bar-cell", shareBar(w.value, w.threshold, Boolean(w.baseline && !w.baseline.judged))),
       h("td.num.value", fmtNumber(w.value)),
       h("td.num.threshold", fmtNumber(w.threshold)),
       h("td.num", percent(w.value, w.threshold)),
-      h("td", w.threshold_source, w.baseline && w.baseline.statistic ? h("span.muted", ` (${w.baseline.statistic} × ${w.baseline.factor})`) : null),
+      h("td", w.threshold_source, baselineNote(w.baseline)),
       h("td", w.response ? badge(w.response === "suspend" ? "suspend" : "alert", w.response) : "–"),
     ),
   );
