@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: demo test fmt fmt-check clippy build build-release unit e2e services kafka-up kafka-down pg-up prometheus-tools shell-tools chromium run bench clean
+.PHONY: demo test fmt fmt-check clippy build build-release unit e2e services kafka-up kafka-down pg-up prometheus-tools shell-tools chromium run post-demo bench clean
 
 ## The main job: simulate the werk.nl weekend and replay it with the shipped rules.
 demo: build-release
@@ -53,9 +53,15 @@ kafka-down:
 e2e: build services
 	$(CARGO) test -p cvguard-tests
 
-## The service on the shipped config: HTTP ingest on 127.0.0.1:8088.
+## The service on the shipped config: HTTP ingest on 127.0.0.1:8088. PROFILES=FILE serves
+## another board's profiles (make demo's: data/demo/accounts.csv).
+PROFILES ?=
 run: build-release
-	./target/release/cvguard serve --config config/cvguard.toml
+	./target/release/cvguard serve --config config/cvguard.toml $(if $(PROFILES),--profiles $(PROFILES))
+
+## Posts the weekend `make demo` simulated to a running `make run PROFILES=data/demo/accounts.csv`.
+post-demo:
+	scripts/post-events.sh data/demo/events.ndjson
 
 ## Microbenchmarks (criterion) and the end-to-end benchmark; figures in docs/PERFORMANCE.md.
 bench: build-release kafka-up
