@@ -476,6 +476,29 @@ pub struct Engine {
     scratch: Vec<CvRef>,
     track_exposure: bool,
     updates: Vec<IncidentUpdate>,
+    /// Per rule of the key kind being decided: the statistic its history judges the key
+    /// by today (`None` while not judged), kept only while values are observed.
+    term_statistics: Vec<Option<f64>>,
+    /// `Some` while values are observed (`Engine::observe_values`).
+    observed: Option<Vec<ValueSeen>>,
+}
+
+/// A key's value of one rule right after an event that rule counts: the only moments a
+/// value can reach a new high, so the largest of these is the key's peak. Recorded only
+/// while [`Engine::observe_values`] is on (for `cvguard tune`).
+#[derive(Debug, Clone)]
+pub struct ValueSeen {
+    pub kind: KeyKind,
+    pub key: crate::smallstr::SmallStr,
+    /// The rule's index in the rule set.
+    pub rule: usize,
+    pub value: u64,
+    /// The key's threshold before any baseline: the rule's, its segment's, or
+    /// `per_vacancy` x open vacancies.
+    pub floor: u64,
+    /// For a baseline rule judging the key: the statistic of its history today.
+    pub statistic: Option<f64>,
+    pub event_time_ms: Millis,
 }
 
 /// What an incident learns from one event: its latest value and the CVs exposed. At
@@ -545,6 +568,22 @@ impl Engine {
             scratch: Vec::new(),
             track_exposure: false,
             updates: Vec::new(),
+            term_statistics: Vec::new(),
+            observed: None,
+        }
+    }
+
+    /// Turns on (or off) recording every key's value of each rule after each event the
+    /// rule counts ([`ValueSeen`]), for [`Engine::take_observed`]. Off, it costs a branch
+    /// per rule and event.
+    pub fn observe_values(&mut self, on: bool) {
+        self.observed = on.then(Vec::new);
+    }
+
+    /// The values recorded since the last call (empty when not observing).
+    pub fn take_observed(&mut self, into: &mut Vec<ValueSeen>) {
+        if let Some(seen) = self.observed.as_mut() {
+            into.append(seen);
         }
     }
 
@@ -743,10 +782,14 @@ impl Engine {
         let ev_day = day_of(ev.ts);
         let max_keys = rules.settings.max_tracked_keys.div_ceil(self.key_share);
         self.terms.clear();
+        self.term_statistics.clear();
         for &ri in rules.rules_of(kind) {
             let rule = &rules.rules[ri];
             let (Some(table), Some(baseline)) = (self.histories[ri].as_mut(), rule.baseline.as_ref()) else {
                 self.terms.push(0);
+                if self.observed.is_some() {
+                    self.term_statistics.push(None);
+                }
                 continue;
             };
             let history = if rule.action_mask & (1u64 << action) != 0 {
@@ -777,6 +820,9 @@ impl Engine {
             };
             let term = history.and_then(|h| h.term(baseline, now_day));
             self.terms.push(term.map_or(u64::MAX, |(t, _)| t));
+            if self.observed.is_some() {
+                self.term_statistics.push(term.map(|(_, s)| s));
+            }
         }
     }
 
@@ -1013,6 +1059,21 @@ impl Engine {
                 Some(_) => thresholds[w].max(self.terms[w]),
                 None => thresholds[w],
             };
+            if let Some(seen) = self.observed.as_mut() {
+                if rules.rules[ri].action_mask & bit != 0 {
+                    seen.push(ValueSeen {
+                        kind,
+                        key: state.key.clone(),
+                        rule: ri,
+                        value,
+                        floor: thresholds[w],
+                        statistic: rules.rules[ri]
+                            .baseline
+                            .and_then(|_| self.term_statistics.get(w).copied().flatten()),
+                        event_time_ms: ev.ts,
+                    });
+                }
+            }
             if value < threshold {
                 firing.set(&mut state.firing, slot, w, None);
             } else if let Some(id) = firing.get(state.firing, slot, w) {

@@ -22,7 +22,7 @@ pub mod window;
 
 pub use alert::{Alert, AlertAction, AlertReason, BaselineExplain, Evidence, VisibilityCounts, WindowValue};
 pub use baseline::{BaselineSpec, Statistic};
-pub use engine::{Closest, Engine, EngineStats, Exposure, HeapProfile, IncidentUpdate, Outcome, StateSize};
+pub use engine::{Closest, Engine, EngineStats, Exposure, HeapProfile, IncidentUpdate, Outcome, StateSize, ValueSeen};
 pub use event::{parse_event, Event, ParseLimits, RejectReason, Visibility};
 pub use profiles::{AccountProfile, OrgProfile, Profiles};
 pub use rules::{

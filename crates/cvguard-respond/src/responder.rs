@@ -3,8 +3,6 @@
 //! synchronously by the engine workers, so offsets are committed only after the
 //! incident is durable.
 
-use std::time::Duration;
-
 use cvguard_core::timefmt::format_rfc3339_ms;
 use cvguard_core::{Alert, AlertAction, AlertReason, IncidentUpdate};
 use cvguard_store::{Opened, OutboxItem, Store, StoreError};
@@ -14,15 +12,7 @@ use tracing::warn;
 use crate::sinks::SinkSet;
 use crate::suspend::CallBody;
 
-const HOUR_MS: i64 = 3_600_000;
-
-#[derive(Debug, Clone)]
-pub struct Rails {
-    /// Whether a suspend URL is configured; without one, decisions are recorded only.
-    pub webhook: bool,
-    pub max_per_hour: u32,
-    pub cooldown: Duration,
-}
+use crate::rails::{Rails, Verdict, HOUR_MS};
 
 pub struct Responder {
     store: Store,
@@ -66,30 +56,17 @@ impl Responder {
         };
         let mut limited_note = None;
         if alert.action == AlertAction::Suspend {
-            let cooldown = self.rails.cooldown.as_millis() as i64;
-            let mut kept = Vec::new();
+            let mut last_unsuspend = Vec::with_capacity(alert.suspend_accounts.len());
             for account in &alert.suspend_accounts {
-                match self.store.last_unsuspend(account).await? {
-                    Some(t) if now - t < cooldown => {}
-                    _ => kept.push(account.clone()),
-                }
+                last_unsuspend.push(self.store.last_unsuspend(account).await?);
             }
-            if kept.is_empty() {
-                alert.action = AlertAction::Alert;
-                alert.reason = AlertReason::Cooldown;
-                alert.suspend_accounts.clear();
-            } else {
-                let recent = self.store.suspensions_since(now - HOUR_MS).await?;
-                if recent + kept.len() as i64 > i64::from(self.rails.max_per_hour) {
-                    alert.action = AlertAction::Alert;
-                    alert.reason = AlertReason::SuspensionLimit;
-                    alert.suspend_accounts.clear();
-                    limited_note = Some(recent);
-                    if self.store.raise_once("suspension-limit-reached", now / HOUR_MS).await? {
-                        self.limit_alert(recent, now);
-                    }
-                } else {
-                    alert.suspend_accounts = kept;
+            let recent = self.store.suspensions_since(now - HOUR_MS).await?;
+            let verdict = self.rails.judge(&alert.suspend_accounts, &last_unsuspend, recent, now);
+            verdict.apply(alert);
+            if let Verdict::Limited { recent } = verdict {
+                limited_note = Some(recent);
+                if self.store.raise_once("suspension-limit-reached", now / HOUR_MS).await? {
+                    self.limit_alert(recent, now);
                 }
             }
         }

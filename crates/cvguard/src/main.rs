@@ -21,7 +21,7 @@ const EXIT_CODES: &str = "Exit status:
   1   any other failure (a store or broker that cannot be reached, a failed write)
   2   wrong arguments (usage)
   64  invalid config: every problem listed with file, line, rule and key
-  65  replay: the input held no usable event
+  65  replay, backtest, tune: the input held no usable event
   66  a config file, input or incident that does not exist";
 
 #[derive(Parser)]
@@ -40,6 +40,13 @@ pub struct Cli {
 enum Command {
     /// Replay NDJSON events (plain or .gz) through the engine; alerts as JSON lines.
     Replay(commands::replay::Args),
+    /// Backtest a candidate config against history with the service's whole decision path
+    /// (allowlist, dry run, blast-radius limit, cooldown), against the current config with
+    /// --baseline; precision and recall with --labels.
+    Backtest(commands::backtest::Args),
+    /// Propose thresholds per rule and segment from every key's peak value over history,
+    /// as a TOML fragment to review (never edits a config).
+    Tune(commands::tune::Args),
     /// Write simulated job-board traffic, an account profile file, ground-truth labels and a
     /// ready cvguard.toml beside them.
     Simulate(commands::simulate::Args),
@@ -108,6 +115,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Replay(args) => commands::replay::run(args),
+        Command::Backtest(args) => commands::backtest::run(args),
+        Command::Tune(args) => commands::tune::run(args),
         Command::Simulate(args) => commands::simulate::run(args),
         Command::Demo(args) => commands::demo::run(args),
         Command::Serve(args) => commands::serve::run(args),

@@ -52,7 +52,7 @@ impl Progress {
         self.source.read.load(Ordering::Relaxed)
     }
 
-    fn tick(&mut self, events: u64, event_bytes: u64) {
+    pub fn tick(&mut self, events: u64, event_bytes: u64) {
         let read = self.file_bytes();
         match &self.bar {
             Some(bar) => bar.set_position(read),
@@ -112,6 +112,29 @@ pub fn feed<R: BufRead>(
         events += 1;
         if since_tick == 65_536 {
             since_tick = 0;
+            progress.tick(events, lines.consumed);
+        }
+    }
+    progress.tick(events, lines.consumed);
+    Ok(lines.consumed)
+}
+
+/// Hands every line to `on_line` (`None` for one too long to read), ticking `progress`:
+/// the loop of the commands that feed their own engines (`backtest`, `tune`). Returns the
+/// bytes read (after decompression).
+pub fn for_each_line<R: BufRead>(
+    lines: &mut LineReader<R>,
+    progress: &mut Progress,
+    mut on_line: impl FnMut(Option<&[u8]>),
+) -> io::Result<u64> {
+    let mut events = 0u64;
+    while let Some(line) = lines.next_line()? {
+        match line {
+            Line::Text(bytes) => on_line(Some(bytes)),
+            Line::TooLong => on_line(None),
+        }
+        events += 1;
+        if events.is_multiple_of(65_536) {
             progress.tick(events, lines.consumed);
         }
     }

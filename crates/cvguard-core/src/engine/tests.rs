@@ -1468,3 +1468,34 @@ proptest::proptest! {
         proptest::prop_assert_eq!(got, closest_by_hand(&e, &accounts, limit));
     }
 }
+
+#[test]
+fn observed_values_follow_every_counted_event_and_their_peak_is_the_keys_highest_value() {
+    let mut e = engine(vec![
+        rule("d", KeyKind::AccountId, Measure::DistinctCvs, "10s", 100),
+        rule("ev", KeyKind::AccountId, Measure::Events, "10s", 100),
+    ]);
+    let mut seen = Vec::new();
+    send(&mut e, 0, "a", "cv_view", &["1", "2"]);
+    e.take_observed(&mut seen);
+    assert!(seen.is_empty(), "nothing is recorded until asked for");
+    e.observe_values(true);
+    send(&mut e, 1, "a", "cv_view", &["2", "3"]);
+    send(&mut e, 20, "a", "cv_view", &["4"]);
+    send(&mut e, 21, "a", "search", &[]);
+    e.take_observed(&mut seen);
+    let of = |rule: usize| -> Vec<u64> { seen.iter().filter(|s| s.rule == rule).map(|s| s.value).collect() };
+    // The distinct count after each counted event: {1,2,3} = 3, then only {4} = 1; a
+    // search is not counted by either rule, so it records nothing.
+    assert_eq!(of(0), vec![3, 1]);
+    assert_eq!(of(1), vec![2, 1]);
+    assert!(seen
+        .iter()
+        .all(|s| s.key.as_str() == "a" && s.floor == 100 && s.statistic.is_none()));
+    assert_eq!(seen[0].event_time_ms, T0 + 1000);
+    seen.clear();
+    e.observe_values(false);
+    send(&mut e, 22, "a", "cv_view", &["5"]);
+    e.take_observed(&mut seen);
+    assert!(seen.is_empty());
+}

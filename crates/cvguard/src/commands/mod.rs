@@ -1,3 +1,4 @@
+pub mod backtest;
 pub mod check_config;
 pub mod demo;
 pub mod incidents;
@@ -6,6 +7,7 @@ pub mod replay;
 pub mod serve;
 pub mod simulate;
 pub mod token;
+pub mod tune;
 
 use cvguard_config::Config;
 use cvguard_core::ConfigIssue;

@@ -134,7 +134,7 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
 
 /// Whether a file starts with gzip's magic bytes (as `input::open` decides); stdin is
 /// not peeked at, and its progress has no size to compare with anyway.
-fn is_gzip(path: &std::path::Path) -> bool {
+pub fn is_gzip(path: &std::path::Path) -> bool {
     use std::io::Read;
     let mut magic = [0u8; 2];
     path.as_os_str() != "-"
