@@ -1,11 +1,251 @@
-//! The HTML report.
-use crate::backtest::BacktestResult;
+//! The HTML reports: one self-contained file each (inline style and SVG; no script, no
+//! network), drawn from the very values `-o json` serialises. Numbers a test compares with
+//! the JSON carry `data-k` with their JSON path.
+
+use std::fmt::Write;
+
+use crate::backtest::{BacktestResult, ConfigResult, RuleFigures};
+use crate::svg::{self, esc};
 use crate::tune::TuneResult;
 
-pub fn backtest_report(_r: &BacktestResult) -> String {
-    String::new()
+/// Incident charts drawn at most (the JSON lists them all).
+const MAX_INCIDENT_CHARTS: usize = 40;
+
+const STYLE: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222;max-width:1100px}\
+table{border-collapse:collapse;margin:8px 0 16px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}\
+th{background:#f2f2f2}td:first-child,th:first-child{text-align:left}figure{margin:8px 0 20px}\
+figcaption{font-size:12px;color:#555}h2{margin-top:28px;border-bottom:1px solid #ddd}.plus{color:#1a7f37}.minus{color:#b42318}";
+
+fn page(title: &str, body: &str) -> String {
+    format!(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'; img-src data:\"><title>{}</title><style>{STYLE}</style></head><body><h1>{}</h1>{body}</body></html>\n",
+        esc(title),
+        esc(title)
+    )
 }
 
-pub fn tune_report(_r: &TuneResult) -> String {
-    String::new()
+fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".into(), |x| x.to_string())
+}
+
+fn share(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |x| format!("{x:.2}"))
+}
+
+fn figures_row(s: &mut String, path: &str, f: &RuleFigures) {
+    let sc = f.score.as_ref();
+    let _ = write!(
+        s,
+        "<tr><td>{}</td><td data-k=\"{path}.alerts\">{}</td><td data-k=\"{path}.incidents\">{}</td><td data-k=\"{path}.keys_hit\">{}</td><td data-k=\"{path}.suspensions\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+        esc(&f.rule),
+        f.alerts,
+        f.incidents,
+        f.keys_hit,
+        f.suspensions,
+        f.suspension_limit,
+        f.cooldown,
+        f.dry_run,
+        f.allowlisted,
+        opt(f.median_time_to_decide_ms.map(cvguard_core::timefmt::format_duration_ms)),
+        opt(f.median_cvs_exposed),
+        share(sc.and_then(|s| s.precision)),
+        share(sc.and_then(|s| s.recall)),
+    );
+}
+
+fn config_table(s: &mut String, name: &str, r: &ConfigResult) {
+    let _ = write!(
+        s,
+        "<h2>{name}: {}</h2><p>{} events read, {} accepted, {} .. {}; suspend webhook {}, max_per_hour {}, cooldown {}.</p>\
+         <table><tr><th>rule</th><th>alerts</th><th>incidents</th><th>keys hit</th><th>suspensions</th><th>limited</th><th>cooldown</th><th>dry run</th><th>allowlisted</th><th>median time to decide</th><th>median CVs exposed</th><th>precision</th><th>recall</th></tr>",
+        esc(&r.config),
+        r.events.read,
+        r.events.accepted,
+        esc(r.events.first_event.as_deref().unwrap_or("-")),
+        esc(r.events.last_event.as_deref().unwrap_or("-")),
+        if r.webhook { "configured" } else { "not configured (suspensions recorded, never sent)" },
+        r.max_per_hour,
+        cvguard_core::timefmt::format_duration_ms(r.cooldown_ms),
+    );
+    for (i, f) in r.rules.iter().enumerate() {
+        figures_row(s, &format!("{name}.rules.{i}"), f);
+    }
+    figures_row(s, &format!("{name}.total"), &r.total);
+    s.push_str("</table>");
+}
+
+/// The backtest's report: both configs' tables, the difference, alerts per day per rule,
+/// and each incident's curve of distinct CVs with its threshold and decision.
+pub fn backtest_report(r: &BacktestResult) -> String {
+    let mut s = String::new();
+    config_table(&mut s, "candidate", &r.candidate);
+    if let Some(b) = &r.baseline {
+        config_table(&mut s, "baseline", b);
+    }
+    if let Some(d) = &r.diff {
+        let _ = write!(
+            s,
+            "<h2>Candidate against current</h2><table><tr><th>change</th><th>(rule, key) pairs</th></tr>\
+             <tr><td>newly hit</td><td data-k=\"diff.newly_hit.length\">{}</td></tr><tr><td>no longer hit</td><td data-k=\"diff.no_longer_hit.length\">{}</td></tr>\
+             <tr><td>decided earlier</td><td data-k=\"diff.decided_earlier.length\">{}</td></tr><tr><td>decided later</td><td data-k=\"diff.decided_later.length\">{}</td></tr>\
+             <tr><td>unchanged</td><td>{}</td></tr></table><table><tr><th>rule</th><th>key</th><th>what</th><th>when / by how much</th><th>CVs</th></tr>",
+            d.newly_hit.len(),
+            d.no_longer_hit.len(),
+            d.decided_earlier.len(),
+            d.decided_later.len(),
+            d.unchanged
+        );
+        for (h, sign) in d
+            .newly_hit
+            .iter()
+            .map(|h| (h, "+ newly hit"))
+            .chain(d.no_longer_hit.iter().map(|h| (h, "- no longer hit")))
+        {
+            let _ = write!(
+                s,
+                "<tr><td>{}</td><td>{}:{}</td><td class=\"{}\">{sign} ({})</td><td>{}</td><td>{}</td></tr>",
+                esc(&h.rule),
+                h.key_kind.as_str(),
+                esc(&h.key),
+                if sign.starts_with('+') { "plus" } else { "minus" },
+                h.action.as_str(),
+                esc(&h.decided_at),
+                opt(h.cvs_exposed)
+            );
+        }
+        for sh in d.decided_earlier.iter().chain(&d.decided_later) {
+            let _ = write!(
+                s,
+                "<tr><td>{}</td><td>{}:{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&sh.rule),
+                sh.key_kind.as_str(),
+                esc(&sh.key),
+                if sh.earlier_by_ms > 0 {
+                    "decided earlier"
+                } else {
+                    "decided later"
+                },
+                cvguard_core::timefmt::format_duration_ms(sh.earlier_by_ms.abs()),
+                sh.fewer_cvs.map_or_else(|| "-".into(), |n| format!("{n} fewer")),
+            );
+        }
+        s.push_str("</table>");
+    }
+    s.push_str("<h2>Alerts per day (candidate)</h2>");
+    for (rule, days) in &r.candidate.alerts_per_day {
+        let days: Vec<(String, u64)> = days.iter().map(|(d, n)| (d.clone(), *n)).collect();
+        let _ = write!(
+            s,
+            "<figure>{}<figcaption>{}</figcaption></figure>",
+            svg::per_day(&format!("{rule}: alerts per day"), &days),
+            esc(rule)
+        );
+    }
+    let _ = write!(
+        s,
+        "<h2>Incidents (candidate): distinct CVs over time</h2><p>{} incidents{}.</p>",
+        r.candidate.incidents.len(),
+        if r.candidate.incidents.len() > MAX_INCIDENT_CHARTS {
+            format!("; the first {MAX_INCIDENT_CHARTS} drawn")
+        } else {
+            String::new()
+        }
+    );
+    for (i, inc) in r.candidate.incidents.iter().take(MAX_INCIDENT_CHARTS).enumerate() {
+        let decided_cvs = inc
+            .series
+            .iter()
+            .rev()
+            .find(|p| p.0 <= inc.decided_at_ms)
+            .map_or(inc.value, |p| p.1);
+        let _ = write!(
+            s,
+            "<figure>{}<figcaption>{} {}:{} decided <span data-k=\"candidate.incidents.{i}.action\">{}</span> at {} ({}), value <span data-k=\"candidate.incidents.{i}.value\">{}</span> of threshold {}, <span data-k=\"candidate.incidents.{i}.cvs_exposed\">{}</span> CVs exposed, {} after the window's first event</figcaption></figure>",
+            svg::step_curve(&format!("{} {}", inc.rule, inc.key), &inc.series, inc.threshold, (inc.decided_at_ms, decided_cvs)),
+            esc(&inc.rule),
+            inc.key_kind.as_str(),
+            esc(&inc.key),
+            inc.action.as_str(),
+            esc(&inc.decided_at),
+            serde_json::to_value(inc.reason).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+            inc.value,
+            inc.threshold,
+            opt(inc.cvs_exposed),
+            cvguard_core::timefmt::format_duration_ms(inc.time_to_decide_ms),
+        );
+    }
+    page("cvguard backtest", &s)
+}
+
+/// The tune report: per rule and segment the peaks' distribution with the current and
+/// proposed thresholds, and the proposal as TOML.
+pub fn tune_report(r: &TuneResult) -> String {
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        "<p>{} events over {:.1} days ({} .. {}); {} keys excluded from the fit.</p>\
+         <table><tr><th>rule</th><th>segment</th><th>keys</th><th>p50</th><th>p90</th><th>p99</th><th>p99.9</th><th>max</th><th>current</th><th>proposed</th><th>hit now</th><th>hit by proposal</th></tr>",
+        r.events,
+        r.history_days,
+        esc(r.first_event.as_deref().unwrap_or("-")),
+        esc(r.last_event.as_deref().unwrap_or("-")),
+        r.excluded_keys
+    );
+    for (i, g) in r.groups.iter().enumerate() {
+        let p = format!("groups.{i}");
+        let _ = write!(
+            s,
+            "<tr><td>{}</td><td>{}</td><td data-k=\"{p}.peaks.n\">{}</td><td data-k=\"{p}.peaks.p50\">{}</td><td data-k=\"{p}.peaks.p90\">{}</td><td data-k=\"{p}.peaks.p99\">{}</td><td data-k=\"{p}.peaks.p999\">{}</td><td data-k=\"{p}.peaks.max\">{}</td><td data-k=\"{p}.current\">{}</td><td data-k=\"{p}.proposed\">{}</td><td>{}</td><td data-k=\"{p}.hit_by_proposal.length\">{}</td></tr>",
+            esc(&g.rule),
+            esc(&g.segment),
+            g.peaks.n,
+            opt(g.peaks.p50),
+            opt(g.peaks.p90),
+            opt(g.peaks.p99),
+            opt(g.peaks.p999),
+            opt(g.peaks.max),
+            g.current,
+            g.proposed,
+            g.hit_now,
+            g.hit_by_proposal.len()
+        );
+    }
+    s.push_str("</table><h2>Peak values per rule and segment</h2>");
+    for g in &r.groups {
+        let lines = [(g.current, "current", "#c0392b"), (g.proposed, "proposed", "#1a7f37")];
+        let hits: Vec<String> = g
+            .hit_by_proposal
+            .iter()
+            .rev()
+            .take(12)
+            .map(|h| {
+                format!(
+                    "{} ({}{})",
+                    esc(&h.key),
+                    h.peak,
+                    if h.excluded { ", excluded" } else { "" }
+                )
+            })
+            .collect();
+        let factor = match (g.current_factor, g.proposed_factor) {
+            (Some(c), Some(p)) => format!(" Baseline factor {c} -> {p}."),
+            _ => String::new(),
+        };
+        let _ = write!(
+            s,
+            "<figure>{}<figcaption>{} / {} ({} window): {}.{factor} Would hit: {}</figcaption></figure>",
+            svg::peak_histogram(&format!("{} {}", g.rule, g.segment), &g.all_peaks, &lines),
+            esc(&g.rule),
+            esc(&g.segment),
+            esc(&g.window),
+            esc(&g.why),
+            if hits.is_empty() {
+                "nothing".to_string()
+            } else {
+                hits.join(", ")
+            }
+        );
+    }
+    let _ = write!(s, "<h2>The proposal</h2><pre>{}</pre>", esc(&r.toml));
+    page("cvguard tune", &s)
 }
