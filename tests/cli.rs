@@ -134,13 +134,22 @@ fn completions_man_pages_exit_codes_and_validated_filters() {
     assert!(page.starts_with(".ie") || page.contains(".TH"), "{page}");
     assert!(page.contains("save\\-state"), "{page}");
 
-    // A status the API would refuse is refused here, with the words it accepts.
+    // A status or limit the API would refuse is refused here in the API's own words (one
+    // parser for both).
     let bad = cvguard(&["incidents", "list", "--status", "bogus"]);
     assert_eq!(bad.status.code(), Some(2));
     let err = String::from_utf8_lossy(&bad.stderr);
-    assert!(err.contains("open") && err.contains("false_positive"), "{err}");
+    assert!(
+        err.contains("`status` must be open, acknowledged, resolved or false_positive"),
+        "{err}"
+    );
     let bad = cvguard(&["incidents", "list", "--limit", "0"]);
     assert_eq!(bad.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("limit: expected a whole number from 1 to 1000, not `0`"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -415,10 +415,35 @@ fn kill_9_at_bad_moments_gives_the_incidents_and_suspensions_of_an_uninterrupted
         );
     }
 
-    // No alert twice; none that the uninterrupted run did not raise.
-    let crashy_alerts = alert_keys(&node.alerts());
+    // No alert twice; none that the uninterrupted run did not raise. The detector's own
+    // health alarms (key_kind system: the store slow under this load, say) come as a
+    // firing and a resolution of one episode: each at most once.
+    let (system, detections): (Vec<_>, Vec<_>) = node.alerts().into_iter().partition(|a| a["key_kind"] == "system");
+    let mut episodes = BTreeSet::new();
+    for a in &system {
+        let episode = (a["alert_id"].to_string(), a["status"].to_string());
+        assert!(
+            episodes.insert(episode.clone()),
+            "a health alarm's {episode:?} twice: {system:?}"
+        );
+    }
+    let crashy_alerts = alert_keys(&detections);
     let unique: BTreeSet<_> = crashy_alerts.iter().cloned().collect();
-    assert_eq!(unique.len(), crashy_alerts.len(), "an alert was published twice");
+    let twice: Vec<_> = unique
+        .iter()
+        .filter(|k| crashy_alerts.iter().filter(|a| a == k).count() > 1)
+        .collect();
+    let shown: Vec<String> = node
+        .alerts()
+        .iter()
+        .filter(|a| {
+            twice
+                .iter()
+                .any(|(r, k)| a["rule"] == r.as_str() && a["key"] == k.as_str())
+        })
+        .map(|a| a.to_string())
+        .collect();
+    assert!(twice.is_empty(), "published twice: {twice:?}\n{}", shown.join("\n"));
     assert!(unique.is_subset(&calm.alerts));
 }
 

@@ -304,4 +304,15 @@ fn a_second_service_is_refused_and_the_first_keeps_every_event() {
     assert_eq!(mass_harvest_value(port, "harvester-1"), 3000);
     assert!(again.sigterm(Duration::from_secs(30)).success());
     assert!(!pidfile.exists(), "a clean stop removes its pid file");
+
+    // A stale pid file whose pid went to another program (pid 1, as in a container after
+    // a crash) does not keep the service from starting.
+    std::fs::write(&pidfile, "1\n").unwrap();
+    let mut after_crash = Service::start_with(&cfg, port, &log, &[], &["--pidfile", pidfile_arg]);
+    after_crash.wait_ready(Duration::from_secs(30));
+    assert_eq!(
+        std::fs::read_to_string(&pidfile).unwrap().trim(),
+        after_crash.pid().to_string()
+    );
+    assert!(after_crash.sigterm(Duration::from_secs(30)).success());
 }

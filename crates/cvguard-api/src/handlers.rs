@@ -108,29 +108,15 @@ pub struct ListQuery {
 
 /// A page holds 1 to `MAX_LIMIT` incidents, 50 unless asked.
 pub const DEFAULT_LIMIT: i64 = 50;
-pub const MAX_LIMIT: i64 = 1000;
 
 /// `limit` and `offset` as asked, or the 400 that says what is allowed: a page size out
 /// of range is refused rather than quietly changed, so a client never misreads a page.
 fn page(limit: Option<&str>, offset: Option<&str>) -> Result<(i64, i64), Problem> {
-    let limit_words = format!("limit: expected a whole number from 1 to {MAX_LIMIT}");
-    let limit = match limit {
-        None => DEFAULT_LIMIT,
-        Some(text) => text
-            .parse::<i64>()
-            .ok()
-            .filter(|n| (1..=MAX_LIMIT).contains(n))
-            .ok_or_else(|| Problem::new(StatusCode::BAD_REQUEST, format!("{limit_words}, not `{text}`")))?,
-    };
-    let offset = match offset {
-        None => 0,
-        Some(text) => text.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
-            Problem::new(
-                StatusCode::BAD_REQUEST,
-                format!("offset: expected a whole number ≥ 0, not `{text}`"),
-            )
-        })?,
-    };
+    let bad = |words: String| Problem::new(StatusCode::BAD_REQUEST, words);
+    let limit = limit
+        .map_or(Ok(DEFAULT_LIMIT), crate::filters::parse_limit)
+        .map_err(bad)?;
+    let offset = offset.map_or(Ok(0), crate::filters::parse_offset).map_err(bad)?;
     Ok((limit, offset))
 }
 
@@ -143,14 +129,12 @@ fn filter(q: ListQuery) -> Result<IncidentFilter, Problem> {
     };
     let from_ms = time(&q.from, "from")?;
     let to_ms = time(&q.to, "to")?;
-    if let Some(st) = &q.status {
-        if !cvguard_store::STATUSES.contains(&st.as_str()) {
-            return Err(Problem::new(
-                StatusCode::BAD_REQUEST,
-                "`status` must be open, acknowledged, resolved or false_positive",
-            ));
-        }
-    }
+    let status = q
+        .status
+        .as_deref()
+        .map(crate::filters::parse_status)
+        .transpose()
+        .map_err(|words| Problem::new(StatusCode::BAD_REQUEST, words))?;
     if let Some(sev) = &q.severity {
         if !["info", "low", "medium", "high", "critical"].contains(&sev.as_str()) {
             return Err(Problem::new(
@@ -169,7 +153,7 @@ fn filter(q: ListQuery) -> Result<IncidentFilter, Problem> {
     }
     let (limit, offset) = page(q.limit.as_deref(), q.offset.as_deref())?;
     Ok(IncidentFilter {
-        status: q.status,
+        status: status.map(str::to_string),
         rule: q.rule,
         key: q.key,
         severity: q.severity,

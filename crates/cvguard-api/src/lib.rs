@@ -5,6 +5,7 @@
 
 pub mod about;
 pub mod auth;
+pub mod filters;
 mod handlers;
 mod health;
 mod incident_views;

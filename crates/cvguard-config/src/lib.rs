@@ -35,6 +35,16 @@ pub use service::{
     StateSection, StoreSection, SuspendSection, TokenSpec,
 };
 
+/// `http://host[:port][/path]` or `https://...`: a scheme, a host, no whitespace.
+fn is_http_url(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://")) else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority.rsplit('@').next().unwrap_or_default();
+    !host.is_empty() && !host.starts_with(':') && !url.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
 /// The shipped default config (`config/cvguard.toml`), compiled in so `demo` and a bare
 /// `serve` run without any file.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../../config/cvguard.toml");
@@ -442,6 +452,33 @@ impl Loader<'_> {
             }
             if let SinkSpec::Webhook { timeout, .. } | SinkSpec::Alertmanager { timeout, .. } = sink {
                 self.duration(&format!("sinks[{i}].timeout"), timeout);
+            }
+        }
+        // Every URL cvguard calls: a scheme it speaks and a host, before anything is sent.
+        // The message leaves the value out: a URL may carry a secret.
+        let mut http_urls: Vec<(String, &str)> = sinks
+            .iter()
+            .enumerate()
+            .filter_map(|(i, sink)| match sink {
+                SinkSpec::Webhook { url, .. } | SinkSpec::Alertmanager { url, .. } => {
+                    Some((format!("sinks[{i}].url"), url.as_str()))
+                }
+                _ => None,
+            })
+            .collect();
+        http_urls.extend(s.suspend.url.as_deref().map(|u| ("suspend.url".to_string(), u)));
+        http_urls.extend(
+            s.service
+                .advertise_url
+                .as_deref()
+                .map(|u| ("service.advertise_url".to_string(), u)),
+        );
+        for (key, url) in http_urls {
+            if !is_http_url(url) {
+                self.check(
+                    &key,
+                    "expected an http:// or https:// URL with a host, without spaces".into(),
+                );
             }
         }
         let url = &s.store.url;

@@ -593,3 +593,23 @@ fn warnings_are_listed_after_the_errors() {
     assert_eq!(json["problems"][0]["column"], 1);
     assert_eq!(json["problems"][0]["key"], "engine.dry_rnu");
 }
+
+#[test]
+fn a_url_cvguard_would_call_is_checked_and_left_out_of_the_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[suspend]\nurl = \"platform.example/suspend\"\n[service]\nadvertise_url = \"http://:8088\"\n[[sinks]]\nkind = \"webhook\"\nurl = \"not a url with password=LEAKME\"\n[[sinks]]\nkind = \"alertmanager\"\nurl = \"https://am.example:9093\"\n{RULE}"
+    );
+    let err = load_text(dir.path(), &text).unwrap_err();
+    let mut keys: Vec<&str> = err.issues.iter().filter_map(|i| i.key.as_deref()).collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        vec!["service.advertise_url", "sinks[0].url", "suspend.url"],
+        "{err}"
+    );
+    assert!(!err.to_string().contains("LEAKME"), "{err}");
+    for good in ["http://x", "https://user:pw@host:1/p?q=1", "http://[::1]:8088"] {
+        assert!(super::is_http_url(good), "{good}");
+    }
+}

@@ -71,7 +71,7 @@ impl SnapshotStore {
         };
         fs::create_dir_all(&self.dir).map_err(io)?;
         let tmp = path.with_extension("snap.tmp");
-        {
+        let written = (|| {
             let file = File::create(&tmp).map_err(io)?;
             let mut w = BufWriter::with_capacity(1 << 20, file);
             let header = SnapshotHeader {
@@ -85,9 +85,13 @@ impl SnapshotStore {
             serde_json::to_writer(&mut w, engines).map_err(|e| io(e.into()))?;
             let file = w.into_inner().map_err(|e| io(e.into_error()))?;
             file.sync_all().map_err(io)?;
+            fs::rename(&tmp, &path).map_err(io)
+        })();
+        if written.is_err() {
+            // A half-written file (a full disk) must not hold on to the space that is short.
+            let _ = fs::remove_file(&tmp);
         }
-        fs::rename(&tmp, &path).map_err(io)?;
-        Ok(())
+        written
     }
 
     /// Reads a snapshot; `Ok(None)` when there is none.
@@ -181,6 +185,20 @@ impl SnapshotStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_snapshot_that_cannot_be_put_in_place_leaves_no_half_file_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::new(dir.path());
+        // Its place is taken by a folder: the rename fails, as a write on a full disk would.
+        std::fs::create_dir(store.path("p")).unwrap();
+        assert!(store.save("p", 5, &[snap()]).is_err());
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .collect();
+        assert_eq!(left, vec!["p.snap".to_string()], "only the folder in its way");
+    }
 
     fn snap() -> EngineSnapshot {
         EngineSnapshot {

@@ -24,8 +24,12 @@ use crate::{Detection, Effects, Health, Metrics};
 
 /// How often the watchdog looks.
 const TICK: Duration = Duration::from_secs(1);
-/// How long a store query of the watchdog may take before the store counts as unreachable.
+/// How long a store query of the watchdog may take before it counts as unanswered.
 const STORE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long pings must go unanswered before the store counts as unreachable: a store
+/// busy with a harvest's writes answers late now and then, and an alarm that flaps with
+/// load teaches a SOC to ignore it. A failed write raises it at once.
+const STORE_UNANSWERED_FOR_MS: i64 = 10_000;
 
 /// What the watchdog needs.
 pub struct WatchdogOptions {
@@ -49,6 +53,8 @@ pub struct Watchdog {
     file: PathBuf,
     /// Sources with a watermark series, to remove those that go away.
     exported: BTreeSet<String>,
+    /// Since when (epoch ms) the store's pings have gone unanswered.
+    unanswered_since: Option<i64>,
 }
 
 /// `GET /v1/health`: the alarms and each partition's or part's progress.
@@ -104,6 +110,7 @@ impl Watchdog {
             state,
             file,
             exported: BTreeSet::new(),
+            unanswered_since: None,
         };
         w.export(wall_clock_ms());
         w
@@ -128,7 +135,7 @@ impl Watchdog {
         }
     }
 
-    async fn observe(&self) -> Observation {
+    async fn observe(&mut self) -> Observation {
         let h = &self.o.health;
         let counts = self.o.detection.event_counts();
         let lags = lags(&self.o.metrics);
@@ -155,6 +162,15 @@ impl Watchdog {
         let answers = tokio::time::timeout(STORE_TIMEOUT, self.o.store.ping())
             .await
             .unwrap_or(false);
+        let now = wall_clock_ms();
+        self.unanswered_since = if answers {
+            None
+        } else {
+            Some(self.unanswered_since.unwrap_or(now))
+        };
+        let unreachable = self
+            .unanswered_since
+            .is_some_and(|t| now - t >= STORE_UNANSWERED_FOR_MS);
         Observation {
             connected: h.source_connected.load(Ordering::Relaxed)
                 && h.started.load(Ordering::Relaxed)
@@ -165,7 +181,7 @@ impl Watchdog {
             sources,
             sinks,
             oldest_waiting_call_ms: waiting,
-            store_failing: h.store_failing.load(Ordering::Relaxed) || !answers,
+            store_failing: h.store_failing.load(Ordering::Relaxed) || unreachable,
         }
     }
 

@@ -25,14 +25,15 @@ enum Sub {
         /// Config file whose `[store] url` to read. Without it, the shipped default's.
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Only incidents in this status (the API's `status` filter, the same words).
-        #[arg(long, value_enum)]
-        status: Option<ListStatus>,
+        /// Only incidents in this status: open, acknowledged, resolved or false_positive
+        /// (the API's `status` filter, read by the same parser).
+        #[arg(long, value_parser = cvguard_api::filters::parse_status)]
+        status: Option<&'static str>,
         /// Only incidents of this rule.
         #[arg(long)]
         rule: Option<String>,
-        /// How many, at most (1 to 1000, as the API's `limit`).
-        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..=1000))]
+        /// How many, at most (1 to 1000, as the API's `limit`, read by the same parser).
+        #[arg(long, default_value = "50", value_parser = cvguard_api::filters::parse_limit)]
         limit: i64,
         /// `table` for people, `json` for programs.
         #[arg(short = 'o', long = "output", alias = "format", value_enum, default_value = "table")]
@@ -86,26 +87,6 @@ enum Status {
     Resolved,
     #[value(name = "false_positive", alias = "false-positive")]
     FalsePositive,
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum ListStatus {
-    Open,
-    Acknowledged,
-    Resolved,
-    #[value(name = "false_positive", alias = "false-positive")]
-    FalsePositive,
-}
-
-impl ListStatus {
-    fn as_str(self) -> &'static str {
-        match self {
-            ListStatus::Open => "open",
-            ListStatus::Acknowledged => "acknowledged",
-            ListStatus::Resolved => "resolved",
-            ListStatus::FalsePositive => "false_positive",
-        }
-    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -172,7 +153,7 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
         } => {
             let (rt, store) = open(config)?;
             let filter = IncidentFilter {
-                status: status.map(|s| s.as_str().to_string()),
+                status: status.map(str::to_string),
                 rule,
                 limit,
                 ..IncidentFilter::default()
@@ -190,11 +171,11 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
                         writeln!(
                             out,
                             "{:<18} {:<15} {:<20} {:<12} {:<18} {:>8} {:<8} {:>9} {:>9}  {}",
-                            i.id,
+                            printable(&i.id),
                             i.status,
-                            i.rule,
+                            printable(&i.rule),
                             i.key_kind,
-                            i.key,
+                            printable(&i.key),
                             i.latest_value,
                             if i.suspended { "SUSPENDED" } else { i.action.as_str() },
                             i.cvs_by_visibility.named,
@@ -288,7 +269,7 @@ fn show_table(out: &mut impl Write, d: &cvguard_store::IncidentDetail) -> io::Re
         ),
         ("notify authority by", i.notify_authority_by.clone()),
     ] {
-        writeln!(out, "{field:<20} {value}")?;
+        writeln!(out, "{field:<20} {}", printable(&value))?;
     }
     for a in &d.actions {
         // A detail may start with its outcome ("allowlisted: alert only"): said once.
@@ -296,15 +277,56 @@ fn show_table(out: &mut impl Write, d: &cvguard_store::IncidentDetail) -> io::Re
         writeln!(
             out,
             "action               {} {} {} {}: {}",
-            a.at, a.action, a.target, a.outcome, detail
+            a.at,
+            a.action,
+            printable(&a.target),
+            a.outcome,
+            printable(detail)
         )?;
     }
     for h in &d.history {
         writeln!(
             out,
             "history              {} {} {}: {}",
-            h.at, h.actor, h.change, h.note
+            h.at,
+            printable(&h.actor),
+            printable(&h.change),
+            printable(&h.note)
         )?;
     }
     Ok(())
+}
+
+/// Text from outside (account ids, notes) as a terminal may show it: control characters
+/// and bidirectional overrides escaped, so a key cannot forge a row, recolour the screen
+/// or reverse what follows it.
+fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !text.chars().any(unsafe_char) {
+        return text.into();
+    }
+    text.chars()
+        .map(|c| {
+            if unsafe_char(c) {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn outside_text_cannot_forge_rows_or_steer_the_terminal() {
+        assert_eq!(printable("harvester-1"), "harvester-1");
+        assert_eq!(printable("caf\u{e9} \u{5bb6}"), "caf\u{e9} \u{5bb6}");
+        let forged = printable("\u{1b}[31mEVIL\nffff resolved\u{202e}x\0");
+        assert!(!forged.chars().any(|c| c.is_control() || c == '\u{202e}'), "{forged}");
+        assert_eq!(forged, "\\u{1b}[31mEVIL\\u{a}ffff resolved\\u{202e}x\\u{0}");
+    }
 }

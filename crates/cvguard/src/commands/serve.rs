@@ -44,7 +44,7 @@ impl PidFile {
     /// Refuses a file that names another live process: `kill $(cat FILE)` must reach the
     /// service that wrote it, not whichever started last.
     fn write(path: PathBuf) -> anyhow::Result<PidFile> {
-        if let Some(pid) = read_pid(&path).filter(|&p| p != std::process::id() && alive(p)) {
+        if let Some(pid) = read_pid(&path).filter(|&p| p != std::process::id() && running_cvguard(p)) {
             anyhow::bail!(
                 "the pid file {} names process {pid}, which is running; stop it or choose another --pidfile",
                 path.display()
@@ -72,9 +72,15 @@ fn read_pid(path: &Path) -> Option<u32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
-/// Whether a process with this id exists (Linux: its /proc entry).
-fn alive(pid: u32) -> bool {
-    Path::new("/proc").join(pid.to_string()).exists()
+/// Whether a cvguard process with this id runs (Linux: its /proc entry's program name).
+/// After a crash the file's pid may have gone to another program (pid 1 in a container):
+/// that is a stale file, not a running service.
+fn running_cvguard(pid: u32) -> bool {
+    std::fs::read(Path::new("/proc").join(pid.to_string()).join("cmdline")).is_ok_and(|cmdline| {
+        let program = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+        let name = program.rsplit(|b| *b == b'/').next().unwrap_or_default();
+        name.starts_with(b"cvguard")
+    })
 }
 
 pub fn run(args: Args) -> Result<ExitCode, Failure> {
