@@ -436,3 +436,58 @@ fn a_missing_history_is_66_and_an_empty_one_65() {
     ]);
     assert_eq!(out.status.code(), Some(64));
 }
+
+/// A harvester that reads 100,000 CVs one view at a time, long after it is decided: its
+/// incident's curve keeps at most 256 points (`crates/cvguard-workbench/src/curve.rs`),
+/// passes through the decision at the CVs exposed, and ends at the window's last count.
+/// The backtest holds no CV id for it, so its memory is the engine's window state.
+#[test]
+fn a_100000_cv_harvest_keeps_its_incident_curve_within_256_points() {
+    const CVS: i64 = 100_000;
+    const T0: i64 = 1_714_802_400_000; // 2024-05-04T06:00:00Z
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cvguard.toml");
+    std::fs::write(
+        &config,
+        r#"[[rules]]
+name = "mass-harvest-24h"
+actions = ["cv_view"]
+group_by = "account_id"
+measure = "distinct_cvs"
+window = "24h"
+threshold = 4000
+response = "suspend"
+severity = "critical"
+"#,
+    )
+    .unwrap();
+    // One view every 400 ms: 11 hours, every CV still in the 24-hour window at the end.
+    let events: String = (0..CVS)
+        .map(|i| {
+            format!(
+                "{{\"ts\":{},\"account_id\":\"harvester\",\"action\":\"cv_view\",\"cv_id\":\"cv-{i:06}\"}}\n",
+                T0 + i * 400
+            )
+        })
+        .collect();
+    let input = dir.path().join("events.ndjson");
+    std::fs::write(&input, events).unwrap();
+    let out = backtest(&["--config", config.to_str().unwrap(), "--input", input.to_str().unwrap()]);
+    let incidents = out["candidate"]["incidents"].as_array().unwrap();
+    assert_eq!(incidents.len(), 1, "{incidents:?}");
+    let inc = &incidents[0];
+    let series: Vec<(i64, u64)> = serde_json::from_value(inc["series"].clone()).unwrap();
+    assert!(series.len() <= 256, "{} points", series.len());
+    assert!(series.len() >= 100, "still a curve: {} points", series.len());
+    let decided = (
+        inc["decided_at_ms"].as_i64().unwrap(),
+        inc["cvs_exposed"].as_u64().unwrap(),
+    );
+    assert_eq!(decided, (T0 + 3_999 * 400, 4_000));
+    assert!(series.contains(&decided), "the decision is on the curve");
+    assert_eq!(series.last(), Some(&(T0 + (CVS - 1) * 400, CVS as u64)));
+    assert!(
+        series.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+        "{series:?}"
+    );
+}

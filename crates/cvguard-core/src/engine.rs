@@ -512,6 +512,11 @@ pub struct IncidentUpdate {
     pub value: Option<u64>,
     pub event_time_ms: Millis,
     pub cvs: Vec<Exposure>,
+    /// The distinct CVs of the window the incident reports on (the alert's
+    /// `evidence.distinct_cvs`) after the event: the engine's own count, so a curve of the
+    /// incident needs no CV ids. `None` for a late event and for a key kind without a
+    /// distinct-CV window.
+    pub cvs_in_window: Option<u64>,
 }
 
 /// An event's evidence values with their hashes, computed once for all its keys.
@@ -1083,6 +1088,7 @@ impl Engine {
                         value: Some(value),
                         event_time_ms: ev.ts,
                         cvs: event_exposure(ev, sec),
+                        cvs_in_window: reported_count(&key, layout, w),
                     });
                 }
             } else {
@@ -1112,6 +1118,7 @@ impl Engine {
                         value: Some(value),
                         event_time_ms: ev.ts,
                         cvs,
+                        cvs_in_window: alert.evidence.distinct_cvs,
                     });
                 }
                 out.push(alert);
@@ -1154,6 +1161,7 @@ impl Engine {
                         value: None,
                         event_time_ms: ev.ts,
                         cvs: event_exposure(ev, sec),
+                        cvs_in_window: None,
                     });
                 }
             }
@@ -1538,6 +1546,11 @@ fn build_alert(view: &KeyView<'_>, w: usize, rule: &Rule, ev: &Event<'_>) -> (Al
         event_time_ms: ev.ts,
     };
     (alert, id)
+}
+
+/// The distinct CVs of the window an alert of rule `w` reports on (`KindLayout::reported`).
+fn reported_count(key: &KeyRef<'_>, layout: &KindLayout, w: usize) -> Option<u64> {
+    layout.reported(w).map(|(g, i)| key.distinct_value(layout, g, i))
 }
 
 /// The CVs of one event, as exposures.

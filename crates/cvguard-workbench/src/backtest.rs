@@ -12,11 +12,9 @@ use cvguard_respond::rails::Rails;
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::Serialize;
 
+use crate::curve::Curve;
 use crate::labels::Labels;
 use crate::ledger::{Ledger, Recorded};
-
-/// Points kept of an incident's curve of cumulative distinct CVs (enough for a chart).
-const SERIES_POINTS: usize = 160;
 
 /// One config to backtest.
 pub struct Setup {
@@ -56,8 +54,10 @@ pub struct Incident {
     pub cvs_exposed: Option<u64>,
     /// Later crossings of the same (rule, key) that joined this open incident.
     pub joined: u64,
-    /// The key's cumulative distinct CVs over time, `[epoch ms, count]`: those in the
-    /// window at the decision by first access, then each new one after (downsampled).
+    /// The key's distinct CVs over time, `[epoch ms, count]`, at most
+    /// [`crate::curve::POINTS`] points: up to the decision, the CVs in the window then by
+    /// first access, ending at `cvs_exposed`; after it, the window's count after each
+    /// later event on the key while the rule stays crossed (thinned evenly).
     pub series: Vec<(i64, u64)>,
 }
 
@@ -191,8 +191,8 @@ struct Run {
     incidents: Vec<Incident>,
     /// Alert id (the crossing's and those that joined) -> incident, for exposure updates.
     by_alert: FxHashMap<String, usize>,
-    /// Per incident: the CVs counted in its series so far.
-    seen_cvs: Vec<FxHashSet<String>>,
+    /// Per incident: its curve so far (bounded; see `curve.rs`).
+    curves: Vec<Curve>,
     alerts_by_rule: FxHashMap<String, u64>,
     alerts_per_day: BTreeMap<String, BTreeMap<String, u64>>,
     first_ms: Option<i64>,
@@ -210,7 +210,7 @@ impl Run {
             ledger: Ledger::new(setup.rails, &setup.unsuspends),
             incidents: Vec::new(),
             by_alert: FxHashMap::default(),
-            seen_cvs: Vec::new(),
+            curves: Vec::new(),
             alerts_by_rule: FxHashMap::default(),
             alerts_per_day: BTreeMap::new(),
             first_ms: None,
@@ -252,7 +252,7 @@ impl Run {
                         Vec::new()
                     };
                     self.by_alert.insert(alert.alert_id.clone(), incident);
-                    self.seen_cvs.push(FxHashSet::default());
+                    self.curves.push(Curve::default());
                     self.incidents.push(Incident {
                         id: alert.alert_id.clone(),
                         rule: alert.rule.clone(),
@@ -281,30 +281,26 @@ impl Run {
         }
     }
 
-    /// Extends an incident's curve with the CVs first seen in `update`.
+    /// Extends an incident's curve: the crossing's update draws the window up to the
+    /// decision, each later one adds the window's count after its event.
     fn note_update(&mut self, update: IncidentUpdate) {
         let Some(&i) = self.by_alert.get(&update.incident_id) else {
             return;
         };
-        let seen = &mut self.seen_cvs[i];
-        let series = &mut self.incidents[i].series;
-        let mut cvs = update.cvs;
-        cvs.sort_by_key(|c| c.first_access_ms);
-        for cv in cvs {
-            if seen.insert(cv.cv_id) {
-                let n = seen.len() as u64;
-                match series.last_mut() {
-                    Some(last) if last.0 == cv.first_access_ms => last.1 = n,
-                    _ => series.push((cv.first_access_ms, n)),
-                }
-            }
+        let curve = &mut self.curves[i];
+        if !curve.is_decided() {
+            let mut firsts: Vec<i64> = update.cvs.iter().map(|c| c.first_access_ms).collect();
+            let at_decision = update.cvs_in_window.unwrap_or(firsts.len() as u64);
+            curve.decide(&mut firsts, (update.event_time_ms, at_decision));
+        } else if let Some(n) = update.cvs_in_window {
+            curve.push(update.event_time_ms, n);
         }
     }
 
     fn finish(mut self, labels: Option<&Labels>) -> ConfigResult {
         let rules = self.engine.rules().clone();
-        for inc in &mut self.incidents {
-            inc.series = downsample(&inc.series, inc.decided_at_ms, SERIES_POINTS);
+        for (inc, curve) in self.incidents.iter_mut().zip(std::mem::take(&mut self.curves)) {
+            inc.series = curve.into_points();
         }
         let positives = labels.map(Labels::positives);
         let mut figures = Vec::new();
@@ -416,22 +412,6 @@ fn score(incidents: &[&Incident], positives: &FxHashSet<(String, String)>, kind:
         false_positive_keys: if list { fp } else { Vec::new() },
         missed_keys: if list { missed } else { Vec::new() },
     }
-}
-
-/// At most `n` points of a step curve, always keeping the first, the last and the one at
-/// the decision.
-pub fn downsample(series: &[(i64, u64)], decided_ms: i64, n: usize) -> Vec<(i64, u64)> {
-    if series.len() <= n || n < 3 {
-        return series.to_vec();
-    }
-    let step = series.len().div_ceil(n - 2);
-    let decision = series.iter().rposition(|p| p.0 <= decided_ms);
-    series
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| i % step == 0 || *i == series.len() - 1 || Some(*i) == decision)
-        .map(|(_, p)| *p)
-        .collect()
 }
 
 /// The backtest: feed it every line of the history, then [`Backtest::finish`].
@@ -590,20 +570,4 @@ pub fn diff(candidate: &ConfigResult, baseline: &ConfigResult) -> Diff {
     d.newly_suspended = cs.difference(&bs).cloned().collect();
     d.no_longer_suspended = bs.difference(&cs).cloned().collect();
     d
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn downsampling_keeps_the_ends_and_the_decision() {
-        let s: Vec<(i64, u64)> = (0..1000).map(|i| (i * 10, i as u64 + 1)).collect();
-        let d = downsample(&s, 5_555, 50);
-        assert!(d.len() <= 52, "{}", d.len());
-        assert_eq!(d.first(), s.first());
-        assert_eq!(d.last(), s.last());
-        assert!(d.contains(&(5_550, 556)));
-        assert!(d.windows(2).all(|w| w[0].0 < w[1].0));
-    }
 }

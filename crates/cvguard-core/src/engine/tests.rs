@@ -570,12 +570,18 @@ fn incident_updates_record_every_exposed_cv_from_the_window_start() {
         "the whole window up to the crossing"
     );
     assert_eq!(updates[0].cvs[1].action, "cv_view", "first access of cv 2");
+    assert_eq!(
+        updates[0].cvs_in_window,
+        Some(5),
+        "the window's count, the alert's distinct_cvs"
+    );
     // While still firing, each event adds its CVs (the store keeps first accesses).
     send(&mut e, 3, "a", "cv_view", &["6", "1"]);
     let later = e.take_updates();
     assert_eq!(later.len(), 1);
     assert_eq!(later[0].incident_id, fired[0].alert_id);
     assert_eq!(later[0].value, Some(6));
+    assert_eq!(later[0].cvs_in_window, Some(6), "cv 1 again counts once");
     assert_eq!(
         later[0].cvs.iter().map(|x| x.cv_id.as_str()).collect::<Vec<_>>(),
         vec!["6", "1"]

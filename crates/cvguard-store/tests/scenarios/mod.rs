@@ -121,6 +121,7 @@ pub async fn exposed_cvs_are_kept_once_with_first_access_and_counted(store: &Sto
             cv("cv-2", T0 + 500, "cv_download", Visibility::Named),
             cv("cv-3", T0 + 900, "cv_download", Visibility::Unknown),
         ],
+        cvs_in_window: Some(3),
     };
     // cv-1 again later, named now: keeps its first access, becomes named. cv-4 is new.
     let second = IncidentUpdate {
@@ -131,6 +132,7 @@ pub async fn exposed_cvs_are_kept_once_with_first_access_and_counted(store: &Sto
             cv("cv-1", T0 + 2000, "cv_download", Visibility::Named),
             cv("cv-4", T0 + 2000, "cv_download", Visibility::Anonymous),
         ],
+        cvs_in_window: Some(4),
     };
     store.apply_updates(&[first], T0 + 1000).await.unwrap();
     store.apply_updates(&[second], T0 + 2000).await.unwrap();
@@ -167,6 +169,7 @@ pub async fn exposed_cvs_are_kept_once_with_first_access_and_counted(store: &Sto
         value: None,
         event_time_ms: T0 + 2000,
         cvs: vec![cv("cv-5", T0 + 2000, "cv_view", Visibility::Unknown)],
+        cvs_in_window: None,
     };
     store.apply_updates(&[late], T0 + 3000).await.unwrap();
     let i = store.get("inc-2").await.unwrap().unwrap().incident;
@@ -187,6 +190,7 @@ pub async fn a_large_exposure_is_stored_incrementally(store: &Store) {
                     value: Some(1000 * (batch as u64 + 1)),
                     event_time_ms: T0 + batch,
                     cvs,
+                    cvs_in_window: None,
                 }],
                 T0,
             )
@@ -430,6 +434,7 @@ pub async fn a_crossing_for_an_open_rule_and_key_joins_its_incident(store: &Stor
                 value: Some(4300),
                 event_time_ms: T0 + 4_000_500,
                 cvs: vec![cv("cv-late", T0 + 4_000_500, "cv_download", Visibility::Named)],
+                cvs_in_window: None,
             }],
             T0 + 20,
         )
@@ -498,6 +503,7 @@ pub async fn running_counts_match_the_stored_list(store: &Store) {
                 value: Some(batch as u64),
                 event_time_ms: T0 + batch * 10 + u,
                 cvs,
+                cvs_in_window: None,
             });
         }
         store.apply_updates(&updates, T0).await.unwrap();
