@@ -9,7 +9,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Instant;
 
-use cvguard_benches::{live_heap_bytes, rss, shipped_rules, single_cv_lines, CountingAlloc};
+use cvguard_benches::{live_heap_bytes, plain_parse_rate, rss, shipped_rules, single_cv_lines, CountingAlloc};
 
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc;
@@ -33,32 +33,6 @@ fn mixed_traffic() -> Vec<u8> {
     let mut out = Vec::new();
     cvguard_sim::write_events(&cfg, &population, &mut out).expect("in memory");
     out
-}
-
-/// A plain serde_json parse of the contract into borrowed fields: the anchor the
-/// engine is compared with.
-fn plain_parse_rate(lines: &[&[u8]]) -> f64 {
-    #[derive(serde::Deserialize)]
-    #[allow(dead_code)]
-    struct Ev<'a> {
-        ts: serde_json::Value,
-        #[serde(borrow)]
-        account_id: &'a str,
-        #[serde(borrow)]
-        action: &'a str,
-        #[serde(borrow, default)]
-        cv_id: Option<&'a str>,
-        #[serde(borrow, default)]
-        cv_ids: Vec<&'a str>,
-    }
-    let t = Instant::now();
-    let mut n = 0usize;
-    for l in lines {
-        if serde_json::from_slice::<Ev<'_>>(l).is_ok() {
-            n += 1;
-        }
-    }
-    n as f64 / t.elapsed().as_secs_f64()
 }
 
 struct Run {

@@ -51,6 +51,32 @@ pub fn single_cv_lines(n: usize, accounts: u64, cvs: u64, step_ms: i64, seed: u6
     out
 }
 
+/// A plain serde_json parse of the contract into borrowed fields, events/s: the anchor
+/// every figure of docs/PERFORMANCE.md is read against.
+pub fn plain_parse_rate(lines: &[&[u8]]) -> f64 {
+    #[derive(serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Ev<'a> {
+        ts: serde_json::Value,
+        #[serde(borrow)]
+        account_id: &'a str,
+        #[serde(borrow)]
+        action: &'a str,
+        #[serde(borrow, default)]
+        cv_id: Option<&'a str>,
+        #[serde(borrow, default)]
+        cv_ids: Vec<&'a str>,
+    }
+    let t = std::time::Instant::now();
+    let mut n = 0usize;
+    for l in lines {
+        if serde_json::from_slice::<Ev<'_>>(l).is_ok() {
+            n += 1;
+        }
+    }
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
 /// Resident set size and its peak, in bytes, from /proc/self/status.
 pub fn rss() -> (u64, u64) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
