@@ -63,12 +63,14 @@ run: build-release
 post-demo:
 	scripts/post-events.sh data/demo/events.ndjson
 
-## Microbenchmarks (criterion) and the end-to-end benchmark; figures in docs/PERFORMANCE.md.
+## Microbenchmarks (criterion), the end-to-end benchmarks and the workbench's month (replay and a
+## two-config backtest of the release binary, about a minute); figures in docs/PERFORMANCE.md.
 bench: build-release kafka-up
 	$(CARGO) bench -p cvguard-benches --bench micro -- --warm-up-time 1 --measurement-time 3
 	$(CARGO) bench -p cvguard-benches --bench e2e
 	$(CARGO) bench -p cvguard-benches --bench kafka
 	scripts/bench-ingest.sh
+	$(CARGO) bench -p cvguard-benches --bench workbench
 
 clean:
 	$(CARGO) clean
