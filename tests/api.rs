@@ -721,7 +721,35 @@ fn the_console_endpoints_count_stream_explain_rank_and_refuse_cross_site_changes
         .1;
     let points = timeline["points"].as_array().unwrap();
     assert!(!points.is_empty() && points.len() <= 500);
+    // The harvest fits in the 24-hour window: the line ends at every CV exposed, and at
+    // the crossing it is the value the engine decided at.
     assert_eq!(points.last().unwrap()["value"], (exposed.lines().count() - 1) as u64);
+    let at_crossing = points
+        .iter()
+        .find(|p| p["at"] == timeline["crossed_at"])
+        .unwrap_or_else(|| panic!("no point at the crossing: {timeline}"));
+    assert_eq!(at_crossing["value"], 4000);
+    // The one-hour rule's line counts its window only: the harvest outlasts an hour, so
+    // its last point is below the CVs the incident exposed in all.
+    let burst = api.json("viewer", "/v1/incidents?rule=download-burst-1h&key=harvester-1");
+    let burst_id = burst["incidents"][0]["id"].as_str().unwrap().to_string();
+    let burst_line = api.json("viewer", &format!("/v1/incidents/{burst_id}/timeline"));
+    let burst_all = api
+        .call(
+            Some("viewer"),
+            "GET",
+            &format!("/v1/incidents/{burst_id}/affected.csv"),
+            b"",
+        )
+        .1
+        .lines()
+        .count() as u64
+        - 1;
+    let last = burst_line["points"].as_array().unwrap().last().unwrap()["value"]
+        .as_u64()
+        .unwrap();
+    assert!(last < burst_all, "{last} of {burst_all}: {burst_line}");
+    assert_eq!(burst_line["window"], "1h");
     assert_eq!(timeline["threshold"], detail["threshold"]);
     assert_eq!(timeline["value_at_detection"], 4000);
     assert_eq!(timeline["crossed_at"], "2024-05-04T05:01:45.000Z", "batch 19's time");
@@ -751,13 +779,40 @@ fn the_console_endpoints_count_stream_explain_rank_and_refuse_cross_site_changes
         .0,
         400
     );
+    let long = format!("{{\"note\":\"{}\"}}", "x".repeat(20_000));
+    let (code, text) = api.call(
+        Some("responder"),
+        "POST",
+        &format!("/v1/incidents/{id}/note"),
+        long.as_bytes(),
+    );
+    assert_eq!(code, 413, "a note is bounded before it is read: {text}");
+    // An event's id is its change: `<epoch ms>-<incident id>`, read strictly after.
+    let change = |event_id: &str| -> (i64, String) {
+        let (at, incident) = event_id.split_once('-').unwrap();
+        (at.parse().unwrap(), incident.to_string())
+    };
+    assert_eq!(change(&change_id).1, id);
     let again = read_stream(port, &viewer, Some(&change_id), |evs| {
         evs.iter()
-            .any(|(_, i, d)| i.as_str() > change_id.as_str() && d.contains(&id))
+            .any(|(_, i, d)| change(i) > change(&change_id) && d.contains(&id))
     });
-    assert!(again
-        .iter()
-        .all(|(_, i, _)| i.parse::<i64>().unwrap() >= change_id.parse::<i64>().unwrap()));
+    assert!(
+        again.iter().all(|(_, i, _)| change(i) > change(&change_id)),
+        "{again:?}"
+    );
+    for bad in ["-5", "x-y", "12-", "abc"] {
+        let auth = format!("Bearer {viewer}");
+        let (code, _) = http_with(
+            port,
+            "GET",
+            "/v1/incidents/stream",
+            &[("Authorization", auth.as_str()), ("Last-Event-ID", bad)],
+            b"",
+        )
+        .unwrap();
+        assert_eq!(code, 400, "Last-Event-ID {bad}");
+    }
 
     // Any key kind, and the keys nearest a threshold: the harvester's IP and account top
     // it, with the values the key view reports.

@@ -77,6 +77,15 @@ impl Tokens {
         if self.is_empty() {
             // No tokens configured: loopback clients only, with every role. An IPv4 client
             // of a `[::]` listener arrives as ::ffff:a.b.c.d, so compare its canonical form.
+            // A page on another site can make a browser here send requests to a name of its
+            // own that it points at 127.0.0.1 (DNS rebinding): answer only requests
+            // addressed to an IP or `localhost`.
+            if !addressed_to_this_host(headers) {
+                return Err((
+                    StatusCode::FORBIDDEN,
+                    "no API tokens are configured: only requests addressed to an IP address or localhost are answered",
+                ));
+            }
             return if peer.ip().to_canonical().is_loopback() {
                 Ok(Caller {
                     name: "loopback".into(),
@@ -159,7 +168,31 @@ impl<R: Needs> FromRequestParts<crate::ApiState> for RequireRole<R> {
 fn cross_site_change(parts: &Parts) -> bool {
     let safe = matches!(parts.method, axum::http::Method::GET | axum::http::Method::HEAD);
     let site = parts.headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
-    !safe && matches!(site, Some("cross-site") | Some("same-site"))
+    // Browsers without Sec-Fetch-Site still send Origin on a cross-origin POST.
+    let origin = parts
+        .headers
+        .get(axum::http::header::ORIGIN)
+        .and_then(|v| v.to_str().ok());
+    let host = parts
+        .headers
+        .get(axum::http::header::HOST)
+        .and_then(|v| v.to_str().ok());
+    let foreign_origin = origin.is_some_and(|o| o == "null" || o.split_once("://").map(|(_, a)| a) != host);
+    !safe && (matches!(site, Some("cross-site") | Some("same-site")) || foreign_origin)
+}
+
+/// Whether the request's `Host` is an IP address or `localhost` (any port), as a client
+/// of this machine would write it; a missing Host (HTTP/1.0) counts as such.
+fn addressed_to_this_host(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(axum::http::header::HOST) else {
+        return true;
+    };
+    let Ok(host) = host.to_str() else { return false };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
 }
 
 /// A fresh random token (32 bytes from the OS, hex) and its SHA-256.
@@ -175,6 +208,71 @@ pub fn new_token() -> std::io::Result<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parts(method: &str, headers: &[(&str, &str)]) -> Parts {
+        let mut req = axum::http::Request::builder().method(method).uri("/v1/incidents/x/ack");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn a_browser_request_from_another_origin_may_not_change_anything() {
+        let host = ("host", "127.0.0.1:8088");
+        assert!(
+            !cross_site_change(&parts("POST", &[host])),
+            "curl, a platform: no browser headers"
+        );
+        assert!(!cross_site_change(&parts(
+            "POST",
+            &[host, ("origin", "http://127.0.0.1:8088")]
+        )));
+        assert!(!cross_site_change(&parts(
+            "POST",
+            &[host, ("sec-fetch-site", "same-origin")]
+        )));
+        for foreign in [
+            vec![host, ("sec-fetch-site", "cross-site")],
+            vec![host, ("sec-fetch-site", "same-site")],
+            vec![host, ("origin", "http://evil.example")],
+            vec![host, ("origin", "http://127.0.0.1:9999")],
+            vec![host, ("origin", "null")],
+        ] {
+            assert!(cross_site_change(&parts("POST", &foreign)), "{foreign:?}");
+            assert!(
+                !cross_site_change(&parts("GET", &foreign)),
+                "reads are not changes: {foreign:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn without_tokens_only_requests_addressed_to_an_ip_or_localhost_are_answered() {
+        let t = Tokens::new(&[]);
+        let peer: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let with_host = |host: &str| {
+            let mut m = HeaderMap::new();
+            m.insert("host", host.parse().unwrap());
+            m
+        };
+        for ok in [
+            "127.0.0.1:8088",
+            "localhost:8088",
+            "LOCALHOST",
+            "[::1]:8088",
+            "10.1.2.3",
+        ] {
+            assert!(t.authorize(&with_host(ok), peer, Role::Admin).is_ok(), "{ok}");
+        }
+        for rebound in ["evil.example:8088", "evil.example", "127.0.0.1.nip.io:8088"] {
+            assert_eq!(
+                t.authorize(&with_host(rebound), peer, Role::Viewer).unwrap_err().0,
+                StatusCode::FORBIDDEN,
+                "{rebound}"
+            );
+        }
+    }
 
     #[test]
     fn tokens_map_to_roles_and_statuses() {

@@ -70,7 +70,11 @@ pub fn router(state: ApiState, max_body_bytes: usize) -> Router {
         .route("/v1/incidents/{id}", get(handlers::get_incident))
         .route("/v1/incidents/{id}/affected.csv", get(handlers::affected_csv))
         .route("/v1/incidents/{id}/timeline", get(incident_views::timeline))
-        .route("/v1/incidents/{id}/note", post(incident_views::add_note))
+        .route(
+            "/v1/incidents/{id}/note",
+            // A note's body is small: refused (413) before more than that is read.
+            post(incident_views::add_note).layer(DefaultBodyLimit::max(incident_views::MAX_NOTE_BYTES + 1024)),
+        )
         .route("/v1/incidents/{id}/{verb}", post(handlers::change_status))
         .route("/v1/accounts/{id}", get(handlers::account))
         .route("/v1/keys/closest", get(keys::closest))

@@ -333,12 +333,20 @@ export function incidentPage(main, id) {
   async function loadTimeline() {
     try {
       const t = await getJson(`/v1/incidents/${encodeURIComponent(id)}/timeline`);
+      if (!t.points || t.points.length === 0) {
+        // A rule that counts events or addresses: the exposure record has no such line.
+        fill(
+          timelineBox,
+          message("info", `This rule counts ${t.measure} (${t.window || "its window"}): no CV line to draw. Value at detection: ${fmtNumber(t.value_at_detection)} of ${fmtNumber(t.threshold)}.`),
+        );
+        return;
+      }
       fill(
         timelineBox,
         incidentChart(t),
         h(
           "p.muted",
-          `Distinct CVs the key touched, from its exposure record, against the threshold of ${fmtNumber(t.threshold)} (${t.threshold_source}). Value at detection: ${fmtNumber(t.value_at_detection)}.`,
+          `${t.rule}: distinct CVs first read inside its ${t.window || ""} window by its actions, from the exposure record, against the threshold of ${fmtNumber(t.threshold)} (${t.threshold_source}). Value at detection: ${fmtNumber(t.value_at_detection)}.`,
         ),
       );
     } catch (e) {

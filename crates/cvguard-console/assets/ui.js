@@ -23,10 +23,20 @@ export function h(spec, attrs, ...children) {
   return el;
 }
 
+// Bidirectional overrides and isolates in text from outside (an account id such as
+// "x\u202etxt.exe" shows as "xexe.txt") and other invisible controls are shown as
+// escapes, as the CLI's tables do.
+const HIDDEN = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u200e\u200f\u202a-\u202e\u2066-\u2069]/g;
+
+/** Text as it may be shown: invisible and direction-changing characters escaped. */
+export function visible(text) {
+  return String(text).replace(HIDDEN, (c) => `\\u{${c.codePointAt(0).toString(16)}}`);
+}
+
 function append(el, children) {
   for (const c of children.flat(Infinity)) {
     if (c === undefined || c === null || c === false) continue;
-    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+    el.append(c instanceof Node ? c : document.createTextNode(visible(c)));
   }
 }
 
@@ -140,7 +150,7 @@ const SVG = "http://www.w3.org/2000/svg";
 function s(tag, attrs, ...children) {
   const el = document.createElementNS(SVG, tag);
   for (const [k, v] of Object.entries(attrs || {})) el.setAttribute(k, String(v));
-  for (const c of children) el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  for (const c of children) el.append(c instanceof Node ? c : document.createTextNode(visible(c)));
   return el;
 }
 
@@ -156,7 +166,7 @@ function ticks(max, count) {
 }
 
 /**
- * The incident chart: the key's cumulative distinct CVs (a step line) against its
+ * The incident chart: the rule's window value for the key (a step line) against its
  * threshold (a dashed line), the crossing and the decision marked.
  */
 export function incidentChart(timeline) {

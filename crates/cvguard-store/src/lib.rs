@@ -571,6 +571,23 @@ impl Store {
         Ok(())
     }
 
+    /// Incidents changed after the change `(at, id)` (epoch ms, incident id), in the order
+    /// (change time, id): a cursor that never stops at a millisecond in which more than
+    /// `limit` incidents changed.
+    pub async fn changed_after(&self, at: i64, id: &str, limit: i64) -> Result<Vec<(i64, Incident)>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {INCIDENT_COLUMNS}, updated_at FROM incidents \
+             WHERE updated_at > $1 OR (updated_at = $2 AND id > $3) ORDER BY updated_at, id LIMIT $4"
+        ))
+        .bind(at)
+        .bind(at)
+        .bind(id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(change_from_row).collect()
+    }
+
     /// Incidents changed at or after `since` (epoch ms), oldest change first, with the
     /// time of each change: a feed for publishing their latest state.
     pub async fn changed_since(&self, since: i64, limit: i64) -> Result<Vec<(i64, Incident)>, StoreError> {
@@ -581,9 +598,7 @@ impl Store {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get::<i64, _>("updated_at")?, incident_from_row(r)?)))
-            .collect()
+        rows.iter().map(change_from_row).collect()
     }
 
     /// Every CV the incident exposed, one row per distinct CV, by first access.
@@ -937,6 +952,11 @@ async fn insert_cvs(conn: &mut AnyConnection, incident_id: &str, cvs: &[Exposure
     }
     q.execute(&mut *conn).await?;
     Ok(())
+}
+
+/// A change read from the incidents: its time (`updated_at`) and the incident.
+fn change_from_row(r: &AnyRow) -> Result<(i64, Incident), StoreError> {
+    Ok((r.try_get::<i64, _>("updated_at")?, incident_from_row(r)?))
 }
 
 async fn history(

@@ -301,6 +301,37 @@ pub async fn outbox_retries_leases_and_failures(store: &Store) {
     assert!(!d.incident.suspended);
 }
 
+/// The console's stream reads changes after a cursor: 300 incidents changed in one
+/// millisecond are all read, once each, in pages of 200, and a later change after them.
+pub async fn changes_are_read_after_a_cursor_however_many_share_a_millisecond(store: &Store) {
+    for i in 0..300 {
+        let mut a = alert(&format!("c-{i:03}"), &format!("acc-{i}"), "r1", 10);
+        a.action = AlertAction::Alert;
+        store.open_incident(&a, T0, &[]).await.unwrap();
+    }
+    let (mut at, mut id) = (T0 - 1, "\u{10ffff}".to_string());
+    let mut seen = Vec::new();
+    loop {
+        let page = store.changed_after(at, &id, 200).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 200);
+        for (t, i) in page {
+            (at, id) = (t, i.id.clone());
+            seen.push(i.id);
+        }
+    }
+    let expected: Vec<String> = (0..300).map(|i| format!("c-{i:03}")).collect();
+    assert_eq!(seen, expected);
+    store.add_note("c-007", "soc", "looked", T0 + 5).await.unwrap();
+    let after = store.changed_after(at, &id, 200).await.unwrap();
+    assert_eq!(
+        after.iter().map(|(t, i)| (*t, i.id.as_str())).collect::<Vec<_>>(),
+        vec![(T0 + 5, "c-007")]
+    );
+}
+
 pub async fn listing_filters_and_pages(store: &Store) {
     for i in 0..7 {
         let mut a = alert(
@@ -665,6 +696,11 @@ macro_rules! all_scenarios {
         async fn outbox_retries_leases_and_failures() {
             let (s, _g) = $fresh().await;
             scenarios::outbox_retries_leases_and_failures(&s).await;
+        }
+        #[tokio::test]
+        async fn changes_are_read_after_a_cursor_however_many_share_a_millisecond() {
+            let (s, _g) = $fresh().await;
+            scenarios::changes_are_read_after_a_cursor_however_many_share_a_millisecond(&s).await;
         }
         #[tokio::test]
         async fn listing_filters_and_pages() {

@@ -120,8 +120,9 @@ pub struct Observation {
     /// Events rejected since start; only ever grows.
     pub rejected: u64,
     pub sources: Vec<SourceObservation>,
-    /// Per alert sink: since when (ms) its deliveries fail, if its last one failed.
-    pub sinks: Vec<(String, Option<i64>)>,
+    /// Per alert sink: `None` nothing sent since this start (not known), `Some(None)` its
+    /// last delivery went through, `Some(Some(t))` its deliveries fail since `t` (ms).
+    pub sinks: Vec<(String, Option<Option<i64>>)>,
     /// When the oldest suspend call still waiting (pending or sending) was queued:
     /// `Some(None)` none waits, `None` the store did not answer.
     pub oldest_waiting_call_ms: Option<Option<i64>>,
@@ -304,7 +305,7 @@ pub fn evaluate(prev: &State, obs: &Observation, now_ms: i64, limits: &HealthLim
         stalled(&s, now_ms, since_start, limits),
         lag(&s, obs, since_start, limits),
         rejected(&s, obs, now_ms, since_start, limits),
-        sink_failing(obs, now_ms, limits),
+        sink_failing(obs, now_ms, since_start, limits),
         if obs.store_failing {
             Verdict::Firing("the incident store fails its writes or does not answer; decisions wait for it".into())
         } else {
@@ -450,26 +451,36 @@ fn rejected(s: &State, obs: &Observation, now_ms: i64, since_start: i64, limits:
     }
 }
 
-fn sink_failing(obs: &Observation, now_ms: i64, limits: &HealthLimits) -> Verdict {
+fn sink_failing(obs: &Observation, now_ms: i64, since_start: i64, limits: &HealthLimits) -> Verdict {
     let limit = ms(limits.sink_failing_for);
     let mut failing: Vec<String> = obs
         .sinks
         .iter()
-        .filter_map(|(name, since)| {
-            since
+        .filter_map(|(name, seen)| {
+            seen.flatten()
                 .filter(|t| now_ms - t >= limit)
                 .map(|t| format!("sink {name} failing for {}", secs(now_ms - t)))
         })
         .collect();
+    let mut not_yet = false;
     match obs.oldest_waiting_call_ms {
         Some(Some(t)) if now_ms - t >= limit => failing.push(format!(
             "a suspend webhook call has waited {} undelivered",
             secs(now_ms - t)
         )),
-        None if failing.is_empty() => return Verdict::Unknown,
-        _ => {}
+        Some(Some(_)) | None => not_yet = true,
+        Some(None) => {}
     }
-    if failing.is_empty() {
+    // Not fine either: a sink failing for less than the limit (a firing alarm is not
+    // resolved while it still fails, a new one waits for the limit), or, after a
+    // restart, a sink that has sent nothing yet (an episode firing before a crash waits
+    // one limit for it to fail again or deliver, rather than being resolved by counters
+    // that only just started).
+    not_yet |= obs.sinks.iter().any(|(_, seen)| matches!(seen, Some(Some(_))));
+    not_yet |= since_start < limit && obs.sinks.iter().any(|(_, seen)| seen.is_none());
+    if failing.is_empty() && not_yet {
+        Verdict::Unknown
+    } else if failing.is_empty() {
         Verdict::Fine
     } else {
         Verdict::Firing(format!(

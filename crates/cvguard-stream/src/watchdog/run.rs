@@ -152,7 +152,8 @@ impl Watchdog {
             .into_iter()
             .map(|(name, c)| {
                 let since = c.failing_since_ms.load(Ordering::Relaxed);
-                (name, (since > 0).then_some(since))
+                let tried = c.delivered.load(Ordering::Relaxed) + c.failed.load(Ordering::Relaxed) > 0 || since > 0;
+                (name, tried.then_some((since > 0).then_some(since)))
             })
             .collect();
         let waiting = tokio::time::timeout(STORE_TIMEOUT, self.o.store.oldest_waiting_call())

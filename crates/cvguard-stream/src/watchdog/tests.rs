@@ -156,6 +156,50 @@ fn a_suspend_call_waiting_too_long_is_a_failing_sink_until_it_is_delivered() {
     assert!(matches!(sink[1], Change::Resolved { .. }));
 }
 
+/// A failing sink's alarm, firing at a kill -9, is not resolved by the new process's
+/// fresh counters: it stays firing while the sink has sent nothing, for one limit; it
+/// resolves when the sink delivers, or when the limit passes without a failure.
+#[test]
+fn a_restart_keeps_a_failing_sink_firing_until_the_sink_is_seen_again() {
+    let before = Episode {
+        alert_id: "before-the-crash".into(),
+        since_ms: T0 - 60_000,
+    };
+    let restored = || State::new(T0, BTreeMap::from([(Alarm::SinkFailing, before.clone())]));
+    let untried = Observation {
+        sinks: vec![("webhook".into(), None)],
+        ..obs(0)
+    };
+    let (state, changes) = run(restored(), &vec![untried.clone(); 3]);
+    assert!(of(&changes, Alarm::SinkFailing).is_empty(), "{changes:?}");
+    assert_eq!(state.alarm(Alarm::SinkFailing).firing.as_ref(), Some(&before));
+    // Still failing once it tries: the same episode goes on, never raised twice.
+    let failing = Observation {
+        sinks: vec![("webhook".into(), Some(Some(T0 + 500)))],
+        ..obs(0)
+    };
+    let (state, changes) = run(restored(), &vec![failing; 8]);
+    assert!(of(&changes, Alarm::SinkFailing).is_empty(), "{changes:?}");
+    assert_eq!(state.alarm(Alarm::SinkFailing).firing.as_ref(), Some(&before));
+    // Nothing sent for a whole limit: no failure seen, resolved once.
+    let (_, changes) = run(restored(), &vec![untried; 8]);
+    let sink = of(&changes, Alarm::SinkFailing);
+    assert_eq!(sink.len(), 1, "{changes:?}");
+    assert!(matches!(sink[0], Change::Resolved { .. }));
+    // A fresh start with no episode raises nothing for an untried sink.
+    let (_, changes) = run(
+        State::new(T0, BTreeMap::new()),
+        &vec![
+            Observation {
+                sinks: vec![("webhook".into(), None)],
+                ..obs(0)
+            };
+            8
+        ],
+    );
+    assert!(of(&changes, Alarm::SinkFailing).is_empty());
+}
+
 /// One tick's observation, drawn at random.
 fn observation() -> impl Strategy<Value = (bool, u64, u64, bool, Option<i64>, u8)> {
     (
