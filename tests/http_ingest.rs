@@ -155,7 +155,7 @@ fn uploads_read_at_once_are_bounded_and_the_rest_told_to_retry() {
     let trickling: Vec<std::net::TcpStream> = (0..4)
         .map(|_| {
             let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-            s.write_all(b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{\"ts\":")
+            s.write_all(b"POST /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n\r\n{\"ts\":")
                 .unwrap();
             s
         })
@@ -167,7 +167,7 @@ fn uploads_read_at_once_are_bounded_and_the_rest_told_to_retry() {
         let body = harvest_batch("h", 0) + "\n";
         write!(
             s,
-            "POST /v1/events HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            "POST /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         )
         .unwrap();
