@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use cvguard_core::{
-    parse_event, Alert, AlertAction, AlertReason, Engine, EngineStats, IncidentUpdate, KeyKind, RejectReason, RuleSet,
+    parse_event, Alert, AlertAction, AlertReason, Engine, EngineStats, IncidentUpdate, KeyKind, Measure, RejectReason,
+    RuleSet,
 };
 use cvguard_respond::rails::Rails;
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -38,6 +39,10 @@ pub struct Incident {
     pub decided_at_ms: i64,
     pub action: AlertAction,
     pub reason: AlertReason,
+    /// What the rule counts, and over which window (as configured, e.g. `"1h"`): `value`
+    /// and `threshold` are in this measure's units.
+    pub measure: Measure,
+    pub window: String,
     /// Accounts whose suspension was queued (with `[suspend] url`), or recorded as
     /// decided (without one: the service records and sends nothing).
     pub suspended: Vec<String>,
@@ -57,7 +62,9 @@ pub struct Incident {
     /// The key's distinct CVs over time, `[epoch ms, count]`, at most
     /// [`crate::curve::POINTS`] points: up to the decision, the CVs in the window then by
     /// first access, ending at `cvs_exposed`; after it, the window's count after each
-    /// later event on the key while the rule stays crossed (thinned evenly).
+    /// later event on the key while the rule stays crossed (thinned evenly). Empty unless
+    /// the rule counts `distinct_cvs`: another measure's value and threshold are not CVs,
+    /// so a CV curve against them would mislead.
     pub series: Vec<(i64, u64)>,
 }
 
@@ -262,6 +269,8 @@ impl Run {
                         decided_at_ms: alert.event_time_ms,
                         action: alert.action,
                         reason: alert.reason,
+                        measure: alert.measure,
+                        window: alert.window.clone(),
                         suspended,
                         already_suspended,
                         value: alert.value,
@@ -287,6 +296,9 @@ impl Run {
         let Some(&i) = self.by_alert.get(&update.incident_id) else {
             return;
         };
+        if self.incidents[i].measure != Measure::DistinctCvs {
+            return;
+        }
         let curve = &mut self.curves[i];
         if !curve.is_decided() {
             let mut firsts: Vec<i64> = update.cvs.iter().map(|c| c.first_access_ms).collect();

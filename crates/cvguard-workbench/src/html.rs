@@ -4,7 +4,9 @@
 
 use std::fmt::Write;
 
-use crate::backtest::{BacktestResult, ConfigResult, RuleFigures};
+use cvguard_core::Measure;
+
+use crate::backtest::{BacktestResult, ConfigResult, Incident, RuleFigures};
 use crate::svg::{self, esc};
 use crate::tune::TuneResult;
 
@@ -143,7 +145,7 @@ pub fn backtest_report(r: &BacktestResult) -> String {
     }
     let _ = write!(
         s,
-        "<h2>Incidents (candidate): distinct CVs over time</h2><p>{} incidents{}.</p>",
+        "<h2>Incidents (candidate): distinct CVs over time</h2><p>{} incidents{}. A rule that counts something other than distinct CVs gets no chart: its value and threshold are not CVs.</p>",
         r.candidate.incidents.len(),
         if r.candidate.incidents.len() > MAX_INCIDENT_CHARTS {
             format!("; the first {MAX_INCIDENT_CHARTS} drawn")
@@ -152,29 +154,54 @@ pub fn backtest_report(r: &BacktestResult) -> String {
         }
     );
     for (i, inc) in r.candidate.incidents.iter().take(MAX_INCIDENT_CHARTS).enumerate() {
-        let decided_cvs = inc
-            .series
-            .iter()
-            .rev()
-            .find(|p| p.0 <= inc.decided_at_ms)
-            .map_or(inc.value, |p| p.1);
-        let _ = write!(
-            s,
-            "<figure>{}<figcaption>{} {}:{} decided <span data-k=\"candidate.incidents.{i}.action\">{}</span> at {} ({}), value <span data-k=\"candidate.incidents.{i}.value\">{}</span> of threshold {}, <span data-k=\"candidate.incidents.{i}.cvs_exposed\">{}</span> CVs exposed, {} after the window's first event</figcaption></figure>",
-            svg::step_curve(&format!("{} {}", inc.rule, inc.key), &inc.series, inc.threshold, (inc.decided_at_ms, decided_cvs)),
-            esc(&inc.rule),
-            inc.key_kind.as_str(),
-            esc(&inc.key),
-            inc.action.as_str(),
-            esc(&inc.decided_at),
-            serde_json::to_value(inc.reason).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
-            inc.value,
-            inc.threshold,
-            opt(inc.cvs_exposed),
-            cvguard_core::timefmt::format_duration_ms(inc.time_to_decide_ms),
-        );
+        incident(&mut s, i, inc);
     }
     page("cvguard backtest", &s)
+}
+
+/// One incident: its CV curve against the threshold when its rule counts distinct CVs;
+/// otherwise one line with what the rule counts and its value against the threshold, as
+/// the SOC console says it.
+fn incident(s: &mut String, i: usize, inc: &Incident) {
+    let p = format!("candidate.incidents.{i}");
+    let caption = format!(
+        "{} {}:{} decided <span data-k=\"{p}.action\">{}</span> at {} ({}), value <span data-k=\"{p}.value\">{}</span> of threshold <span data-k=\"{p}.threshold\">{}</span>, <span data-k=\"{p}.cvs_exposed\">{}</span> CVs exposed, {} after the window's first event",
+        esc(&inc.rule),
+        inc.key_kind.as_str(),
+        esc(&inc.key),
+        inc.action.as_str(),
+        esc(&inc.decided_at),
+        serde_json::to_value(inc.reason).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+        inc.value,
+        inc.threshold,
+        opt(inc.cvs_exposed),
+        cvguard_core::timefmt::format_duration_ms(inc.time_to_decide_ms),
+    );
+    if inc.measure != Measure::DistinctCvs || inc.series.is_empty() {
+        let _ = write!(
+            s,
+            "<p class=\"no-chart\">{caption}. No chart: this rule counts <span data-k=\"{p}.measure\">{}</span> in <span data-k=\"{p}.window\">{}</span>, not distinct CVs.</p>",
+            inc.measure.as_str(),
+            esc(&inc.window),
+        );
+        return;
+    }
+    let decided_cvs = inc
+        .series
+        .iter()
+        .rev()
+        .find(|p| p.0 <= inc.decided_at_ms)
+        .map_or(inc.value, |p| p.1);
+    let _ = write!(
+        s,
+        "<figure>{}<figcaption>{caption}</figcaption></figure>",
+        svg::step_curve(
+            &format!("{} {}", inc.rule, inc.key),
+            &inc.series,
+            inc.threshold,
+            (inc.decided_at_ms, decided_cvs)
+        ),
+    );
 }
 
 /// The tune report: per rule and segment the peaks' distribution with the current and
@@ -248,4 +275,92 @@ pub fn tune_report(r: &TuneResult) -> String {
     }
     let _ = write!(s, "<h2>The proposal</h2><pre>{}</pre>", esc(&r.toml));
     page("cvguard tune", &s)
+}
+
+#[cfg(test)]
+mod tests {
+    use cvguard_core::{AlertAction, AlertReason, KeyKind};
+
+    use super::*;
+    use crate::backtest::{EventFigures, Incident};
+
+    pub(crate) fn incident(rule: &str, measure: Measure, window: &str, value: u64, threshold: u64) -> Incident {
+        let series = if measure == Measure::DistinctCvs {
+            vec![(1_000, value / 2), (2_000, value)]
+        } else {
+            Vec::new()
+        };
+        Incident {
+            id: format!("{rule}-1"),
+            rule: rule.into(),
+            key_kind: KeyKind::AccountId,
+            key: "acct-1".into(),
+            decided_at: "2025-01-01T00:00:02.000Z".into(),
+            decided_at_ms: 2_000,
+            action: AlertAction::Alert,
+            reason: AlertReason::RuleResponse,
+            measure,
+            window: window.into(),
+            suspended: Vec::new(),
+            already_suspended: Vec::new(),
+            value,
+            threshold,
+            first_seen: "2025-01-01T00:00:00.000Z".into(),
+            time_to_decide_ms: 2_000,
+            cvs_exposed: Some(148_000),
+            joined: 0,
+            series,
+        }
+    }
+
+    pub(crate) fn result(incidents: Vec<Incident>) -> BacktestResult {
+        BacktestResult {
+            candidate: ConfigResult {
+                config: "candidate.toml".into(),
+                webhook: false,
+                max_per_hour: 10,
+                cooldown_ms: 0,
+                rules: Vec::new(),
+                total: RuleFigures::default(),
+                limit_alerts: 0,
+                incidents,
+                alerts_per_day: Default::default(),
+                events: EventFigures::default(),
+            },
+            baseline: None,
+            diff: None,
+            labelled: false,
+        }
+    }
+
+    #[test]
+    fn a_rule_that_does_not_count_cvs_gets_no_cv_chart_against_its_threshold() {
+        let html = backtest_report(&result(vec![
+            incident("ips-per-account-1h", Measure::DistinctIps, "1h", 31, 30),
+            incident("search-scraping-1h", Measure::Events, "1h", 1201, 1200),
+            incident("mass-harvest-24h", Measure::DistinctCvs, "24h", 4001, 4000),
+        ]));
+        let charts: Vec<&str> = html.split("<svg").skip(1).collect();
+        assert_eq!(charts.len(), 1, "only the distinct-CV rule is drawn: {html}");
+        assert!(charts[0].contains("threshold 4000"), "{}", charts[0]);
+        for (i, rule, measure, threshold) in [
+            (0, "ips-per-account-1h", "distinct_ips", 30),
+            (1, "search-scraping-1h", "events", 1200),
+        ] {
+            assert!(
+                !charts.iter().any(|c| c.contains(&format!("threshold {threshold}<"))),
+                "{rule}'s threshold on a CV chart"
+            );
+            let line = html
+                .split("<p class=\"no-chart\">")
+                .find(|p| p.starts_with(rule))
+                .unwrap_or_else(|| panic!("no line for {rule}: {html}"));
+            let k = format!("candidate.incidents.{i}");
+            let counts = format!(
+                "counts <span data-k=\"{k}.measure\">{measure}</span> in <span data-k=\"{k}.window\">1h</span>"
+            );
+            assert!(line.contains(&counts), "{line}");
+            assert!(line.contains(&format!(">{threshold}</span>")), "{line}");
+        }
+    }
 }
