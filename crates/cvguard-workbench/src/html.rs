@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 
-use cvguard_core::Measure;
+use cvguard_core::{AlertAction, Measure};
 
 use crate::backtest::{BacktestResult, ConfigResult, Incident, RuleFigures};
 use crate::svg::{self, esc};
@@ -143,20 +143,50 @@ pub fn backtest_report(r: &BacktestResult) -> String {
             esc(rule)
         );
     }
+    let shown = most_important(&r.candidate, r.labelled, MAX_INCIDENT_CHARTS);
+    let total = r.candidate.incidents.len();
     let _ = write!(
         s,
-        "<h2>Incidents (candidate): distinct CVs over time</h2><p>{} incidents{}. A rule that counts something other than distinct CVs gets no chart: its value and threshold are not CVs.</p>",
-        r.candidate.incidents.len(),
-        if r.candidate.incidents.len() > MAX_INCIDENT_CHARTS {
-            format!("; the first {MAX_INCIDENT_CHARTS} drawn")
+        "<h2>Incidents (candidate): distinct CVs over time</h2><p>{total} incidents{}. A rule that counts something other than distinct CVs gets no chart: its value and threshold are not CVs.</p>",
+        if total > shown.len() {
+            format!(
+                "; the {} most important drawn (suspensions first, then {}the most CVs exposed), {} not drawn",
+                shown.len(),
+                if r.labelled { "labelled attacks, then " } else { "" },
+                total - shown.len()
+            )
         } else {
             String::new()
         }
     );
-    for (i, inc) in r.candidate.incidents.iter().take(MAX_INCIDENT_CHARTS).enumerate() {
-        incident(&mut s, i, inc);
+    for i in shown {
+        incident(&mut s, i, &r.candidate.incidents[i]);
     }
     page("cvguard backtest", &s)
+}
+
+/// The indices of at most `max` incidents, the most important first: suspensions, then
+/// (with labels) the keys that are labelled attacks, then the most CVs exposed; ties by time.
+fn most_important(r: &ConfigResult, labelled: bool, max: usize) -> Vec<usize> {
+    // A key hit is a labelled attack unless the total's score lists it as a false positive.
+    let false_positives: std::collections::HashSet<&str> = r
+        .total
+        .score
+        .iter()
+        .flat_map(|s| s.false_positive_keys.iter().map(String::as_str))
+        .collect();
+    let rank = |inc: &Incident| {
+        let attack = labelled && !false_positives.contains(format!("{}:{}", inc.key_kind.as_str(), inc.key).as_str());
+        (
+            inc.action != AlertAction::Suspend,
+            !attack,
+            std::cmp::Reverse(inc.cvs_exposed.unwrap_or(0)),
+            inc.decided_at_ms,
+        )
+    };
+    let mut order: Vec<(_, usize)> = r.incidents.iter().enumerate().map(|(i, inc)| (rank(inc), i)).collect();
+    order.sort_unstable();
+    order.into_iter().take(max).map(|(_, i)| i).collect()
 }
 
 /// One incident: its CV curve against the threshold when its rule counts distinct CVs;
@@ -362,5 +392,40 @@ mod tests {
             assert!(line.contains(&counts), "{line}");
             assert!(line.contains(&format!(">{threshold}</span>")), "{line}");
         }
+    }
+
+    #[test]
+    fn the_charts_go_to_suspensions_then_labelled_attacks_then_the_most_cvs_exposed() {
+        let mut incidents: Vec<Incident> = (0..45)
+            .map(|n| {
+                let mut inc = incident("mass-harvest-24h", Measure::DistinctCvs, "24h", 4001, 4000);
+                inc.key = format!("employer-{n:02}");
+                inc.decided_at_ms = 1_000 * n;
+                inc.cvs_exposed = Some(4001);
+                inc
+            })
+            .collect();
+        incidents[44].action = AlertAction::Suspend;
+        incidents[43].cvs_exposed = Some(90_000);
+        let mut r = result(incidents);
+        r.labelled = true;
+        // Every key but employer-42 is a false positive: employer-42 is a labelled attack.
+        r.candidate.total.score = Some(crate::backtest::Score {
+            false_positive_keys: (0..45)
+                .filter(|&n| n != 42)
+                .map(|n| format!("account_id:employer-{n:02}"))
+                .collect(),
+            ..Default::default()
+        });
+        let html = backtest_report(&r);
+        let drawn = |key: &str| html.contains(&format!("<title>mass-harvest-24h {key}</title>"));
+        assert_eq!(html.matches("<svg").count(), MAX_INCIDENT_CHARTS);
+        for key in ["employer-44", "employer-42", "employer-43", "employer-00"] {
+            assert!(drawn(key), "{key} not drawn");
+        }
+        assert!(!drawn("employer-39"), "the latest of the ordinary ones make room");
+        assert!(html.contains("5 not drawn"), "{html}");
+        let first = |key: &str| html.find(&format!("<title>mass-harvest-24h {key}</title>")).unwrap();
+        assert!(first("employer-44") < first("employer-42") && first("employer-42") < first("employer-43"));
     }
 }
