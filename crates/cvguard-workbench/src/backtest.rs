@@ -169,6 +169,20 @@ pub struct Shift {
     pub fewer_cvs: Option<i64>,
 }
 
+impl Shift {
+    /// The change in CVs exposed as the terminal and the report both say it: "N fewer CVs
+    /// exposed" or "N more CVs exposed", never a negative count.
+    pub fn cvs_change(&self) -> Option<String> {
+        self.fewer_cvs.map(|n| {
+            if n >= 0 {
+                format!("{n} fewer CVs exposed")
+            } else {
+                format!("{} more CVs exposed", n.unsigned_abs())
+            }
+        })
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Diff {
     pub newly_hit: Vec<KeyHit>,

@@ -128,7 +128,7 @@ pub fn backtest_report(r: &BacktestResult) -> String {
                     "decided later"
                 },
                 cvguard_core::timefmt::format_duration_ms(sh.earlier_by_ms.abs()),
-                sh.fewer_cvs.map_or_else(|| "-".into(), |n| format!("{n} fewer")),
+                sh.cvs_change().unwrap_or_else(|| "-".into()),
             );
         }
         s.push_str("</table>");
@@ -427,5 +427,30 @@ mod tests {
         assert!(html.contains("5 not drawn"), "{html}");
         let first = |key: &str| html.find(&format!("<title>mass-harvest-24h {key}</title>")).unwrap();
         assert!(first("employer-44") < first("employer-42") && first("employer-42") < first("employer-43"));
+    }
+
+    #[test]
+    fn a_later_decision_with_more_cvs_says_more_as_the_terminal_does() {
+        let mut r = result(Vec::new());
+        let shift = |earlier_by_ms: i64, fewer_cvs: i64| crate::backtest::Shift {
+            rule: "mass-harvest-24h".into(),
+            key_kind: KeyKind::AccountId,
+            key: "harvester-1".into(),
+            candidate_at: "2025-01-01T01:00:00.000Z".into(),
+            baseline_at: "2025-01-01T00:00:00.000Z".into(),
+            earlier_by_ms,
+            candidate_cvs: None,
+            baseline_cvs: None,
+            fewer_cvs: Some(fewer_cvs),
+        };
+        r.diff = Some(crate::backtest::Diff {
+            decided_earlier: vec![shift(60_000, 1500)],
+            decided_later: vec![shift(-3_600_000, -1940)],
+            ..Default::default()
+        });
+        let html = backtest_report(&r);
+        assert!(html.contains("<td>1940 more CVs exposed</td>"), "{html}");
+        assert!(html.contains("<td>1500 fewer CVs exposed</td>"), "{html}");
+        assert!(!html.contains("-1940"), "{html}");
     }
 }

@@ -318,13 +318,7 @@ fn write_table(w: &mut impl Write, r: &BacktestResult) -> io::Result<()> {
         }
         for s in d.decided_earlier.iter().chain(&d.decided_later) {
             let when = if s.earlier_by_ms > 0 { "earlier" } else { "later" };
-            let cvs = s.fewer_cvs.map_or_else(String::new, |n| {
-                if n >= 0 {
-                    format!(", {n} fewer CVs exposed")
-                } else {
-                    format!(", {} more CVs exposed", -n)
-                }
-            });
+            let cvs = s.cvs_change().map_or_else(String::new, |c| format!(", {c}"));
             writeln!(
                 w,
                 "  ~ {:<20} {}:{} {} {when}{cvs}",
