@@ -115,7 +115,7 @@ pub struct Score {
 }
 
 /// One config's result.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct ConfigResult {
     pub config: String,
     pub webhook: bool,
@@ -195,7 +195,7 @@ pub struct Diff {
     pub no_longer_suspended: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct BacktestResult {
     pub candidate: ConfigResult,
     #[serde(skip_serializing_if = "Option::is_none")]

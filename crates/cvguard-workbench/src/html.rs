@@ -312,7 +312,7 @@ mod tests {
     use cvguard_core::{AlertAction, AlertReason, KeyKind};
 
     use super::*;
-    use crate::backtest::{EventFigures, Incident};
+    use crate::backtest::Incident;
 
     pub(crate) fn incident(rule: &str, measure: Measure, window: &str, value: u64, threshold: u64) -> Incident {
         let series = if measure == Measure::DistinctCvs {
@@ -344,23 +344,9 @@ mod tests {
     }
 
     pub(crate) fn result(incidents: Vec<Incident>) -> BacktestResult {
-        BacktestResult {
-            candidate: ConfigResult {
-                config: "candidate.toml".into(),
-                webhook: false,
-                max_per_hour: 10,
-                cooldown_ms: 0,
-                rules: Vec::new(),
-                total: RuleFigures::default(),
-                limit_alerts: 0,
-                incidents,
-                alerts_per_day: Default::default(),
-                events: EventFigures::default(),
-            },
-            baseline: None,
-            diff: None,
-            labelled: false,
-        }
+        let mut r = BacktestResult::default();
+        r.candidate.incidents = incidents;
+        r
     }
 
     #[test]

@@ -13,6 +13,7 @@ use cvguard_respond::Rails;
 use cvguard_workbench::backtest::{Backtest, BacktestResult, ConfigResult, RuleFigures, Setup};
 use cvguard_workbench::labels::{self, Labels};
 
+use crate::commands::text::printable;
 use crate::input::{self, LineReader};
 use crate::replay::{for_each_line, Progress};
 use crate::Failure;
@@ -195,7 +196,7 @@ fn rows(w: &mut impl Write, r: &ConfigResult) -> io::Result<()> {
     writeln!(
         w,
         "{} ({})",
-        r.config,
+        printable(&r.config),
         if r.webhook {
             "suspend webhook configured"
         } else {
@@ -223,7 +224,7 @@ fn rows(w: &mut impl Write, r: &ConfigResult) -> io::Result<()> {
         writeln!(
             w,
             "  {:<24} {:>7} {:>9} {:>6} {:>8} {:>7} {:>7} {:>8} {:>8} {:>10} {:>9} {:>6} {:>6}",
-            f.rule,
+            printable(&f.rule),
             f.alerts,
             f.incidents,
             f.keys_hit,
@@ -244,10 +245,10 @@ fn rows(w: &mut impl Write, r: &ConfigResult) -> io::Result<()> {
     line(w, &r.total)?;
     if let Some(s) = &r.total.score {
         for k in &s.false_positive_keys {
-            writeln!(w, "  false positive: {k}")?;
+            writeln!(w, "  false positive: {}", printable(k))?;
         }
         for k in &s.missed_keys {
-            writeln!(w, "  missed attack:  {k}")?;
+            writeln!(w, "  missed attack:  {}", printable(k))?;
         }
     }
     if r.limit_alerts > 0 {
@@ -259,9 +260,9 @@ fn rows(w: &mut impl Write, r: &ConfigResult) -> io::Result<()> {
             w,
             "    {} {:<20} {}:{}  {} ({})  {} CVs, decided {} after the window's first event{}",
             i.decided_at,
-            i.rule,
+            printable(&i.rule),
             i.key_kind.as_str(),
-            i.key,
+            printable(&i.key),
             i.action.as_str(),
             serde_json::to_value(i.reason)
                 .ok()
@@ -272,7 +273,7 @@ fn rows(w: &mut impl Write, r: &ConfigResult) -> io::Result<()> {
             if i.suspended.is_empty() {
                 String::new()
             } else {
-                format!("; suspends {}", i.suspended.join(","))
+                format!("; suspends {}", printable(&i.suspended.join(",")))
             }
         )?;
     }
@@ -298,9 +299,9 @@ fn write_table(w: &mut impl Write, r: &BacktestResult) -> io::Result<()> {
             writeln!(
                 w,
                 "  + {:<20} {}:{} at {} ({})",
-                h.rule,
+                printable(&h.rule),
                 h.key_kind.as_str(),
-                h.key,
+                printable(&h.key),
                 h.decided_at,
                 h.action.as_str()
             )?;
@@ -309,9 +310,9 @@ fn write_table(w: &mut impl Write, r: &BacktestResult) -> io::Result<()> {
             writeln!(
                 w,
                 "  - {:<20} {}:{} (was {} at {})",
-                h.rule,
+                printable(&h.rule),
                 h.key_kind.as_str(),
-                h.key,
+                printable(&h.key),
                 h.action.as_str(),
                 h.decided_at
             )?;
@@ -322,18 +323,66 @@ fn write_table(w: &mut impl Write, r: &BacktestResult) -> io::Result<()> {
             writeln!(
                 w,
                 "  ~ {:<20} {}:{} {} {when}{cvs}",
-                s.rule,
+                printable(&s.rule),
                 s.key_kind.as_str(),
-                s.key,
+                printable(&s.key),
                 cvguard_core::timefmt::format_duration_ms(s.earlier_by_ms.abs()),
             )?;
         }
         if !d.newly_suspended.is_empty() {
-            writeln!(w, "  newly suspended: {}", d.newly_suspended.join(", "))?;
+            writeln!(w, "  newly suspended: {}", printable(&d.newly_suspended.join(", ")))?;
         }
         if !d.no_longer_suspended.is_empty() {
-            writeln!(w, "  no longer suspended: {}", d.no_longer_suspended.join(", "))?;
+            writeln!(
+                w,
+                "  no longer suspended: {}",
+                printable(&d.no_longer_suspended.join(", "))
+            )?;
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use cvguard_core::{AlertAction, AlertReason, KeyKind, Measure};
+    use cvguard_workbench::backtest::Incident;
+
+    use super::*;
+
+    #[test]
+    fn keys_from_the_history_cannot_steer_the_terminal() {
+        let key = "evil\u{1b}[31m\u{202e}1-retsevrah";
+        let incident = Incident {
+            id: "i-1".into(),
+            rule: "mass-harvest-24h".into(),
+            key_kind: KeyKind::AccountId,
+            key: key.into(),
+            decided_at: "2025-01-01T00:00:02.000Z".into(),
+            decided_at_ms: 2_000,
+            action: AlertAction::Suspend,
+            reason: AlertReason::RuleResponse,
+            measure: Measure::DistinctCvs,
+            window: "24h".into(),
+            suspended: vec![key.into()],
+            already_suspended: Vec::new(),
+            value: 4001,
+            threshold: 4000,
+            first_seen: "2025-01-01T00:00:00.000Z".into(),
+            time_to_decide_ms: 2_000,
+            cvs_exposed: Some(4001),
+            joined: 0,
+            series: Vec::new(),
+        };
+        let mut r = BacktestResult::default();
+        r.candidate.incidents.push(incident);
+        let mut out = Vec::new();
+        write_table(&mut out, &r).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.contains('\u{1b}') && !text.contains('\u{202e}'), "{text:?}");
+        assert!(
+            text.contains("account_id:evil\\u{1b}[31m\\u{202e}1-retsevrah"),
+            "{text}"
+        );
+    }
 }

@@ -6,6 +6,7 @@ pub mod man;
 pub mod replay;
 pub mod serve;
 pub mod simulate;
+pub mod text;
 pub mod token;
 pub mod tune;
 

@@ -11,6 +11,7 @@ use cvguard_workbench::labels;
 use cvguard_workbench::tune::{Distribution, Method, TuneResult, Tuner};
 
 use crate::commands::backtest::{bad_file, load_config, no_usable_event, open_history, read_small, Output};
+use crate::commands::text::printable;
 use crate::replay::for_each_line;
 use crate::Failure;
 
@@ -147,8 +148,8 @@ fn write_table(w: &mut impl Write, r: &TuneResult) -> io::Result<()> {
         writeln!(
             w,
             "{:<22} {:<20} {} {:>8} {:>8} {:>5} {:>5}",
-            g.rule,
-            g.segment,
+            printable(&g.rule),
+            printable(&g.segment),
             dist_cells(&g.peaks),
             g.current,
             g.proposed,
@@ -171,7 +172,7 @@ fn write_table(w: &mut impl Write, r: &TuneResult) -> io::Result<()> {
             writeln!(
                 w,
                 "  would hit {} (peak {} at {}){}",
-                h.key,
+                printable(&h.key),
                 h.peak,
                 h.at,
                 if h.excluded { " [excluded]" } else { "" }
@@ -179,4 +180,52 @@ fn write_table(w: &mut impl Write, r: &TuneResult) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use cvguard_core::KeyKind;
+    use cvguard_workbench::tune::{Group, Hit};
+
+    use super::*;
+
+    #[test]
+    fn keys_and_names_from_the_history_cannot_steer_the_terminal() {
+        let r = TuneResult {
+            method: Method::Quantile { q: 0.99, margin: 1.5 },
+            history_days: 1.0,
+            first_event: None,
+            last_event: None,
+            events: 1,
+            accepted: 1,
+            excluded_keys: 0,
+            groups: vec![Group {
+                rule: "mass-harvest-24h".into(),
+                key_kind: KeyKind::AccountId,
+                segment: "seg\u{1b}[2J".into(),
+                window: "24h".into(),
+                peaks: Distribution::default(),
+                ratios: None,
+                current: 4000,
+                proposed: 3000,
+                current_factor: None,
+                proposed_factor: None,
+                why: String::new(),
+                all_peaks: Vec::new(),
+                hit_now: 0,
+                hit_by_proposal: vec![Hit {
+                    key: "evil\u{1b}[31m\u{202e}1-retsevrah".into(),
+                    peak: 5000,
+                    at: "2025-01-01T00:00:00.000Z".into(),
+                    excluded: false,
+                }],
+            }],
+            toml: String::new(),
+        };
+        let mut out = Vec::new();
+        write_table(&mut out, &r).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.contains('\u{1b}') && !text.contains('\u{202e}'), "{text:?}");
+        assert!(text.contains("would hit evil\\u{1b}[31m\\u{202e}1-retsevrah"), "{text}");
+    }
 }
