@@ -128,17 +128,23 @@ fn proposals_backtested_on_the_same_history_catch_every_labelled_attack_and_noth
     assert!(fragment.contains(&format!("threshold = {}", mass["proposed"])));
 }
 
+/// A flag's value out of range is a usage error (exit 2, as every wrong flag value), not
+/// an invalid config (64), and says what it expects.
 #[test]
-fn tune_refuses_a_quantile_out_of_range() {
+fn tune_refuses_flag_values_out_of_range_as_usage_errors() {
     let config = cvguard_tests::root().join("config/cvguard.toml");
-    let out = cvguard(&[
-        "tune",
-        "--config",
-        config.to_str().unwrap(),
-        "--input",
-        "-",
-        "--quantile",
-        "2",
-    ]);
-    assert_eq!(out.status.code(), Some(64));
+    for (flag, value, expects) in [
+        ("--quantile", "2", "expected a number from 0 to 1"),
+        ("--quantile", "1.5", "expected a number from 0 to 1"),
+        ("--margin", "0", "expected a number above 0"),
+        ("--margin", "NaN", "expected a number"),
+        ("--target-alerts-per-week", "-1", "expected a number of 0 or more"),
+    ] {
+        // `--flag=value`: a value starting with `-` is a value, not another flag.
+        let given = format!("{flag}={value}");
+        let out = cvguard(&["tune", "--config", config.to_str().unwrap(), "--input", "-", &given]);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expects), "{flag} {value}: {err}");
+    }
 }

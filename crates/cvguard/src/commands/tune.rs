@@ -29,14 +29,14 @@ pub struct Args {
     profiles: Option<PathBuf>,
     /// Propose the lowest threshold at which at most N keys a week of history would have
     /// been hit (per rule and segment).
-    #[arg(long, value_name = "N", conflicts_with = "quantile")]
+    #[arg(long, value_name = "N", conflicts_with = "quantile", value_parser = at_least_zero)]
     target_alerts_per_week: Option<f64>,
     /// Propose the nearest-rank Q-quantile of the keys' peaks times --margin (the default,
     /// with Q = 0.999).
-    #[arg(long, value_name = "Q")]
+    #[arg(long, value_name = "Q", value_parser = a_quantile)]
     quantile: Option<f64>,
     /// The margin a quantile is multiplied by (and a baseline rule's value/statistic).
-    #[arg(long, value_name = "M", default_value_t = 1.5)]
+    #[arg(long, value_name = "M", default_value = "1.5", value_parser = above_zero)]
     margin: f64,
     /// Keys to leave out of the fit: a labels.csv (its attacks: expected alert or
     /// suspend) or `key_kind,key` lines. They are still listed among the keys hit.
@@ -53,23 +53,13 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<ExitCode, Failure> {
     let config = load_config(&args.config, &args.profiles)?;
+    // The flags' ranges are checked by clap (exit 2, as every wrong flag value).
     let method = match (args.target_alerts_per_week, args.quantile) {
-        (Some(n), _) if n >= 0.0 && n.is_finite() => Method::AlertsPerWeek { per_week: n },
-        (Some(n), _) => {
-            return Err(usage(format!(
-                "--target-alerts-per-week {n}: expected a number of 0 or more"
-            )))
-        }
-        (None, q) => {
-            let q = q.unwrap_or(0.999);
-            if !(0.0..=1.0).contains(&q) {
-                return Err(usage(format!("--quantile {q}: expected a number from 0 to 1")));
-            }
-            if !(args.margin.is_finite() && args.margin > 0.0) {
-                return Err(usage(format!("--margin {}: expected a number above 0", args.margin)));
-            }
-            Method::Quantile { q, margin: args.margin }
-        }
+        (Some(per_week), _) => Method::AlertsPerWeek { per_week },
+        (None, q) => Method::Quantile {
+            q: q.unwrap_or(0.999),
+            margin: args.margin,
+        },
     };
     let exclude = match &args.exclude {
         Some(p) => labels::parse_exclude(&read_small(p, "exclusions")?).map_err(|e| bad_file(p, e))?,
@@ -106,14 +96,35 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn usage(message: String) -> Failure {
-    Failure::Config(cvguard_config::ConfigError {
-        file: "(arguments)".into(),
-        issues: vec![cvguard_core::ConfigIssue {
-            rule: None,
-            key: "tune".into(),
-            message,
-        }],
+fn number(text: &str) -> Result<f64, String> {
+    text.parse::<f64>()
+        .ok()
+        .filter(|n| n.is_finite())
+        .ok_or_else(|| format!("expected a number, not `{text}`"))
+}
+
+fn a_quantile(text: &str) -> Result<f64, String> {
+    number(text).and_then(|q| {
+        (0.0..=1.0)
+            .contains(&q)
+            .then_some(q)
+            .ok_or_else(|| format!("expected a number from 0 to 1, not {q}"))
+    })
+}
+
+fn above_zero(text: &str) -> Result<f64, String> {
+    number(text).and_then(|m| {
+        (m > 0.0)
+            .then_some(m)
+            .ok_or_else(|| format!("expected a number above 0, not {m}"))
+    })
+}
+
+fn at_least_zero(text: &str) -> Result<f64, String> {
+    number(text).and_then(|n| {
+        (n >= 0.0)
+            .then_some(n)
+            .ok_or_else(|| format!("expected a number of 0 or more, not {n}"))
     })
 }
 
