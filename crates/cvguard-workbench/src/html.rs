@@ -268,7 +268,8 @@ pub fn tune_report(r: &TuneResult) -> String {
         );
     }
     s.push_str("</table><h2>Peak values per rule and segment</h2>");
-    for g in &r.groups {
+    for (i, g) in r.groups.iter().enumerate() {
+        let p = format!("groups.{i}");
         let lines = [(g.current, "current", "#c0392b"), (g.proposed, "proposed", "#1a7f37")];
         let hits: Vec<String> = g
             .hit_by_proposal
@@ -290,12 +291,17 @@ pub fn tune_report(r: &TuneResult) -> String {
         };
         let _ = write!(
             s,
-            "<figure>{}<figcaption>{} / {} ({} window): {}.{factor} Would hit: {}</figcaption></figure>",
+            "<figure>{}<figcaption>{} / {} ({} window): {}.{factor} The histogram draws every key's peak \
+             (<span data-k=\"{p}.all_peaks.length\">{}</span> keys); the proposal is fitted on \
+             <span data-k=\"{p}.peaks.n\">{}</span> of them (not excluded, not allowed their peak by their \
+             vacancies). Would hit: {}</figcaption></figure>",
             svg::peak_histogram(&format!("{} {}", g.rule, g.segment), &g.all_peaks, &lines),
             esc(&g.rule),
             esc(&g.segment),
             esc(&g.window),
             esc(&g.why),
+            g.all_peaks.len(),
+            g.peaks.n,
             if hits.is_empty() {
                 "nothing".to_string()
             } else {
