@@ -293,17 +293,7 @@ fn profiles(path: &Path) -> HashMap<String, (String, u64)> {
 }
 
 fn sim(dir: &Path) -> PathBuf {
-    let out = dir.join("sim");
-    cvguard_ok(&[
-        "simulate",
-        "--out",
-        out.to_str().unwrap(),
-        "--days",
-        "8",
-        "--employers",
-        "150",
-    ]);
-    out
+    cvguard_tests::simulate_board(dir, &["--days", "8", "--employers", "150"])
 }
 
 /// Two configs that differ in the daily threshold for ordinary employers: the backtest's

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use cvguard_tests::service::{free_port, http, Service};
+use cvguard_tests::service::{account_window, free_port, http, Service};
 
 const WAIT: Duration = Duration::from_secs(60);
 /// Monday 6 May 2024, 00:00 UTC.
@@ -58,20 +58,6 @@ fn wait_decided(svc: &Service) {
     }
 }
 
-/// The account view's window of `rule`.
-fn window(port: u16, account: &str, rule: &str) -> serde_json::Value {
-    let (code, text) = http(port, "GET", &format!("/v1/accounts/{account}"), b"").unwrap();
-    assert_eq!(code, 200, "{text}");
-    let view: serde_json::Value = serde_json::from_str(&text).unwrap();
-    view["windows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|w| w["rule"] == rule)
-        .cloned()
-        .unwrap_or_else(|| panic!("no {rule} in {view}"))
-}
-
 #[test]
 fn a_warm_started_history_judges_an_account_through_a_kill_9_and_explains_itself() {
     let dir = tempfile::tempdir().unwrap();
@@ -105,12 +91,12 @@ fn a_warm_started_history_judges_an_account_through_a_kill_9_and_explains_itself
     // A fresh account reading far more than the floor: not judged before 7 days.
     post(port, &views("fresh-1", 10, 0, 900));
     wait_decided(&svc);
-    let w = window(port, "steady-1", "surge-24h");
+    let w = account_window(port, "steady-1", "surge-24h");
     assert_eq!((w["value"].as_u64(), w["threshold"].as_u64()), (Some(500), Some(800)));
     assert_eq!(w["threshold_source"], "baseline");
     assert_eq!(w["baseline"]["daily_values"], serde_json::json!(vec![100; 10]));
     assert_eq!(w["baseline"]["first_day"], "2024-05-06");
-    let fresh = window(port, "fresh-1", "surge-24h");
+    let fresh = account_window(port, "fresh-1", "surge-24h");
     assert_eq!(fresh["baseline"]["judged"], false);
 
     // Killed with the day's reading half done: the history comes back from the warm

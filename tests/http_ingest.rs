@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use cvguard_tests::kafka::harvest_batch;
-use cvguard_tests::service::{free_port, http, Service};
+use cvguard_tests::service::{account_window, free_port, http, Service};
 
 fn config(dir: &std::path::Path, port: u16, max_body: usize) -> std::path::PathBuf {
     let shipped = std::fs::read_to_string(cvguard_tests::root().join("config/cvguard.toml")).unwrap();
@@ -192,16 +192,7 @@ fn uploads_read_at_once_are_bounded_and_the_rest_told_to_retry() {
 
 /// The 24-hour distinct-CV count the service reports for an account.
 fn mass_harvest_value(port: u16, account: &str) -> serde_json::Value {
-    let (code, text) = http(port, "GET", &format!("/v1/accounts/{account}"), b"").unwrap();
-    assert_eq!(code, 200, "{text}");
-    let view: serde_json::Value = serde_json::from_str(&text).unwrap();
-    view["windows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|w| w["rule"] == "mass-harvest-24h")
-        .unwrap_or_else(|| panic!("no mass-harvest-24h window: {view}"))["value"]
-        .clone()
+    account_window(port, account, "mass-harvest-24h")["value"].clone()
 }
 
 /// Starts `cvguard serve` with these arguments and expects it to refuse: its exit status

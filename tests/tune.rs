@@ -45,16 +45,7 @@ fn apply(config: &str, fragment: &str) -> String {
 #[test]
 fn proposals_backtested_on_the_same_history_catch_every_labelled_attack_and_nothing_else() {
     let dir = tempfile::tempdir().unwrap();
-    let sim = dir.path().join("sim");
-    cvguard_ok(&[
-        "simulate",
-        "--out",
-        sim.to_str().unwrap(),
-        "--days",
-        "8",
-        "--employers",
-        "150",
-    ]);
+    let sim = cvguard_tests::simulate_board(dir.path(), &["--days", "8", "--employers", "150"]);
     let (config, events, accounts, labels) = (
         sim.join("cvguard.toml"),
         sim.join("events.ndjson"),

@@ -126,18 +126,13 @@ pub fn unix_now() -> i64 {
 /// harvester, an organisation ring, an allowlisted partner, a slow harvester and a few
 /// hundred ordinary employers. The crash tests post it, the Kafka tests produce it.
 pub fn simulate_small_board(dir: &Path) -> PathBuf {
+    simulate_board(dir, &["--days", "3", "--employers", "300", "--agencies", "4"])
+}
+
+/// `cvguard simulate --out dir/sim` with these options; the folder it wrote.
+pub fn simulate_board(dir: &Path, options: &[&str]) -> PathBuf {
     let out = dir.join("sim");
-    cvguard_ok(&[
-        "simulate",
-        "--out",
-        out.to_str().unwrap(),
-        "--days",
-        "3",
-        "--employers",
-        "300",
-        "--agencies",
-        "4",
-    ]);
+    cvguard_ok(&[&["simulate", "--out", out.to_str().unwrap()], options].concat());
     out
 }
 

@@ -114,6 +114,20 @@ impl Drop for Service {
     }
 }
 
+/// The account view's (`GET /v1/accounts/{account}`) window of `rule`.
+pub fn account_window(port: u16, account: &str, rule: &str) -> serde_json::Value {
+    let (code, text) = http(port, "GET", &format!("/v1/accounts/{account}"), b"").unwrap();
+    assert_eq!(code, 200, "{text}");
+    let view: serde_json::Value = serde_json::from_str(&text).unwrap();
+    view["windows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["rule"] == rule)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {rule} in {view}"))
+}
+
 /// A minimal HTTP/1.1 client for loopback tests: (status, body).
 pub fn http(port: u16, method: &str, path: &str, body: &[u8]) -> std::io::Result<(u16, String)> {
     http_with(port, method, path, &[], body)
