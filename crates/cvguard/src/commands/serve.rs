@@ -227,6 +227,16 @@ async fn serve(
             // Every instance of the group answers for every key: it registers where its API
             // is, and asks the others for keys it does not hold.
             let me = Arc::new(Peers::new(instance_id(), store.clone()));
+            let listens_everywhere = config
+                .http
+                .listen
+                .parse::<SocketAddr>()
+                .is_ok_and(|a| a.ip().is_unspecified());
+            if config.service.advertise_url.is_none() && listens_everywhere {
+                warn!(
+                    message = "[http] listen is a wildcard address and [service] advertise_url is unset: other instances cannot reach this one to ask about its keys; set advertise_url."
+                );
+            }
             let held = handle.1.clone();
             tokio::spawn(
                 me.clone().heartbeat(
