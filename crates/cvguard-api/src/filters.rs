@@ -19,6 +19,24 @@ pub fn parse_status(text: &str) -> Result<&'static str, String> {
         .ok_or_else(|| "`status` must be open, acknowledged, resolved or false_positive".to_string())
 }
 
+/// A severity as rules and incidents spell it.
+pub fn parse_severity(text: &str) -> Result<&'static str, String> {
+    one_of("severity", text, cvguard_core::Severity::ALL.map(|s| s.as_str()))
+}
+
+/// A key kind as incidents spell it (`account_id`, ...).
+pub fn parse_key_kind(text: &str) -> Result<&'static str, String> {
+    one_of("key_kind", text, cvguard_core::KeyKind::ALL.map(|k| k.as_str()))
+}
+
+/// `text` if it is one of `words`, else the words it may be.
+fn one_of<const N: usize>(name: &str, text: &str, words: [&'static str; N]) -> Result<&'static str, String> {
+    words.into_iter().find(|w| *w == text).ok_or_else(|| {
+        let (last, rest) = words.split_last().expect("a filter has words");
+        format!("`{name}` must be {} or {last}", rest.join(", "))
+    })
+}
+
 /// A page size: 1 to `MAX_LIMIT`, refused rather than changed when out of range.
 pub fn parse_limit(text: &str) -> Result<i64, String> {
     text.parse::<i64>()
@@ -38,6 +56,20 @@ pub fn parse_offset(text: &str) -> Result<i64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn severities_and_key_kinds_as_the_rules_spell_them() {
+        assert_eq!(parse_severity("critical"), Ok("critical"));
+        assert_eq!(
+            parse_severity("urgent").unwrap_err(),
+            "`severity` must be info, low, medium, high or critical"
+        );
+        assert_eq!(parse_key_kind("ip"), Ok("ip"));
+        assert_eq!(
+            parse_key_kind("account").unwrap_err(),
+            "`key_kind` must be account_id, org_id, user_id or ip"
+        );
+    }
 
     #[test]
     fn statuses_in_either_spelling_and_nothing_else() {

@@ -135,29 +135,26 @@ fn filter(q: ListQuery) -> Result<IncidentFilter, Problem> {
         .map(crate::filters::parse_status)
         .transpose()
         .map_err(|words| Problem::new(StatusCode::BAD_REQUEST, words))?;
-    if let Some(sev) = &q.severity {
-        if !["info", "low", "medium", "high", "critical"].contains(&sev.as_str()) {
-            return Err(Problem::new(
-                StatusCode::BAD_REQUEST,
-                "`severity` must be info, low, medium, high or critical",
-            ));
-        }
-    }
-    if let Some(kind) = &q.key_kind {
-        if !["account_id", "org_id", "user_id", "ip"].contains(&kind.as_str()) {
-            return Err(Problem::new(
-                StatusCode::BAD_REQUEST,
-                "`key_kind` must be account_id, org_id, user_id or ip",
-            ));
-        }
-    }
+    let bad = |words: String| Problem::new(StatusCode::BAD_REQUEST, words);
+    let severity = q
+        .severity
+        .as_deref()
+        .map(crate::filters::parse_severity)
+        .transpose()
+        .map_err(bad)?;
+    let key_kind = q
+        .key_kind
+        .as_deref()
+        .map(crate::filters::parse_key_kind)
+        .transpose()
+        .map_err(bad)?;
     let (limit, offset) = page(q.limit.as_deref(), q.offset.as_deref())?;
     Ok(IncidentFilter {
         status: status.map(str::to_string),
         rule: q.rule,
         key: q.key,
-        severity: q.severity,
-        key_kind: q.key_kind,
+        severity: severity.map(str::to_string),
+        key_kind: key_kind.map(str::to_string),
         from_ms,
         to_ms,
         limit,
